@@ -1,0 +1,86 @@
+"""taskpipe: durable background jobs for plain Python.
+
+Jobs are committed to a store (SQLite by default) before anything runs them, and a
+worker runs them on a thread pool with a heartbeat beside it::
+
+    from taskpipe import WorkerBuilder
+    from taskpipe.sqlite import SqliteStorage, connect
+
+    db = connect("jobs.db")
+    SqliteStorage.setup(db)
+    storage = SqliteStorage(db)
+    storage.push({"to": "a@example.com"})
+    WorkerBuilder("emails").backend(storage).build(send_email).run_until_idle()
+"""
+
+from . import clock, events, memory
+from .backend import Backend, Outcome, OutcomeKind, TaskSink
+from .codec import Codec, JsonCodec, MsgPackCodec, PickleCodec
+from .config import Config
+from .context import WorkerContext
+from .errors import (
+    BuildError,
+    CodecError,
+    PipeError,
+    PushError,
+    SetupError,
+    StorageError,
+    TaskFailed,
+    TaskNotFound,
+    TaskpipeError,
+    TaskSinkError,
+    WaitTimeout,
+)
+from .events import Event
+from .injection import Data
+from .layers import RetryPolicy
+from .monitor import Monitor, run_all
+from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
+from .task import Attempt, AttemptError, Status, Task, TaskBuilder, TaskId, TaskInfo
+from .worker import Worker, WorkerBuilder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "AttemptError",
+    "BackoffStrategy",
+    "Backend",
+    "BuildError",
+    "Codec",
+    "CodecError",
+    "Config",
+    "Data",
+    "Event",
+    "IntervalStrategy",
+    "JsonCodec",
+    "Monitor",
+    "MsgPackCodec",
+    "Outcome",
+    "OutcomeKind",
+    "PickleCodec",
+    "PipeError",
+    "PushError",
+    "RetryPolicy",
+    "SetupError",
+    "Status",
+    "StorageError",
+    "StrategyBuilder",
+    "Task",
+    "TaskBuilder",
+    "TaskFailed",
+    "TaskId",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskSink",
+    "TaskSinkError",
+    "TaskpipeError",
+    "WaitTimeout",
+    "Worker",
+    "WorkerBuilder",
+    "WorkerContext",
+    "clock",
+    "events",
+    "memory",
+    "run_all",
+]

@@ -1,0 +1,92 @@
+"""``WorkerContext``: what a running worker shares with its backend and handlers.
+
+Handlers receive it by annotation (``ctx: WorkerContext``) to read the worker's name
+or call ``ctx.stop()``. Backends use the rest: ``free_slots()`` to size a claim,
+``wait()`` to idle until woken, ``new_lease()`` for lease tokens, ``report()`` to
+surface an error without dying.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from typing import Any
+
+__all__ = ["WorkerContext"]
+
+
+class WorkerContext:
+    """The live state of one worker run (one ``run()`` or ``run_until_idle()`` call)."""
+
+    def __init__(self, name: str, *, capacity: int, report: Any):
+        self.name = name
+        self.run_id = f"{name}:{uuid.uuid4().hex[:12]}"
+        self.capacity = capacity
+        self._report = report
+        self._cond = threading.Condition()
+        self._leases = itertools.count(1)
+        self._woken = False
+        self._stopping = False
+        self._hard_stop = False
+        self.in_flight = 0
+        self.until_idle = False
+        self.beat_interval = 5.0
+        self.finished = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"WorkerContext({self.run_id!r})"
+
+    # For handlers -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the worker to stop: it stops fetching, lets running tasks finish (up to
+        its shutdown grace), hands back the rest and returns."""
+        with self._cond:
+            self._stopping = True
+            self._woken = True
+            self._cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for."""
+        return self._stopping
+
+    # For backends -------------------------------------------------------------------
+    def free_slots(self) -> int:
+        """How many more tasks this worker can take now (threads plus buffer)."""
+        return max(0, self.capacity - self.in_flight)
+
+    def new_lease(self) -> str:
+        """A token unique to one claim by this run; acks must carry it."""
+        return f"{self.run_id}:{next(self._leases)}"
+
+    def wait(self, timeout: float | None) -> None:
+        """Idle up to ``timeout`` seconds, returning early when woken (a push, a finished
+        task, a stop). A wake-up that came before the wait is not lost. Under
+        ``run_until_idle`` it returns at once when nothing is running."""
+        with self._cond:
+            if self.until_idle:
+                if self.in_flight == 0:
+                    return
+                timeout = self.beat_interval
+            if not self._woken and not self._stopping:
+                self._cond.wait(timeout)
+            self._woken = False
+
+    def wake(self) -> None:
+        """Interrupt ``wait()`` (or make the next one return at once)."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def report(self, error: BaseException) -> None:
+        """Surface an error (as an ``Error`` event with no task id) and carry on."""
+        self._report(error)
+
+    # For the worker -------------------------------------------------------------------
+    def _stop_hard(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._hard_stop = True
+            self._woken = True
+            self._cond.notify_all()

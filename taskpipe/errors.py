@@ -1,0 +1,79 @@
+"""taskpipe's exceptions: one root, so ``except TaskpipeError`` catches them all.
+
+    TaskpipeError
+    ├── TaskSinkError          a push failed; nothing of that push was written
+    │   ├── PushError          the store rejected or could not take the write
+    │   └── CodecError         a value could not be encoded (or decoded)
+    ├── StorageError           the store is unusable (missing tables, bad schema, closed)
+    │   └── SetupError         setup() was not run, or the schema is newer than this code
+    ├── BuildError             a worker or backend was assembled wrongly (at build time)
+    ├── PipeError              a piped source failed (its exception is the __cause__)
+    ├── TaskNotFound           no task has that id
+    ├── TaskFailed             wait_for(): the task ended Dead; carries its last error
+    └── WaitTimeout            wait_for(): the task did not finish in time
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TaskpipeError",
+    "TaskSinkError",
+    "PushError",
+    "CodecError",
+    "StorageError",
+    "SetupError",
+    "BuildError",
+    "PipeError",
+    "TaskNotFound",
+    "TaskFailed",
+    "WaitTimeout",
+]
+
+
+class TaskpipeError(Exception):
+    """Root of every exception taskpipe raises."""
+
+
+class TaskSinkError(TaskpipeError):
+    """A push failed; nothing of that push was written."""
+
+
+class PushError(TaskSinkError):
+    """The store rejected or could not take a push (the driver's error is the cause)."""
+
+
+class CodecError(TaskSinkError):
+    """A value could not be encoded, or a payload could not be decoded."""
+
+
+class StorageError(TaskpipeError):
+    """The store cannot be used as it is (missing tables, closed database…)."""
+
+
+class SetupError(StorageError):
+    """The schema is missing or newer than this version of taskpipe."""
+
+
+class BuildError(TaskpipeError):
+    """A worker or backend was put together wrongly; raised at build time."""
+
+
+class PipeError(TaskpipeError):
+    """A piped source raised, or an endless source ended; the cause is attached."""
+
+
+class TaskNotFound(TaskpipeError, LookupError):
+    """No task with that id exists in the store."""
+
+
+class TaskFailed(TaskpipeError):
+    """The awaited task ended Dead; ``error`` is its last recorded error."""
+
+    def __init__(self, task_id, error: str | None):
+        super().__init__(f"task {task_id} is dead: {error}")
+        self.task_id = task_id
+        self.error = error
+
+
+class WaitTimeout(TaskpipeError, TimeoutError):
+    """The awaited task did not finish before the timeout."""
