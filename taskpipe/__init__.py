@@ -32,9 +32,11 @@ from .errors import (
     WaitTimeout,
 )
 from .events import Event
+from .expose import Expose, QueueInfo, WorkerInfo
 from .injection import Data
 from .layers import RetryPolicy
 from .monitor import Monitor, run_all
+from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
 from .task import Attempt, AttemptError, Status, Task, TaskBuilder, TaskId, TaskInfo
 from .worker import Worker, WorkerBuilder
@@ -44,14 +46,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Attempt",
     "AttemptError",
-    "BackoffStrategy",
     "Backend",
+    "BackoffStrategy",
     "BuildError",
     "Codec",
     "CodecError",
     "Config",
     "Data",
     "Event",
+    "Expose",
     "IntervalStrategy",
     "JsonCodec",
     "Monitor",
@@ -59,8 +62,10 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "PickleCodec",
+    "Pipe",
     "PipeError",
     "PushError",
+    "QueueInfo",
     "RetryPolicy",
     "SetupError",
     "Status",
@@ -79,8 +84,10 @@ __all__ = [
     "Worker",
     "WorkerBuilder",
     "WorkerContext",
+    "WorkerInfo",
     "clock",
     "events",
     "memory",
+    "pipe_to",
     "run_all",
 ]

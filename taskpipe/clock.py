@@ -8,7 +8,7 @@ and they look ``time.time`` up at call time, so ``freezegun`` (which patches the
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["now", "timestamp", "from_timestamp", "to_timestamp", "seconds", "real_monotonic"]
 
@@ -20,14 +20,14 @@ def timestamp() -> float:
 
 def now() -> datetime:
     """Return the current time as an aware UTC datetime."""
-    return datetime.fromtimestamp(time.time(), tz=timezone.utc)
+    return datetime.fromtimestamp(time.time(), tz=UTC)
 
 
 def from_timestamp(value: float | None) -> datetime | None:
     """Turn epoch seconds (as stored) into an aware UTC datetime; None stays None."""
     if value is None:
         return None
-    return datetime.fromtimestamp(value, tz=timezone.utc)
+    return datetime.fromtimestamp(value, tz=UTC)
 
 
 def to_timestamp(value: datetime) -> float:

@@ -20,8 +20,10 @@ class Config:
     - ``poll_interval``: a polling strategy, a timedelta or seconds. Default:
       ``BackoffStrategy(min=50 ms, max=1 s)`` — an idle worker looks at most once a
       second, and at once again after it finds work.
-    - ``buffer_size``: tasks claimed ahead of free threads; None means "as many as
-      the worker's concurrency".
+    - ``buffer_size``: tasks claimed ahead of free threads, so that claims and acks
+      go in batches; None means ``max(concurrency, claim_batch)``. Lower it (even to 0)
+      when tasks are long and several workers share a queue, so that one worker does
+      not hold tasks another could start.
     - ``keep_alive``: the heartbeat interval (default 5 s).
     - ``reenqueue_orphaned_after``: a worker silent this long is taken for dead and
       its running tasks go back to the queue (default 60 s). Keep it several times

@@ -81,7 +81,7 @@ def _find_data(data: dict[type, Any], wanted: Any, handler_name: str, param: str
 def analyse(handler: Callable[..., Any], data: dict[type, Any]) -> Signature:
     """Inspect ``handler`` once, at build time; raise ``BuildError`` on anything unknown."""
     name = getattr(handler, "__qualname__", None) or type(handler).__name__
-    target = handler if inspect.isfunction(handler) or inspect.ismethod(handler) else getattr(handler, "__call__", handler)
+    target = handler if inspect.isroutine(handler) else handler.__call__  # builtins too
     try:
         params = list(inspect.signature(target).parameters.values())
         hints = typing.get_type_hints(target, include_extras=True)

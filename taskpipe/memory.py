@@ -20,13 +20,14 @@ from typing import Any
 from . import clock
 from .backend import Outcome, OutcomeKind, TaskSink
 from .config import Config
+from .expose import MemoryExpose
 from .task import Status, Task, TaskId
 
 __all__ = ["MemoryBackend", "backend"]
 
 
 class _Record:
-    __slots__ = ("task", "status", "run_at", "attempts", "result", "errors", "created_at", "lease", "done_at", "worker")
+    __slots__ = ("task", "status", "run_at", "attempts", "result", "errors", "created_at", "lease", "done_at", "worker", "started_at")
 
     def __init__(self, task: Task, run_at: float, now: float):
         self.task = task
@@ -37,11 +38,12 @@ class _Record:
         self.errors: list[tuple[int, str, str | None, float]] = []
         self.created_at = now
         self.done_at: float | None = None
+        self.started_at: float | None = None
         self.lease: str | None = None
         self.worker: str | None = None
 
 
-class MemoryBackend(TaskSink):
+class MemoryBackend(MemoryExpose, TaskSink):
     """Tasks in a heap in this process: priority, then due time, then age."""
 
     codec = None  # args stay Python objects
@@ -97,6 +99,14 @@ class MemoryBackend(TaskSink):
             ids.append(TaskId(task_id))
         return ids
 
+    def wait_for_room(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: as long as it takes) until a push would
+        not block; return True if there is room. A pipe's feeder uses it to stop in time."""
+        if self.maxsize is None:
+            return True
+        with self._cond:
+            return self._cond.wait_for(lambda: self._unfinished < self.maxsize, timeout)
+
     def _wake_workers(self) -> None:
         for ctx in list(self._waiting):
             ctx.wake()
@@ -139,6 +149,7 @@ class MemoryBackend(TaskSink):
                 record.attempts += 1
                 record.lease = lease
                 record.worker = ctx.run_id
+                record.started_at = now
                 src = record.task
                 out.append(
                     Task(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from . import clock
@@ -27,6 +27,9 @@ class TaskId(int):
     def __repr__(self) -> str:
         return f"TaskId({int(self)})"
 
+    def __str__(self) -> str:  # str(), f"{id}" and "%s" give the number, not the repr
+        return int.__repr__(self)
+
 
 class Attempt(int):
     """Which attempt this run is (1 for the first); injectable into handlers by annotation."""
@@ -34,7 +37,7 @@ class Attempt(int):
     __slots__ = ()
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where a task is in its life: Pending → Running → Done | Failed (→ retry) … | Dead."""
 
     PENDING = "pending"
@@ -42,9 +45,6 @@ class Status(str, Enum):
     DONE = "done"
     FAILED = "failed"
     DEAD = "dead"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

@@ -43,6 +43,7 @@ log = logging.getLogger("taskpipe.worker")
 
 EventCallback = Callable[[WorkerContext, events.Event], Any]
 INTERRUPTED_RETRY_DELAY = 1.0
+ACK_DELAY = 0.05  # the longest a finished task waits for its outcome to be written
 
 
 class WorkerBuilder:
@@ -147,7 +148,9 @@ class Worker:
         self._codec = getattr(backend, "codec", None)
         config = getattr(backend, "config", None)
         buffer = getattr(config, "buffer_size", None)
-        self.capacity = concurrency + (concurrency if buffer is None else buffer)
+        if buffer is None:  # enough prefetch to claim and ack in full batches
+            buffer = max(concurrency, getattr(config, "claim_batch", concurrency))
+        self.capacity = concurrency + buffer
         self._ctx: WorkerContext | None = None
         self._lock = threading.Lock()
 
@@ -240,6 +243,7 @@ class _Run:
         self.ctx.beat_interval = float(getattr(config, "keep_alive", 5.0))
         self.cond = self.ctx._cond
         self.outcomes: list[Outcome] = []
+        self.first_outcome_at = 0.0
         self.running: dict[Any, tuple[Future, Task]] = {}
         self.started: set[Any] = set()
         self.handled = 0
@@ -259,8 +263,8 @@ class _Run:
     def execute(self) -> int:
         ctx = self.ctx
         beats = self.backend.heartbeat(ctx)
+        self.worker._emit(ctx, events.Start())  # first: a HeartBeat or Error never precedes Start
         self._beat(beats)  # registers this run before it claims anything
-        self.worker._emit(ctx, events.Start())
         if not self.until_idle:
             self.heartbeat_thread = threading.Thread(
                 target=self._heartbeat_loop, args=(beats,), name=f"taskpipe-{self.worker.name}-heartbeat", daemon=True
@@ -315,10 +319,12 @@ class _Run:
         ctx = self.ctx
         tasks = self.backend.poll(ctx)
         idle_sent = False
+        busy = False  # the last step handed out a task: let outcomes gather into a batch
         next_beat = clock.real_monotonic() + ctx.beat_interval
         try:
             while not ctx.stopping:
-                self._flush()
+                if self._ack_due(busy):
+                    self._flush()
                 if self.until_idle and clock.real_monotonic() >= next_beat:
                     next_beat = clock.real_monotonic() + self._beat(beats)
                 if not self._has_room():
@@ -327,6 +333,7 @@ class _Run:
                 task = next(tasks, StopIteration)
                 if task is StopIteration:
                     break  # a finite backend ran dry
+                busy = task is not None
                 if task is None:
                     with self.cond:
                         nothing_running = ctx.in_flight == 0 and not self.outcomes
@@ -342,14 +349,29 @@ class _Run:
         finally:
             tasks.close()
 
+    def _ack_due(self, busy: bool) -> bool:
+        """Write outcomes in batches: at once when idle, else when half the capacity
+        has finished or the oldest outcome has waited ``ACK_DELAY``."""
+        with self.cond:
+            pending = len(self.outcomes)
+            if not pending:
+                return False
+            if not busy or pending >= self.threshold or self.ctx.in_flight == 0:
+                return True
+            return clock.real_monotonic() - self.first_outcome_at >= ACK_DELAY
+
     def _has_room(self) -> bool:
         with self.cond:
             return self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold
 
     def _wait_for_room(self) -> None:
         with self.cond:
+            if self.outcomes:
+                timeout = max(0.0, self.first_outcome_at + ACK_DELAY - clock.real_monotonic())
+            else:
+                timeout = self.ctx.beat_interval if self.until_idle else None
             if not self.ctx._woken and not self.ctx.stopping:
-                self.cond.wait(self.ctx.beat_interval if self.until_idle else None)
+                self.cond.wait(timeout)
             self.ctx._woken = False
 
     # Pool side --------------------------------------------------------------------------
@@ -361,11 +383,16 @@ class _Run:
 
     def _call(self, task: Task) -> None:
         with self.cond:
-            self.started.add(task.id)
-        try:
-            outcome = self._execute(task)
-        except BaseException as exc:  # never leave a task without an outcome
-            outcome = Outcome(task, OutcomeKind.DEAD, error=f"worker error: {exc!r}")
+            if self.ctx.stopping:  # a stop was asked: start nothing new, hand it back
+                outcome: Outcome | None = Outcome(task, OutcomeKind.RELEASE)
+            else:
+                self.started.add(task.id)
+                outcome = None
+        if outcome is None:
+            try:
+                outcome = self._execute(task)
+            except BaseException as exc:  # never leave a task without an outcome
+                outcome = Outcome(task, OutcomeKind.DEAD, error=f"worker error: {exc!r}")
         self._finish(task, outcome)
 
     def _execute(self, task: Task) -> Outcome:
@@ -395,6 +422,8 @@ class _Run:
             self.running.pop(task.id, None)
             self.started.discard(task.id)
             self.ctx.in_flight -= 1
+            if not self.outcomes:
+                self.first_outcome_at = clock.real_monotonic()
             self.outcomes.append(outcome)
             if self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold:
                 self.ctx._woken = True

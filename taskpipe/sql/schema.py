@@ -125,7 +125,10 @@ def _claim_index_sql(db: pw.Database) -> list[str]:
     return [
         f"CREATE INDEX IF NOT EXISTS {JOBS}_claim ON {JOBS} "
         f"(queue, priority DESC, run_at, id) WHERE status IN ('pending', 'failed')",
-        f"CREATE INDEX IF NOT EXISTS {JOBS}_listing ON {JOBS} (status, queue, id)",
+        # Rows a person looks for (running, waiting to retry, dead) without putting an
+        # index entry on every push: pending and done rows are found by id order.
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_attention ON {JOBS} (status, queue, id) "
+        f"WHERE status IN ('running', 'failed', 'dead')",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_key ON {JOBS} (key) WHERE key IS NOT NULL",
     ]
 

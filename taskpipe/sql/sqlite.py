@@ -9,6 +9,7 @@ any process crash; ``durability="full"`` also survives power loss, at a cost
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -66,7 +67,31 @@ class SqliteStorage(SqlStorage):
 
     ``SqliteStorage(db, queue="default", codec=JsonCodec, config=Config())``; call
     ``SqliteStorage.setup(db)`` once (it is idempotent) before using it.
+
+    A push through any storage on the same database file in this process wakes the
+    queue's idle workers at once. Pushes from other processes are found by polling
+    (``Config.poll_interval``: within 1 s by default), or at once with ``with_hook``.
     """
+
+    @classmethod
+    def with_hook(
+        cls,
+        path_or_db: str | os.PathLike[str] | pw.SqliteDatabase,
+        config: Config | None = None,
+        *,
+        queue: str | None = None,
+        codec: Any = None,
+    ) -> SqliteStorage:
+        """A storage whose idle workers also notice other processes' pushes within
+        milliseconds (a change probe on the file); polling stays as a safety net."""
+        db = path_or_db if isinstance(path_or_db, pw.Database) else connect(os.fspath(path_or_db))
+        storage = cls(db, queue=queue, codec=codec, config=config)
+        storage.hooked = True
+        return storage
+
+    def __repr__(self) -> str:
+        hooked = ", hooked" if self.hooked else ""
+        return f"{type(self).__name__}({self.db.database!r}, queue={self.queue!r}{hooked})"
 
     def __init__(self, db: pw.Database, queue: str | None = None, codec: Any = None, config: Config | None = None):
         if not isinstance(db, pw.SqliteDatabase):
@@ -77,3 +102,8 @@ class SqliteStorage(SqlStorage):
 
     def _write_tx(self) -> Any:
         return self.db.atomic(lock_type="IMMEDIATE")
+
+    def _execute(self, sql: str, params: Any = ()) -> Any:
+        # The hot path talks to sqlite3 directly: same connection and transaction
+        # as peewee's, without its per-statement bookkeeping.
+        return self.db.connection().execute(sql, params)

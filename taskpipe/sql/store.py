@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -24,25 +25,34 @@ from ..codec import resolve_codec
 from ..config import Config
 from ..errors import CodecError, PushError, StorageError
 from ..task import Task, TaskId
-from . import schema
+from . import hooks, schema
+from .expose import SqlExpose
 from .queries import Queries
 
 __all__ = ["SqlStorage"]
 
 log = logging.getLogger("taskpipe.store")
 
+# Errors from the driver as peewee wraps them, or raw (the SQLite hot path calls
+# sqlite3 directly, skipping peewee's per-call bookkeeping).
+OPERATIONAL_ERRORS = (pw.OperationalError, sqlite3.OperationalError)
+INTEGRITY_ERRORS = (pw.IntegrityError, sqlite3.IntegrityError)
+DATABASE_ERRORS = (pw.DatabaseError, sqlite3.DatabaseError)
+
 # How long a write keeps retrying through "database is locked" before giving up.
 LOCKED_RETRY_SECONDS = 60.0
 STALE_WORKER_ROWS_AFTER = 24 * 3600.0
 
 
-class SqlStorage(TaskSink):
+class SqlStorage(SqlExpose, TaskSink):
     """A queue in a SQL database: the shared logic of ``SqliteStorage`` and friends.
 
     ``SqlStorage(db, queue="default", codec=JsonCodec, config=Config())``.
     """
 
     queries: Queries = Queries()
+    #: True when idle workers also watch for other processes' pushes (``with_hook``).
+    hooked: bool = False
 
     def __init__(
         self,
@@ -87,26 +97,39 @@ class SqlStorage(TaskSink):
         return "locked" in text or "busy" in text
 
     def _notify_pushed(self) -> None:
-        """Called after a push commits (hooked stores wake their workers here)."""
+        """Called after a push commits: wake this process's workers waiting on the queue."""
+        hooks.registry_for(self.db).notify(self.queue)
 
     # Plumbing ------------------------------------------------------------------------
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.db.execute_sql(sql, params)
 
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        return self.db.cursor().executemany(sql, rows)
+
     def _retrying(self, fn: Any, *args: Any) -> Any:
         """Run ``fn`` again while the database is busy: a lock is waited out, not fatal."""
+        try:
+            with self._guard:
+                return fn(*args)
+        except OPERATIONAL_ERRORS as exc:
+            if not self._is_busy(exc):
+                raise
+            error = exc
         deadline = clock.real_monotonic() + LOCKED_RETRY_SECONDS
         delay = 0.005
-        while True:
+        while clock.real_monotonic() < deadline:
+            log.debug("database busy, retrying in %.3fs: %s", delay, error)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
             try:
                 with self._guard:
                     return fn(*args)
-            except pw.OperationalError as exc:
-                if not self._is_busy(exc) or clock.real_monotonic() > deadline:
+            except OPERATIONAL_ERRORS as exc:
+                if not self._is_busy(exc):
                     raise
-                log.debug("database busy, retrying in %.3fs: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                error = exc
+        raise error
 
     def _missing_tables(self, exc: Exception) -> bool:
         return "no such table" in str(exc).lower() or "does not exist" in str(exc).lower()
@@ -121,7 +144,10 @@ class SqlStorage(TaskSink):
 
     # Pushing -------------------------------------------------------------------------
     def _row(self, task: Task, now: float) -> tuple:
-        meta = msgspec.json.encode(task.meta).decode() if task.meta else None
+        try:
+            meta = msgspec.json.encode(task.meta).decode() if task.meta else None
+        except (TypeError, ValueError, OverflowError) as exc:  # a CodecError, like the args
+            raise CodecError(f"meta: {exc}") from exc
         return (
             task.id,
             self.queue,
@@ -137,13 +163,33 @@ class SqlStorage(TaskSink):
     def _row_for_args(self, args: Any, now: float) -> tuple:
         return (None, self.queue, self.codec.encode(args), 0, now, None, None, None, now)
 
+    def push(self, args: Any) -> TaskId:
+        """Encode ``args`` and enqueue it as one task; return its id once committed."""
+        now = clock.timestamp()
+        row = (None, self.queue, self.codec.encode(args), 0, now, None, None, None, now)
+        try:
+            task_id = TaskId(self._retrying(self._insert_one, row))
+        except DATABASE_ERRORS as exc:
+            raise self._push_error(exc) from exc
+        if self.db.in_transaction():
+            self.db.after_commit(self._notify_pushed)
+        else:
+            self._notify_pushed()
+        return task_id
+
+    def _insert_one(self, row: tuple) -> int:
+        return self._execute(self.queries.insert, row).lastrowid
+
+    def _push_error(self, exc: Exception) -> PushError:
+        if isinstance(exc, INTEGRITY_ERRORS):
+            return PushError(f"push rejected by the store (duplicate id?): {exc}")
+        return PushError(f"push failed: {self._storage_error(exc)}")
+
     def _insert(self, rows: list[tuple]) -> list[TaskId]:
         try:
             ids = self._retrying(self._insert_once, rows)
-        except pw.IntegrityError as exc:
-            raise PushError(f"push rejected by the store (duplicate id?): {exc}") from exc
-        except pw.DatabaseError as exc:
-            raise PushError(f"push failed: {self._storage_error(exc)}") from exc
+        except DATABASE_ERRORS as exc:
+            raise self._push_error(exc) from exc
         if self.db.in_transaction():
             self.db.after_commit(self._notify_pushed)
         else:
@@ -157,7 +203,7 @@ class SqlStorage(TaskSink):
             return [TaskId(self._execute(q.insert, rows[0]).lastrowid)]
         with self._write_tx():
             if simple:
-                self.db.cursor().executemany(q.insert, rows)
+                self._executemany(q.insert, rows)
                 last = self._execute("SELECT last_insert_rowid()").fetchone()[0]
                 return [TaskId(i) for i in range(last - len(rows) + 1, last + 1)]
             ids = []
@@ -179,22 +225,41 @@ class SqlStorage(TaskSink):
         is due, wait as the polling strategy says (or until woken) and yield None."""
         strategy = self.config.strategy.start()
         idle = False
-        while not ctx.stopping:
-            wanted = min(ctx.free_slots(), self.config.claim_batch)
-            tasks: list[Task] = []
-            if wanted > 0:
-                try:
-                    tasks = self._retrying(self._claim, ctx, wanted, idle)
-                except pw.DatabaseError as exc:
-                    ctx.report(self._storage_error(exc))
-            if tasks:
-                idle = False
-                strategy.reset()
-                yield from tasks
-                continue
-            idle = True
-            ctx.wait(strategy.next_delay())
-            yield None
+        claimed: list[Task] = []  # claimed, not yet handed to the worker
+        wakers = hooks.registry_for(self.db)
+        # Registered for the whole run, not just while waiting: a push between an empty
+        # claim and the wait sets the context's pending flag, so the wait returns at once.
+        wakers.register(self.queue, ctx, cross_process=self.hooked)
+        try:
+            while not ctx.stopping:
+                wanted = min(ctx.free_slots(), self.config.claim_batch)
+                tasks: list[Task] = []
+                if wanted > 0:
+                    try:
+                        tasks = self._retrying(self._claim, ctx, wanted, idle)
+                    except DATABASE_ERRORS as exc:
+                        ctx.report(self._storage_error(exc))
+                if tasks:
+                    idle = False
+                    strategy.reset()
+                    claimed = tasks[::-1]
+                    while claimed:
+                        yield claimed.pop()
+                    continue
+                idle = True
+                ctx.wait(strategy.next_delay())
+                yield None
+        finally:
+            wakers.unregister(self.queue, ctx)
+            if claimed:  # the worker stopped mid-batch: hand the rest back at once
+                self._release(claimed)
+
+    def _release(self, tasks: Sequence[Task]) -> None:
+        """Put claimed tasks that never started back to Pending (attempt not counted)."""
+        try:
+            self.ack([Outcome(task, OutcomeKind.RELEASE) for task in tasks])
+        except DATABASE_ERRORS as exc:
+            log.warning("could not hand back %d claimed task(s): %s", len(tasks), exc)
 
     def _claim(self, ctx: Any, limit: int, check_first: bool) -> list[Task]:
         q = self.queries
@@ -236,7 +301,7 @@ class SqlStorage(TaskSink):
         rows = [(self._encode_result(o), now, int(o.task.id), o.task.lease) for o in done]
         with self._write_tx():
             if rows:
-                changed = self.db.cursor().executemany(q.ack_done, rows).rowcount
+                changed = self._executemany(q.ack_done, rows).rowcount
                 if changed != len(rows):
                     for outcome in done:
                         found = self._execute(q.ack_accepted, (int(outcome.task.id), outcome.task.lease, now))
@@ -279,7 +344,7 @@ class SqlStorage(TaskSink):
             try:
                 self._retrying(self._beat, ctx, first)
                 first = False
-            except pw.DatabaseError as exc:
+            except DATABASE_ERRORS as exc:
                 ctx.report(self._storage_error(exc))
             yield self.config.keep_alive
 
@@ -314,11 +379,31 @@ class SqlStorage(TaskSink):
                 log.info("task %s re-enqueued: its worker stopped beating", task_id)
         return rows
 
+    # Keyed tasks (cron ticks) -----------------------------------------------------------
+    def last_key(self, prefix: str) -> str | None:
+        """The greatest task key that starts with ``prefix`` in this database (any queue,
+        any status), or None: one range lookup on the unique key index. A cron stream
+        finds the last tick it recorded with it."""
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"last_key() needs a non-empty prefix, got {prefix!r}")
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # 'cron:a:' -> 'cron:a;'
+        job = self.models.Job
+        query = (
+            job.select(job.key)
+            .where((job.key >= prefix) & (job.key < upper))
+            .order_by(job.key.desc())
+            .limit(1)
+        )
+        try:
+            return self._retrying(query.scalar)
+        except DATABASE_ERRORS as exc:
+            raise self._storage_error(exc) from exc
+
     def retire(self, ctx: Any) -> None:
         """The worker stopped cleanly: forget its run."""
         try:
             self._retrying(self._execute, self.queries.forget_worker, (ctx.run_id,))
-        except pw.DatabaseError as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("could not unregister worker %s: %s", ctx.run_id, exc)
 
     def close_thread_connection(self) -> None:

@@ -1,0 +1,80 @@
+"""Helpers shared by the benchmark scenarios: fresh databases, timing, payloads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import msgspec
+
+from taskpipe.sql.queries import Queries
+from taskpipe.sqlite import SqliteStorage, connect
+
+QUERIES = Queries()
+SYNCHRONOUS = "NORMAL"  # the setting every contender runs at (taskpipe's default)
+
+
+@contextmanager
+def scratch_dir() -> Iterator[str]:
+    """A temporary directory removed afterwards."""
+    path = tempfile.mkdtemp(prefix="taskpipe-bench-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def taskpipe_db(directory: str, name: str = "tp.db"):
+    """A set-up taskpipe database (peewee) in ``directory``."""
+    db = connect(os.path.join(directory, name))
+    SqliteStorage.setup(db)
+    return db
+
+
+def raw_connection(path: str) -> sqlite3.Connection:
+    """A raw sqlite3 connection with the same pragmas taskpipe uses."""
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+    conn.execute("PRAGMA temp_store=memory")
+    return conn
+
+
+def raw_db(directory: str, name: str = "raw.db") -> sqlite3.Connection:
+    """taskpipe's schema, created by taskpipe, then opened with raw sqlite3."""
+    path = os.path.join(directory, name)
+    db = taskpipe_db(directory, name)
+    db.close()
+    return raw_connection(path)
+
+
+def insert_row(i: int, now: float, status_queue: str = "default") -> tuple:
+    """The row taskpipe writes for ``push(i)`` (same columns, same payload bytes)."""
+    return (None, status_queue, msgspec.json.encode(i), 0, now, None, None, None, now)
+
+
+def median(values: list[float]) -> float:
+    """The median (benchmarks run each contender several times, interleaved)."""
+    return statistics.median(values)
+
+
+def timed(fn, *args) -> float:
+    """Seconds taken by ``fn(*args)`` on the wall clock."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]

@@ -1,0 +1,81 @@
+"""taskpipe doing each scenario through its public API."""
+
+from __future__ import annotations
+
+import time
+
+from ceiling import fill
+from common import raw_connection, taskpipe_db
+
+from taskpipe import WorkerBuilder
+from taskpipe.sqlite import SqliteStorage
+
+
+def push_single(directory: str, n: int) -> float:
+    """Rows/s with ``storage.push(i)``, one committed transaction each."""
+    storage = SqliteStorage(taskpipe_db(directory))
+    push = storage.push
+    start = time.perf_counter()
+    for i in range(n):
+        push(i)
+    elapsed = time.perf_counter() - start
+    storage.db.close()
+    return n / elapsed
+
+
+def push_bulk(directory: str, n: int) -> float:
+    """Rows/s with one ``storage.push_bulk(range(n))``."""
+    storage = SqliteStorage(taskpipe_db(directory))
+    items = list(range(n))
+    start = time.perf_counter()
+    storage.push_bulk(items)
+    elapsed = time.perf_counter() - start
+    storage.db.close()
+    return n / elapsed
+
+
+def _noop(item: int) -> None:
+    return None
+
+
+def drain(directory: str, n: int, concurrency: int, handler=_noop) -> float:
+    """Jobs/s for a worker draining ``n`` queued tasks (``run_until_idle``)."""
+    db = taskpipe_db(directory)
+    conn = raw_connection(db.database)
+    fill(conn, n)
+    conn.close()
+    storage = SqliteStorage(db)
+    worker = WorkerBuilder("bench").backend(storage).concurrency(concurrency).build(handler)
+    start = time.perf_counter()
+    handled = worker.run_until_idle()
+    elapsed = time.perf_counter() - start
+    if handled != n:
+        raise RuntimeError(f"taskpipe handled {handled} of {n} tasks")
+    db.close()
+    return n / elapsed
+
+
+def claim_cost(directory: str, pending: int, done: int, claims: int) -> float:
+    """Microseconds per one-task claim through the storage's own claim path."""
+    db = taskpipe_db(directory)
+    conn = raw_connection(db.database)
+    fill(conn, pending, done)
+    conn.close()
+    storage = SqliteStorage(db)
+
+    class Ctx:  # the two things a claim needs from a worker context
+        run_id = "bench"
+        counter = 0
+
+        def new_lease(self) -> str:
+            self.counter += 1
+            return f"bench:{self.counter}"
+
+    ctx = Ctx()
+    claim = storage._claim
+    start = time.perf_counter()
+    for _ in range(claims):
+        claim(ctx, 1, False)
+    elapsed = time.perf_counter() - start
+    db.close()
+    return elapsed / claims * 1e6

@@ -1,0 +1,769 @@
+"""The ``taskpipe`` command: set up a store, run workers, push, inspect and steer tasks.
+
+A thin layer over the library: every command calls the store's public API
+(``push_task``, ``list_tasks``, ``stats``, ``retry``, ``kill``, ``purge``…), so
+anything it does, code can do too::
+
+    taskpipe --db jobs.db setup
+    taskpipe --db jobs.db push '{"to": "a@example.com"}' --run-after 10m
+    taskpipe --db jobs.db worker myapp.tasks:send_email --concurrency 4
+    taskpipe tasks --status dead --db jobs.db          # --db before or after the command
+    TASKPIPE_DB=sqlite:///jobs.db taskpipe stats --watch
+
+Exit codes: 0 ok, 1 an operation failed, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import peewee as pw
+from click.core import ParameterSource
+
+from . import __version__, clock, events
+from .errors import BuildError, CodecError, SetupError, TaskNotFound, TaskpipeError
+from .expose import STATS_KEYS, jsonable
+from .layers import RetryPolicy
+from .monitor import Monitor
+from .sql.schema import JOBS
+from .sqlite import SqliteStorage, connect
+from .task import Status, Task, TaskInfo
+from .worker import Worker, WorkerBuilder
+
+__all__ = ["BadInput", "Failure", "cli", "database_path", "main", "parse_duration"]
+
+PUSH_BATCH = 1000
+STATUS_COLOURS = {"pending": "cyan", "running": "blue", "done": "green", "failed": "yellow", "dead": "red"}
+STATUS_NAMES = [s.value for s in Status]
+
+
+# Errors ---------------------------------------------------------------------------------
+class BadInput(click.ClickException):
+    """Bad input (JSON, id, database, MODULE:ATTR…): one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class Failure(click.ClickException):
+    """The operation failed (a store error, a task that cannot be retried…): exit code 1."""
+
+    exit_code = 1
+
+
+# Durations and database URLs --------------------------------------------------------------
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d|w)")
+
+
+def parse_duration(text: str | float | int | timedelta) -> float:
+    """Seconds in ``"30s"``, ``"10m"``, ``"2h"``, ``"1d"``, ``"1h30m"``, ``"250ms"`` or a
+    plain number (seconds); raises ``ValueError`` on anything else."""
+    if isinstance(text, timedelta):
+        return text.total_seconds()
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"a duration cannot be negative: {text}")
+        return float(text)
+    value = str(text).strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _PART.findall(value)
+        if not parts or _PART.sub("", value).strip():
+            raise ValueError(
+                f"{text!r} is not a duration: use e.g. 30s, 10m, 2h, 1d, 1h30m or a number of seconds"
+            ) from None
+        return sum(float(n) * _UNITS[unit] for n, unit in parts)
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"a duration cannot be negative: {text!r}")
+    return seconds
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+_POSTGRES = {"postgres", "postgresql", "postgresext", "postgresqlext", "psycopg", "psycopg2", "psycopg3"}
+
+
+def database_path(url: str) -> str:
+    """The SQLite file named by ``--db``: a plain path, or ``sqlite:///relative.db`` /
+    ``sqlite:////absolute.db``. Other schemes raise ``BadInput`` (PostgreSQL comes later)."""
+    if "://" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower().split("+")[0]
+    if scheme in _POSTGRES:
+        raise BadInput(
+            "PostgreSQL support comes in a later version of taskpipe: use a SQLite path "
+            "or sqlite:///PATH for now"
+        )
+    if scheme not in ("sqlite", "sqliteext"):
+        raise BadInput(f"unsupported database URL {scheme}://…: use a SQLite path or sqlite:///PATH")
+    path, _, query = rest.partition("?")
+    if query:
+        raise BadInput(f"options in the database URL are not supported yet: {query!r}")
+    if path.startswith("/"):
+        path = path[1:]
+    return path or ":memory:"
+
+
+@dataclass
+class _State:
+    url: str | None = None
+    db: Any = None
+
+    def database(self, *, create: bool = False) -> Any:
+        """Open the database ``--db`` names; refuse a missing file (``setup`` creates
+        it) and a database without taskpipe's tables."""
+        if self.db is not None:
+            return self.db
+        if not self.url:
+            raise BadInput("no database given: pass --db PATH (or sqlite:///PATH), or set TASKPIPE_DB")
+        path = database_path(self.url)
+        if path != ":memory:":
+            file = Path(path).expanduser()
+            if file.is_dir():
+                raise BadInput(f"{path} is a directory, not a database file")
+            if not create and not file.exists():
+                raise BadInput(
+                    f"database file {path} does not exist: check --db, or create it with "
+                    f"`taskpipe setup --db {path}`"
+                )
+            if create and not file.parent.exists():
+                raise BadInput(f"cannot create {path}: directory {file.parent} does not exist")
+            path = str(file)
+        db = connect(path)
+        try:
+            if create:
+                SqliteStorage.setup(db)
+            elif not db.table_exists(JOBS):
+                db.close()
+                raise BadInput(f"{self.url} has no taskpipe tables: run `taskpipe setup --db {self.url}` first")
+        except pw.DatabaseError as exc:
+            db.close()
+            raise BadInput(f"cannot use {self.url} as a taskpipe database: {exc}") from exc
+        self.db = db
+        click.get_current_context().call_on_close(self.close)
+        return db
+
+    def storage(self, queue: str | None = None) -> SqliteStorage:
+        """A storage on ``queue`` (the default queue when None)."""
+        return SqliteStorage(self.database(), queue=queue)
+
+    def close(self) -> None:
+        if self.db is not None and not self.db.is_closed():
+            self.db.close()
+        self.db = None
+
+
+def _set_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(_State).url = value
+
+
+def _db_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--db`` on a subcommand, so it may come after the command name too."""
+    return click.option(
+        "--db",
+        metavar="PATH|URL",
+        expose_value=False,
+        callback=_set_db,
+        help="The SQLite database: a path or sqlite:///PATH (default: $TASKPIPE_DB).",
+    )(command)
+
+
+def _state() -> _State:
+    return click.get_current_context().ensure_object(_State)
+
+
+# Output helpers ----------------------------------------------------------------------------
+def _ago(when: datetime | None, now: datetime | None = None) -> str:
+    """``when`` relative to now: "3 min ago", "in 10 s", "just now"."""
+    if when is None:
+        return "-"
+    seconds = ((now or clock.now()) - when).total_seconds()
+    span = abs(seconds)
+    if span < 1:
+        return "just now"
+    text = _span(span, coarse=True)
+    return f"{text} ago" if seconds > 0 else f"in {text}"
+
+
+def _span(seconds: float, coarse: bool = False) -> str:
+    """A duration for people: "350 ms", "4.2 s", "3 min", "2 h", "5 d"."""
+    if seconds < 1 and not coarse:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{int(seconds)} s" if coarse else f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"
+
+
+def _when(dt: datetime | None) -> str:
+    if dt is None:
+        return "-"
+    return f"{dt.strftime('%Y-%m-%d %H:%M:%S')} UTC ({_ago(dt)})"
+
+
+def _preview(value: Any, width: int = 48) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes, not decodable>"
+    text = json.dumps(jsonable(value), ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _status(status: Status | str) -> str:
+    value = status.value if isinstance(status, Status) else str(status)
+    return click.style(value, fg=STATUS_COLOURS.get(value))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned columns; a cell is text or ``(text, style)`` (styled after padding)."""
+    cells = [[c if isinstance(c, tuple) else (str(c), None) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, (text, _) in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    lines = ["  ".join(click.style(h.ljust(w), bold=True) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        padded = []
+        for (text, style), width in zip(row, widths, strict=True):
+            cell = text.ljust(width)
+            padded.append(click.style(cell, fg=style) if style else cell)
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
+
+
+def _err(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+
+
+# The group ---------------------------------------------------------------------------------
+class _Group(click.Group):
+    """Turns taskpipe's errors into one line and the right exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except TaskNotFound as exc:
+            raise BadInput(str(exc)) from exc
+        except SetupError as exc:
+            raise BadInput(f"{exc}") from exc
+        except TaskpipeError as exc:
+            raise Failure(f"{exc}") from exc
+        except pw.DatabaseError as exc:
+            raise Failure(f"database error: {exc}") from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="taskpipe", message="%(prog)s %(version)s")
+@click.option(
+    "--db",
+    metavar="PATH|URL",
+    envvar="TASKPIPE_DB",
+    show_envvar=True,
+    help="The SQLite database: a path or sqlite:///PATH.",
+)
+@click.pass_context
+def cli(ctx: click.Context, db: str | None) -> None:
+    """taskpipe: durable background jobs. Inspect and steer the jobs of a store.
+
+    --db (or TASKPIPE_DB) names the store, before or after the command.
+    """
+    state = ctx.ensure_object(_State)
+    if db is not None and state.url is None:
+        state.url = db
+
+
+@cli.command()
+@_db_option
+def setup() -> None:
+    """Create (or migrate) taskpipe's tables; creates the database file if needed."""
+    state = _state()
+    state.database(create=True)
+    click.echo(f"taskpipe tables are ready in {state.url}")
+
+
+# worker ---------------------------------------------------------------------------------------
+def _import_target(spec: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInput(f"expected MODULE:ATTR (e.g. myapp.tasks:send_email), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise BadInput(
+                f"cannot import {module_name!r}: no such module (is its directory on PYTHONPATH?)"
+            ) from exc
+        raise BadInput(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise BadInput(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise BadInput(f"module {module_name!r} has no attribute {attr!r}") from None
+    return target
+
+
+def _print_events(ctx: Any, event: events.Event) -> None:
+    match event:
+        case events.Success(task_id=task_id):
+            click.echo(f"task {int(task_id)} {click.style('done', fg='green')}")
+        case events.Retry(task_id=task_id, attempt=attempt, run_at=run_at):
+            click.echo(f"task {int(task_id)} {click.style('failed', fg='yellow')} (attempt {attempt}), retry {_ago(run_at)}")
+        case events.Dead(task_id=task_id, error=error):
+            click.echo(f"task {int(task_id)} {click.style('dead', fg='red')}: {error}")
+        case events.Error(task_id=None, error=error):
+            click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE:ATTR")
+@click.option("--queue", "-q", default="default", show_default=True, help="The queue to take tasks from.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Handler threads.")
+@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries of a failed task.")
+@click.option("--grace", type=DURATION, default="30s", show_default=True, help="Shutdown grace for running tasks.")
+@click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
+@click.option("--name", help="The worker's name (default: the handler's name).")
+@click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
+@_db_option
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    target: str,
+    queue: str,
+    concurrency: int,
+    retries: int,
+    grace: float,
+    until_idle: bool,
+    name: str | None,
+    quiet: bool,
+) -> None:
+    """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
+    (then a worker is built on --queue of --db)."""
+    obj = _import_target(target)
+    if isinstance(obj, (Worker, Monitor)):
+        ignored = [
+            f"--{p.replace('_', '-')}"
+            for p in ("queue", "concurrency", "retries", "grace", "name")
+            if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE
+        ]
+        if ignored:
+            click.echo(
+                f"warning: {', '.join(ignored)} ignored: {target} is an already built {type(obj).__name__}",
+                err=True,
+            )
+        workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
+    elif callable(obj):
+        builder = (
+            WorkerBuilder(name or getattr(obj, "__name__", "worker"))
+            .backend(_state().storage(queue))
+            .concurrency(concurrency)
+            .retry(RetryPolicy.retries(retries))
+            .shutdown_grace(grace)
+        )
+        if not quiet:
+            builder.on_event(_print_events)
+        try:
+            obj = builder.build(obj)
+        except BuildError as exc:
+            raise BadInput(f"{target}: {exc}") from exc
+        workers = [obj]
+    else:
+        raise BadInput(f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function")
+    if until_idle:
+        handled = sum(w.run_until_idle() for w in workers)
+        click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
+    else:
+        obj.run()
+
+
+# push -------------------------------------------------------------------------------------------
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{where} is not valid JSON: {exc}") from None
+
+
+def _json_lines(lines: Iterator[str], name: str) -> Iterator[Any]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            yield _loads(line, f"line {number} of {name}")
+
+
+@cli.command()
+@click.argument("args", metavar="[ARGS]", required=False)
+@click.option("--file", "-f", "file", metavar="FILE", help="Push one task per line of JSON (- for stdin).")
+@click.option("--queue", "-q", default="default", show_default=True)
+@click.option("--priority", "-p", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--run-after", type=DURATION, help="Delay before it is due: 30s, 10m, 2h, 1d.")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts before the task is dead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the id (or the count) as JSON.")
+@_db_option
+def push(
+    args: str | None,
+    file: str | None,
+    queue: str,
+    priority: int,
+    run_after: float | None,
+    max_attempts: int | None,
+    as_json: bool,
+) -> None:
+    """Push a task whose args are the JSON ARGS, or one per line of --file."""
+    if (args is None) == (file is None):
+        raise BadInput(
+            "give the task's args as JSON (e.g. taskpipe push '{\"to\": \"a@example.com\"}') "
+            "or --file FILE with one JSON value per line, not both"
+        )
+
+    def task(value: Any) -> Task:
+        delay = None if run_after is None else timedelta(seconds=run_after)
+        return Task(value, priority=priority, run_after=delay, max_attempts=max_attempts)
+
+    if args is not None:
+        value = _loads(args, "ARGS")
+        storage = _state().storage(queue)
+        try:
+            task_id = storage.push_task(task(value))
+        except CodecError as exc:
+            raise BadInput(f"cannot encode ARGS: {exc}") from exc
+        if as_json:
+            _echo_json({"id": task_id, "queue": queue})
+        else:
+            click.echo(f"pushed task {int(task_id)} to queue {queue}")
+        return
+    count = _push_file(file, queue, task)
+    if as_json:
+        _echo_json({"count": count, "queue": queue})
+    else:
+        click.echo(f"pushed {count} task{'s' if count != 1 else ''} to queue {queue}")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
+    if file == "-":
+        stream, total, name = sys.stdin, None, "stdin"
+    else:
+        path = Path(file)
+        if not path.is_file():
+            raise BadInput(f"file {file} does not exist")
+        name = file
+        with path.open(encoding="utf-8") as lines:  # first pass: all valid, or nothing pushed
+            total = sum(1 for _ in _json_lines(lines, name))
+        stream = path.open(encoding="utf-8")
+    storage = _state().storage(queue)
+    pushed = 0
+    try:
+        bar_or_not = (
+            click.progressbar(length=total, label=f"pushing to {queue}", file=sys.stderr)
+            if total is not None
+            else contextlib.nullcontext(_NoBar())  # stdin: length unknown
+        )
+        with bar_or_not as bar:
+            values = _json_lines(stream, name)
+            while True:
+                try:
+                    chunk = [task(v) for v in itertools.islice(values, PUSH_BATCH)]
+                except BadInput as exc:
+                    if pushed:
+                        exc.message += f" ({pushed} tasks before it were pushed)"
+                    raise
+                if not chunk:
+                    return pushed
+                try:
+                    storage.push_all(chunk)
+                except CodecError as exc:
+                    raise BadInput(f"cannot encode a task of {name}: {exc} ({pushed} tasks pushed)") from exc
+                pushed += len(chunk)
+                bar.update(len(chunk))
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+# tasks and show -----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--status", "-s", type=click.Choice(STATUS_NAMES), multiple=True, help="Only these statuses (repeatable).")
+@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of tasks (TaskInfo fields).")
+@_db_option
+def tasks(status: tuple[str, ...], queue: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List tasks, newest first."""
+    storage = _state().storage()
+    found = storage.list_tasks(queue=queue, status=status or None, limit=limit + 1, offset=offset)
+    more, found = len(found) > limit, found[:limit]
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no tasks" + (" (try a smaller --offset)" if offset else ""))
+        return
+    now = clock.now()
+    rows = [
+        [
+            str(int(t.id)),
+            t.queue,
+            (t.status.value, STATUS_COLOURS[t.status.value]),
+            f"{t.attempts}/{t.max_attempts}" if t.max_attempts else str(t.attempts),
+            str(t.priority),
+            _ago(t.created_at, now),
+            _ago(t.done_at if t.done_at else t.run_at, now),
+            _preview(t.args),
+        ]
+        for t in found
+    ]
+    click.echo(_table(["ID", "QUEUE", "STATUS", "ATTEMPTS", "PRIO", "CREATED", "DUE/ENDED", "ARGS"], rows))
+    if more:
+        click.echo(f"… more: --offset {offset + limit}", err=True)
+
+
+def _show_text(t: TaskInfo) -> str:
+    lines = [
+        f"{click.style(f'task {int(t.id)}', bold=True)}  {_status(t.status)}  (queue {t.queue})",
+        f"  args      {json.dumps(jsonable(t.args), ensure_ascii=False)}"
+        + ("  (raw payload: not decodable)" if isinstance(t.args, bytes) else ""),
+        f"  result    {'-' if t.result is None else json.dumps(jsonable(t.result), ensure_ascii=False)}",
+        f"  priority  {t.priority}",
+        f"  attempts  {t.attempts}" + (f" of {t.max_attempts}" if t.max_attempts else ""),
+        f"  created   {_when(t.created_at)}",
+        f"  due       {_when(t.run_at)}",
+        f"  started   {_when(t.started_at)}",
+        f"  finished  {_when(t.done_at)}",
+    ]
+    if t.started_at and t.done_at and t.done_at >= t.started_at:
+        lines.append(f"  ran       {_span((t.done_at - t.started_at).total_seconds())}")
+    if t.worker:
+        lines.append(f"  worker    {t.worker}")
+    if t.meta:
+        lines.append(f"  meta      {json.dumps(jsonable(t.meta), ensure_ascii=False)}")
+    if t.errors:
+        lines.append("")
+        lines.append(click.style(f"errors ({len(t.errors)})", bold=True))
+    for e in t.errors:
+        lines.append(f"  attempt {e.attempt}, {_when(e.at)}: {click.style(e.error, fg='red')}")
+        for tb_line in (e.traceback or "").rstrip().splitlines():
+            lines.append(f"      {tb_line}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (TaskInfo fields).")
+@_db_option
+def show(task_id: int, as_json: bool) -> None:
+    """Show one task: args, result, timings, and every failed attempt's traceback."""
+    info = _state().storage().fetch_by_id(task_id)
+    if as_json:
+        _echo_json(info)
+    else:
+        click.echo(_show_text(info))
+
+
+# retry, kill, purge ---------------------------------------------------------------------------------
+def _each(ids: Sequence[int], action: Callable[[int], bool], done: str, refused: Callable[[TaskInfo], str]) -> None:
+    storage_fetch = _state().storage().fetch_by_id
+    code = 0
+    for task_id in ids:
+        try:
+            if action(task_id):
+                click.echo(f"task {task_id} {done}")
+                continue
+            _err(refused(storage_fetch(task_id)))
+            code = max(code, 1)
+        except TaskNotFound as exc:
+            _err(str(exc))
+            code = 2
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.argument("ids", metavar="[ID]...", type=int, nargs=-1)
+@click.option("--dead", "all_dead", is_flag=True, help="Retry every dead task (of --queue, or all).")
+@click.option("--queue", "-q", help="With --dead: only this queue.")
+@_db_option
+def retry(ids: tuple[int, ...], all_dead: bool, queue: str | None) -> None:
+    """Run failed or dead tasks again now, with a fresh set of attempts."""
+    if bool(ids) == all_dead:
+        raise BadInput("give task ids, or --dead to retry every dead task")
+    storage = _state().storage()
+    if all_dead:
+        count = storage.retry_dead(queue)
+        click.echo(f"{count} dead task{'s' if count != 1 else ''} pending again")
+        return
+    _each(
+        ids,
+        storage.retry,
+        "is pending again",
+        lambda t: f"task {int(t.id)} is {t.status.value}: only failed or dead tasks can be retried",
+    )
+
+
+@cli.command()
+@click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
+@_db_option
+def kill(ids: tuple[int, ...]) -> None:
+    """Make pending, failed or running tasks dead (a running one's result is discarded)."""
+    storage = _state().storage()
+    _each(ids, storage.kill, "killed", lambda t: f"task {int(t.id)} is already {t.status.value}")
+
+
+@cli.command()
+@click.argument("statuses", metavar="STATUS...", type=click.Choice(STATUS_NAMES), nargs=-1, required=True)
+@click.option("--older-than", type=DURATION, required=True, help="Finished at least this long ago: 7d, 12h, 0.")
+@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@_db_option
+def purge(statuses: tuple[str, ...], older_than: float, queue: str | None) -> None:
+    """Delete done and/or dead tasks finished more than --older-than ago."""
+    storage = _state().storage()
+    try:
+        count = storage.purge(statuses, older_than, queue=queue)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    click.echo(f"purged {count} task{'s' if count != 1 else ''}")
+
+
+# workers, queues, stats ---------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of workers.")
+@_db_option
+def workers(as_json: bool) -> None:
+    """List worker runs, with their last heartbeat and the tasks they hold."""
+    found = _state().storage().list_workers()
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no workers")
+        return
+    now = clock.now()
+    rows = [
+        [w.name, w.run_id, ",".join(w.queues), w.hostname, str(w.pid), _ago(w.started_at, now),
+         _ago(w.last_heartbeat, now), str(w.tasks_held)]
+        for w in found
+    ]
+    click.echo(_table(["NAME", "RUN ID", "QUEUES", "HOST", "PID", "STARTED", "LAST BEAT", "TASKS"], rows))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of queues with their counts.")
+@_db_option
+def queues(as_json: bool) -> None:
+    """List the queues that hold tasks, with their counts per status."""
+    found = _state().storage().list_queues()
+    if as_json:
+        _echo_json([{**jsonable(q), "total": q.total} for q in found])
+        return
+    if not found:
+        click.echo("no queues (no tasks yet)")
+        return
+    rows = [[q.name, *(str(getattr(q, s)) for s in STATUS_NAMES), str(q.total)] for q in found]
+    click.echo(_table(["QUEUE", *(s.upper() for s in STATUS_NAMES), "TOTAL"], rows))
+
+
+_STAT_LABELS = {
+    "done_last_hour": "done, last hour",
+    "failed_last_hour": "failed attempts, last hour",
+    "done_last_day": "done, last day",
+    "failed_last_day": "failed attempts, last day",
+    "oldest_pending_age": "oldest due pending",
+    "mean_run_time": "mean run time",
+}
+
+
+def _stats_text(stats: dict[str, Any], queue: str | None) -> str:
+    lines = [click.style(f"queue: {queue or 'all'}", bold=True)]
+    for key in STATS_KEYS:
+        value = stats.get(key)
+        label = _STAT_LABELS.get(key, key)
+        if key in STATUS_NAMES:
+            label = click.style(key.ljust(26), fg=STATUS_COLOURS[key])
+        else:
+            label = label.ljust(26)
+        if key in ("oldest_pending_age", "mean_run_time"):
+            value = "-" if value is None else _span(value)
+        lines.append(f"  {label} {value}")
+    return "\n".join(lines)
+
+
+_sleep = time.sleep  # the --watch pause (tests replace it)
+
+
+@cli.command()
+@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--watch", "-w", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option("--every", type=DURATION, default="2s", show_default=True, help="With --watch: the refresh period.")
+@_db_option
+def stats(queue: str | None, as_json: bool, watch: bool, every: float) -> None:
+    """Counts per status, throughput, the oldest due task's wait and the mean run time."""
+    storage = _state().storage()
+
+    def render() -> str:
+        values = storage.stats(queue)
+        if as_json:
+            return json.dumps(jsonable(values), ensure_ascii=False)
+        return _stats_text(values, queue)
+
+    if not watch:
+        click.echo(render())
+        return
+    tty = click.get_text_stream("stdout").isatty()
+    previous = 0
+    try:
+        while True:
+            text = render()
+            if tty and previous:
+                click.echo(f"\x1b[{previous}F\x1b[J", nl=False)  # back up and clear: refresh in place
+            click.echo(text)
+            previous = text.count("\n") + 1
+            _sleep(max(every, 0.1))
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: ``taskpipe …`` (also ``python -m taskpipe …``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="taskpipe")

@@ -1,0 +1,364 @@
+"""Introspection for the SQL stores (``SqlStorage`` inherits ``SqlExpose``).
+
+Cold paths, so written with peewee's query builder (one text for every dialect).
+Every read is a page (``LIMIT``) or an aggregate (``COUNT``/``MIN``/``AVG`` in SQL);
+bulk writes (``retry_dead``, ``purge``) go in batches of ``BATCH`` rows, one short
+write transaction each, so workers are never locked out for long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import peewee as pw
+
+from .. import clock
+from ..errors import CodecError, TaskNotFound
+from ..expose import (
+    DAY,
+    HOUR,
+    KILLABLE,
+    KILLED,
+    RETRYABLE,
+    ExposeMixin,
+    QueueInfo,
+    WorkerInfo,
+    _empty_stats,
+)
+from ..task import AttemptError, Status, TaskId, TaskInfo
+
+__all__ = ["SqlExpose", "BATCH"]
+
+BATCH = 1000  # rows per write transaction in retry_dead() and purge()
+
+
+def _values(statuses: tuple[Status, ...]) -> list[str]:
+    return [s.value for s in statuses]
+
+
+class SqlExpose(ExposeMixin):
+    """``list_tasks``, ``fetch_by_id``, ``stats``, ``retry``, ``kill``, ``purge``… on the
+    tables of a ``SqlStorage`` (which provides ``db``, ``models``, ``codec``,
+    ``_retrying``, ``_write_tx`` and ``_storage_error``)."""
+
+    # Plumbing ------------------------------------------------------------------------
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` waiting out locks; driver errors become ``StorageError``
+        (``SetupError`` when the tables are missing)."""
+        try:
+            return self._retrying(fn, *args)
+        except pw.DatabaseError as exc:
+            raise self._storage_error(exc) from exc
+
+    def _decode(self, data: Any) -> Any:
+        if data is None:
+            return None
+        data = bytes(data)
+        try:
+            return self.codec.decode(data)
+        except CodecError:
+            return data
+
+    def _info(self, row: dict[str, Any], errors: tuple[AttemptError, ...]) -> TaskInfo:
+        meta = row["meta"]
+        try:
+            meta = msgspec.json.decode(meta) if meta else {}
+        except msgspec.DecodeError:
+            meta = {"raw": meta}
+        return TaskInfo(
+            id=TaskId(row["id"]),
+            queue=row["queue"],
+            status=Status(row["status"]),
+            args=self._decode(row["payload"]),
+            priority=row["priority"],
+            run_at=clock.from_timestamp(row["run_at"]),
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            result=self._decode(row["result"]),
+            errors=errors,
+            created_at=clock.from_timestamp(row["created_at"]),
+            started_at=clock.from_timestamp(row["started_at"]),
+            done_at=clock.from_timestamp(row["done_at"]),
+            worker=row["worker"],
+            meta=meta,
+        )
+
+    def _errors_for(self, ids: list[int]) -> dict[int, tuple[AttemptError, ...]]:
+        if not ids:
+            return {}
+        Error = self.models.Error
+        rows = (
+            Error.select(Error.job_id, Error.attempt, Error.error, Error.traceback, Error.at)
+            .where(Error.job_id.in_(ids))
+            .order_by(Error.job_id, Error.id)
+            .tuples()
+        )
+        found: dict[int, list[AttemptError]] = {}
+        for job_id, attempt, error, tb, at in rows:
+            found.setdefault(job_id, []).append(AttemptError(attempt, error, tb, clock.from_timestamp(at)))
+        return {job_id: tuple(errors) for job_id, errors in found.items()}
+
+    def _infos(self, query: pw.Select) -> list[TaskInfo]:
+        rows = list(query.dicts())
+        errors = self._errors_for([row["id"] for row in rows])
+        return [self._info(row, errors.get(row["id"], ())) for row in rows]
+
+    # Reading -----------------------------------------------------------------------------
+    def list_tasks(
+        self, queue: str | None = None, status: Any = None, limit: int = 50, offset: int = 0
+    ) -> list[TaskInfo]:
+        """A page of tasks, newest first, each with its errors. ``queue=None`` is every
+        queue in the database; ``status`` one status (a ``Status`` or its value) or
+        several. Args and results are decoded without a type (a payload the codec
+        cannot decode is returned as its raw bytes)."""
+        statuses = self._statuses(status)
+        self._page(limit, offset)
+        Job = self.models.Job
+        query = Job.select().order_by(Job.id.desc()).limit(limit).offset(offset)
+        if queue is not None:
+            query = query.where(Job.queue == queue)
+        if statuses:
+            query = query.where(Job.status.in_(_values(statuses)))
+        return self._run(self._infos, query)
+
+    def fetch_by_id(self, task_id: int) -> TaskInfo:
+        """The task with this id, in any queue, with its errors; raises ``TaskNotFound``."""
+        task_id = self._task_id(task_id)
+        Job = self.models.Job
+        found = self._run(self._infos, Job.select().where(Job.id == task_id).limit(1))
+        if not found:
+            raise TaskNotFound(f"no task with id {int(task_id)}")
+        return found[0]
+
+    def list_workers(self, limit: int = 100) -> list[WorkerInfo]:
+        """Worker runs that have beaten recently (a run is forgotten when it stops
+        cleanly, or a day after its last beat), newest first, with the count of tasks
+        each holds."""
+        self._page(limit, 0)
+        Job, Worker = self.models.Job, self.models.Worker
+        held = (
+            Job.select(pw.fn.COUNT(Job.id))
+            .where((Job.worker == Worker.run_id) & (Job.status == Status.RUNNING.value))
+        )
+        query = (
+            Worker.select(Worker, held.alias("held"))
+            .order_by(Worker.started_at.desc(), Worker.run_id)
+            .limit(limit)
+            .dicts()
+        )
+        rows = self._run(list, query)
+        return [
+            WorkerInfo(
+                name=row["name"],
+                run_id=row["run_id"],
+                queues=tuple(q for q in row["queues"].split(",") if q),
+                hostname=row["hostname"],
+                pid=row["pid"],
+                started_at=clock.from_timestamp(row["started_at"]),
+                last_heartbeat=clock.from_timestamp(row["last_seen"]),
+                tasks_held=row["held"] or 0,
+            )
+            for row in rows
+        ]
+
+    def list_queues(self) -> list[QueueInfo]:
+        """Every queue that holds tasks, by name, with its counts per status (one
+        ``GROUP BY``)."""
+        Job = self.models.Job
+        query = (
+            Job.select(Job.queue, Job.status, pw.fn.COUNT(Job.id))
+            .group_by(Job.queue, Job.status)
+            .tuples()
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, count in self._run(list, query):
+            counts.setdefault(queue, {})[status] = count
+        known = {s.value for s in Status}
+        return [
+            QueueInfo(name, **{k: v for k, v in by_status.items() if k in known})
+            for name, by_status in sorted(counts.items())
+        ]
+
+    def stats(self, queue: str | None = None) -> dict[str, Any]:
+        """Counts and rates, computed in SQL, of ``queue`` (None: every queue):
+
+        - one key per status value (``"pending"``, ``"running"``…) with its count;
+        - ``done_last_hour`` / ``done_last_day``: tasks finished Done in that window;
+        - ``failed_last_hour`` / ``failed_last_day``: failed attempts recorded in that
+          window (retried or not; kills and worker deaths count);
+        - ``oldest_pending_age``: seconds since the longest-waiting due Pending task
+          became due (None when none is due): how far behind the workers are;
+        - ``mean_run_time``: mean seconds from start to finish of the Done tasks
+          still stored (None when there are none).
+        """
+        return self._run(self._stats, queue, clock.timestamp())
+
+    def _stats(self, queue: str | None, now: float) -> dict[str, Any]:
+        Job, Error = self.models.Job, self.models.Error
+        fn = pw.fn
+        stats = _empty_stats()
+
+        def in_queue(query: pw.Select) -> pw.Select:
+            return query if queue is None else query.where(Job.queue == queue)
+
+        by_status = in_queue(Job.select(Job.status, fn.COUNT(Job.id)).group_by(Job.status))
+        for status, count in by_status.tuples():
+            if status in stats:
+                stats[status] = count
+
+        def recent(column: Any) -> list[Any]:
+            return [
+                fn.COALESCE(fn.SUM(pw.Case(None, [(column >= now - HOUR, 1)], 0)), 0),
+                fn.COUNT(column),
+            ]
+
+        done = in_queue(
+            Job.select(*recent(Job.done_at)).where(
+                (Job.status == Status.DONE.value) & (Job.done_at >= now - DAY)
+            )
+        )
+        stats["done_last_hour"], stats["done_last_day"] = done.tuples().get()
+
+        failed = Error.select(*recent(Error.at)).where(Error.at >= now - DAY)
+        if queue is not None:
+            failed = failed.join(Job, on=(Job.id == Error.job_id)).where(Job.queue == queue)
+        stats["failed_last_hour"], stats["failed_last_day"] = failed.tuples().get()
+
+        oldest = in_queue(
+            Job.select(fn.MIN(Job.run_at)).where(
+                (Job.status == Status.PENDING.value) & (Job.run_at <= now)
+            )
+        ).scalar()
+        stats["oldest_pending_age"] = None if oldest is None else now - oldest
+
+        mean = in_queue(
+            Job.select(fn.AVG(Job.done_at - Job.started_at)).where(
+                (Job.status == Status.DONE.value) & Job.started_at.is_null(False)
+            )
+        ).scalar()
+        stats["mean_run_time"] = None if mean is None else float(mean)
+        return stats
+
+    # Steering ----------------------------------------------------------------------------
+    def _reset(self, now: float) -> dict[Any, Any]:
+        Job = self.models.Job
+        return {
+            Job.status: Status.PENDING.value,
+            Job.run_at: now,
+            Job.attempts: 0,
+            Job.recoveries: 0,
+            Job.lease: None,
+            Job.worker: None,
+            Job.started_at: None,
+            Job.done_at: None,
+            Job.result: None,
+        }
+
+    def _exists(self, task_id: int) -> bool:
+        Job = self.models.Job
+        return Job.select(Job.id).where(Job.id == task_id).exists()
+
+    def retry(self, task_id: int) -> bool:
+        """Make a Failed or Dead task Pending and due now, with a fresh set of attempts
+        (its past errors are kept). Returns False when the task is in another status;
+        raises ``TaskNotFound`` for an unknown id. Atomic (one ``UPDATE``)."""
+        task_id = self._task_id(task_id)
+        Job = self.models.Job
+
+        def once() -> bool:
+            with self._write_tx():
+                changed = (
+                    Job.update(self._reset(clock.timestamp()))
+                    .where((Job.id == task_id) & Job.status.in_(_values(RETRYABLE)))
+                    .execute()
+                )
+                if not changed and not self._exists(task_id):
+                    raise TaskNotFound(f"no task with id {int(task_id)}")
+                return bool(changed)
+
+        retried = self._run(once)
+        if retried:
+            self._notify_pushed()
+        return retried
+
+    def retry_dead(self, queue: str | None = None) -> int:
+        """``retry`` every Dead task of ``queue`` (None: every queue), in batches of
+        ``BATCH`` rows; returns how many."""
+        Job = self.models.Job
+
+        def batch() -> int:
+            with self._write_tx():
+                ids = Job.select(Job.id).where(Job.status == Status.DEAD.value)
+                if queue is not None:
+                    ids = ids.where(Job.queue == queue)
+                ids = [row[0] for row in ids.limit(BATCH).tuples()]
+                if ids:
+                    Job.update(self._reset(clock.timestamp())).where(Job.id.in_(ids)).execute()
+                return len(ids)
+
+        total = 0
+        while True:
+            count = self._run(batch)
+            total += count
+            if count < BATCH:
+                break
+        if total:
+            self._notify_pushed()
+        return total
+
+    def kill(self, task_id: int) -> bool:
+        """Make a Pending, Failed or Running task Dead, recording the error "killed".
+        A running handler is not interrupted, but its outcome is discarded (acks need
+        the task still running under its lease). Returns False when the task had
+        already finished; raises ``TaskNotFound`` for an unknown id. Atomic."""
+        task_id = self._task_id(task_id)
+        Job, Error = self.models.Job, self.models.Error
+
+        def once() -> bool:
+            now = clock.timestamp()
+            with self._write_tx():
+                row = Job.select(Job.status, Job.attempts).where(Job.id == task_id).tuples().first()
+                if row is None:
+                    raise TaskNotFound(f"no task with id {int(task_id)}")
+                status, attempts = row
+                if Status(status) not in KILLABLE:
+                    return False
+                Job.update({Job.status: Status.DEAD.value, Job.done_at: now, Job.lease: None}).where(
+                    Job.id == task_id
+                ).execute()
+                Error.insert(job_id=task_id, attempt=attempts, error=KILLED, traceback=None, at=now).execute()
+                return True
+
+        return self._run(once)
+
+    def purge(self, status: Any, older_than: timedelta | float, *, queue: str | None = None) -> int:
+        """Delete Done and/or Dead tasks (and their error rows) that finished at least
+        ``older_than`` ago (a timedelta or seconds), in batches of ``BATCH`` rows.
+        Pending, Running and Failed tasks are refused (``ValueError``). Returns how many."""
+        statuses = self._purgeable(status)
+        cutoff = clock.timestamp() - clock.seconds(older_than, name="older_than")
+        Job, Error = self.models.Job, self.models.Error
+
+        def batch() -> int:
+            with self._write_tx():
+                ids = Job.select(Job.id).where(
+                    Job.status.in_(_values(statuses)) & (Job.done_at <= cutoff)
+                )
+                if queue is not None:
+                    ids = ids.where(Job.queue == queue)
+                ids = [row[0] for row in ids.limit(BATCH).tuples()]
+                if ids:
+                    Error.delete().where(Error.job_id.in_(ids)).execute()
+                    Job.delete().where(Job.id.in_(ids)).execute()
+                return len(ids)
+
+        total = 0
+        while True:
+            count = self._run(batch)
+            total += count
+            if count < BATCH:
+                return total
+

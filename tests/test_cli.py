@@ -1,0 +1,605 @@
+"""The ``taskpipe`` command: every command and its error paths through CliRunner, and one
+real run in subprocesses (push, worker --until-idle, tasks --json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+
+import click
+import pytest
+from click.testing import CliRunner
+from freezegun import freeze_time
+
+import taskpipe
+from taskpipe import Status, WorkerContext
+from taskpipe import cli as cli_module
+from taskpipe.cli import _ago, _table, cli, database_path, parse_duration
+from taskpipe.expose import STATS_KEYS
+from taskpipe.sqlite import SqliteStorage, connect
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TASKINFO_FIELDS = [
+    "id", "queue", "status", "args", "priority", "run_at", "attempts", "max_attempts",
+    "result", "errors", "created_at", "started_at", "done_at", "worker", "meta",
+]
+
+
+@pytest.fixture
+def invoke(monkeypatch):
+    """Run ``taskpipe ARGS…`` in-process; TASKPIPE_DB unset unless a test sets it."""
+    monkeypatch.delenv("TASKPIPE_DB", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, env: dict | None = None):
+        return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def dbfile(db_path, invoke):
+    """A set-up database file; its path."""
+    result = invoke("setup", "--db", db_path)
+    assert result.exit_code == 0, result.output
+    return db_path
+
+
+@pytest.fixture
+def storage(dbfile):
+    """A storage on the CLI's database (the default queue)."""
+    database = connect(dbfile)
+    yield SqliteStorage(database)
+    database.close()
+
+
+@pytest.fixture
+def modules(tmp_path, monkeypatch):
+    """Write a module into tmp_path (importable); forget it afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+def bad_input(result, *words: str) -> None:
+    """Exit 2 with one line on stderr that mentions ``words``, and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    for word in words:
+        assert word in lines[0]
+    assert "Traceback" not in result.output
+
+
+def failed(result, *words: str) -> None:
+    """Exit 1 with the reason on stderr, and no traceback."""
+    assert result.exit_code == 1, result.output
+    for word in words:
+        assert word in result.stderr
+    assert "Traceback" not in result.output
+
+
+# Helpers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("30s", 30), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1w", 604800), ("1h30m", 5400),
+     ("250ms", 0.25), ("5min", 300), ("12", 12), ("1.5", 1.5), (" 2H ", 7200), ("0", 0)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "10x", "m", "-5", "5 s x", "ten minutes", "nan"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_parse_duration_takes_timedeltas_and_numbers():
+    assert parse_duration(timedelta(minutes=2)) == 120 and parse_duration(3) == 3.0
+
+
+@pytest.mark.parametrize(
+    "when, text",
+    [(T0, "just now"), (T0 - timedelta(seconds=5), "5 s ago"), (T0 - timedelta(minutes=3), "3 min ago"),
+     (T0 + timedelta(minutes=10), "in 10 min"), (T0 - timedelta(hours=2), "2 h ago"),
+     (T0 - timedelta(days=3), "3 d ago"), (None, "-")],
+)
+def test_relative_times(when, text):
+    assert _ago(when, T0) == text
+
+
+@pytest.mark.parametrize(
+    "url, path",
+    [("jobs.db", "jobs.db"), ("sqlite:///jobs.db", "jobs.db"), ("sqlite:////tmp/x.db", "/tmp/x.db"),
+     ("sqlite:///:memory:", ":memory:"), ("sqlite://", ":memory:")],
+)
+def test_database_path(url, path):
+    assert database_path(url) == path
+
+
+def test_table_is_aligned():
+    text = _table(["ID", "STATUS", "ARGS"], [["1", ("done", "green"), "a"], ["100", "dead", "bb"]])
+    assert "\x1b[" in text  # styled; click.echo strips it when not a terminal
+    lines = click.unstyle(text).splitlines()
+    assert lines[0].index("STATUS") == lines[1].index("done") == lines[2].index("dead")
+    assert lines[0].index("ARGS") == lines[1].index("a") == lines[2].index("bb")
+
+
+# Global options ----------------------------------------------------------------------------------
+def test_version(invoke):
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"taskpipe {taskpipe.__version__}"
+
+
+def test_help_lists_the_commands(invoke):
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ["setup", "worker", "push", "tasks", "show", "retry", "kill", "purge", "workers", "queues", "stats"]:
+        assert command in result.stdout
+    assert "TASKPIPE_DB" in result.stdout
+
+
+def test_db_before_or_after_the_command_or_from_the_environment(invoke, dbfile):
+    invoke("--db", dbfile, "push", "1")
+    invoke("push", "2", "--db", dbfile)
+    invoke("push", "3", env={"TASKPIPE_DB": f"sqlite:///{dbfile}"})
+    result = invoke("tasks", "--json", env={"TASKPIPE_DB": dbfile})
+    assert [t["args"] for t in json.loads(result.stdout)] == [3, 2, 1]
+
+
+def test_the_commands_db_wins(invoke, dbfile, tmp_path):
+    other = str(tmp_path / "other.db")
+    invoke("setup", "--db", other)
+    invoke("--db", dbfile, "push", "1", "--db", other)
+    assert json.loads(invoke("tasks", "--json", "--db", dbfile).stdout) == []
+    assert len(json.loads(invoke("tasks", "--json", env={"TASKPIPE_DB": other}).stdout)) == 1
+
+
+def test_no_database_given(invoke):
+    bad_input(invoke("tasks"), "--db", "TASKPIPE_DB")
+
+
+def test_a_missing_database_file_is_not_created(invoke, tmp_path):
+    path = tmp_path / "nope.db"
+    bad_input(invoke("tasks", "--db", str(path)), "does not exist", "taskpipe setup")
+    bad_input(invoke("push", "1", "--db", f"sqlite:///{path}"), "does not exist")
+    assert not path.exists()
+
+
+def test_missing_tables_say_to_run_setup(invoke, tmp_path):
+    path = tmp_path / "empty.db"
+    connect(str(path)).connect()  # a SQLite file without taskpipe's tables
+    bad_input(invoke("stats", "--db", str(path)), "taskpipe setup")
+
+
+def test_a_file_that_is_not_a_database(invoke, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, I am not SQLite" * 100)
+    bad_input(invoke("tasks", "--db", str(path)), "not a database")
+
+
+def test_a_directory_is_not_a_database(invoke, tmp_path):
+    bad_input(invoke("tasks", "--db", str(tmp_path)), "directory")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@localhost/jobs", "postgres://localhost/jobs"])
+def test_postgresql_urls_come_later(invoke, url):
+    bad_input(invoke("tasks", "--db", url), "PostgreSQL support comes in a later version")
+
+
+def test_unsupported_url_schemes(invoke):
+    bad_input(invoke("tasks", "--db", "mysql://localhost/jobs"), "unsupported", "mysql")
+    bad_input(invoke("tasks", "--db", "sqlite:///jobs.db?timeout=3"), "options")
+
+
+# setup ----------------------------------------------------------------------------------------------
+def test_setup_creates_the_file_and_is_idempotent(invoke, tmp_path):
+    path = tmp_path / "new.db"
+    for _ in range(2):
+        result = invoke("setup", "--db", f"sqlite:///{path}")
+        assert result.exit_code == 0 and "ready" in result.stdout
+    assert path.exists()
+    assert invoke("stats", "--db", str(path)).exit_code == 0
+
+
+def test_setup_in_a_missing_directory(invoke, tmp_path):
+    bad_input(invoke("setup", "--db", str(tmp_path / "no" / "such" / "dir.db")), "directory")
+
+
+# push -------------------------------------------------------------------------------------------------
+def test_push_json_args(invoke, dbfile, storage):
+    result = invoke("push", '{"to": "a@example.com"}', "--db", dbfile)
+    assert result.exit_code == 0 and result.stdout.strip() == "pushed task 1 to queue default"
+    info = storage.fetch_by_id(1)
+    assert info.args == {"to": "a@example.com"} and info.priority == 0 and info.max_attempts is None
+
+
+def test_push_with_options(invoke, dbfile, storage):
+    with freeze_time(T0):
+        result = invoke(
+            "push", "[1, 2]", "--queue", "maps", "--priority", "5", "--run-after", "10m",
+            "--max-attempts", "3", "--json", "--db", dbfile,
+        )
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"id": 1, "queue": "maps"}
+    info = storage.fetch_by_id(1)
+    assert (info.queue, info.args, info.priority, info.max_attempts) == ("maps", [1, 2], 5, 3)
+    assert info.run_at == T0 + timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("args", ["{bad", "", "[1,", "nope"])
+def test_push_bad_json(invoke, dbfile, storage, args):
+    bad_input(invoke("push", args, "--db", dbfile), "not valid JSON")
+    assert storage.stats()["pending"] == 0
+
+
+def test_push_needs_args_or_a_file(invoke, dbfile, tmp_path):
+    bad_input(invoke("push", "--db", dbfile), "JSON")
+    lines = tmp_path / "t.jsonl"
+    lines.write_text("1\n")
+    bad_input(invoke("push", "1", "--file", str(lines), "--db", dbfile), "not both")
+
+
+@pytest.mark.parametrize("option", [["--run-after", "10x"], ["--max-attempts", "0"], ["--priority", "high"]])
+def test_push_bad_options_are_usage_errors(invoke, dbfile, option):
+    result = invoke("push", "1", *option, "--db", dbfile)
+    assert result.exit_code == 2 and "Error" in result.stderr and "Traceback" not in result.output
+
+
+def test_push_a_file_of_json_lines(invoke, dbfile, storage, tmp_path):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text("\n".join(json.dumps({"n": i}) for i in range(2500)) + "\n\n")
+    result = invoke("push", "--file", str(lines), "--priority", "2", "--db", dbfile)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "pushed 2500 tasks to queue default"
+    assert storage.stats()["pending"] == 2500
+    [newest] = storage.list_tasks(limit=1)
+    assert newest.args == {"n": 2499} and newest.priority == 2
+
+
+def test_push_a_file_with_a_bad_line_pushes_nothing(invoke, dbfile, storage, tmp_path):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text("1\n2\n{oops\n4\n")
+    bad_input(invoke("push", "-f", str(lines), "--db", dbfile), "line 3", "not valid JSON")
+    assert storage.stats()["pending"] == 0
+
+
+def test_push_from_stdin(invoke, dbfile, storage):
+    result = invoke("push", "--file", "-", "--json", "--db", dbfile, input='"a"\n"b"\n')
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"count": 2, "queue": "default"}
+    bad_input(invoke("push", "-f", "-", "--db", dbfile, input='"c"\n{\n'), "line 2 of stdin")
+    assert storage.stats()["pending"] == 2  # the bad line's batch is not pushed
+
+
+def test_push_a_missing_file(invoke, dbfile, tmp_path):
+    bad_input(invoke("push", "--file", str(tmp_path / "none.jsonl"), "--db", dbfile), "does not exist")
+
+
+# tasks and show ---------------------------------------------------------------------------------------
+def test_tasks_table(invoke, dbfile, storage):
+    storage.push({"to": "a"})
+    storage.kill(storage.push("x" * 200))
+    result = invoke("tasks", "--db", dbfile)
+    assert result.exit_code == 0
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["ID", "QUEUE", "STATUS", "ATTEMPTS", "PRIO", "CREATED", "DUE/ENDED", "ARGS"]
+    assert rows[0].split()[:3] == ["2", "default", "dead"]
+    assert rows[1].split()[:3] == ["1", "default", "pending"]
+    assert header.index("STATUS") == rows[0].index("dead") == rows[1].index("pending")
+    assert "…" in rows[0] and len(rows[0]) < 150  # long args are cut
+    assert "\x1b[" not in result.stdout  # no colour when not a terminal
+
+
+def test_tasks_filters_and_pages(invoke, dbfile, storage):
+    ids = storage.push_bulk(range(5))
+    storage.kill(ids[0])
+    SqliteStorage(storage.db, queue="maps").push("m")
+    dead = json.loads(invoke("tasks", "--status", "dead", "--json", "--db", dbfile).stdout)
+    assert [t["id"] for t in dead] == [ids[0]]
+    both = json.loads(invoke("tasks", "-s", "dead", "-s", "pending", "-q", "default", "--json", "--db", dbfile).stdout)
+    assert len(both) == 5
+    maps = json.loads(invoke("tasks", "--queue", "maps", "--json", "--db", dbfile).stdout)
+    assert [t["args"] for t in maps] == ["m"]
+    result = invoke("tasks", "--limit", "2", "--db", dbfile)
+    assert len(result.stdout.splitlines()) == 3 and "--offset 2" in result.stderr
+    page = json.loads(invoke("tasks", "--limit", "2", "--offset", "4", "--json", "--db", dbfile).stdout)
+    assert [t["id"] for t in page] == [ids[1], ids[0]]
+
+
+def test_tasks_json_has_the_taskinfo_fields(invoke, dbfile, storage):
+    with freeze_time(T0):
+        storage.push({"a": 1})
+    [task] = json.loads(invoke("tasks", "--json", "--db", dbfile).stdout)
+    assert list(task) == TASKINFO_FIELDS
+    assert task["status"] == "pending" and task["created_at"] == "2026-03-01T12:00:00+00:00"
+
+
+def test_tasks_when_there_are_none(invoke, dbfile):
+    assert invoke("tasks", "--db", dbfile).stdout.strip() == "no tasks"
+    assert json.loads(invoke("tasks", "--json", "--db", dbfile).stdout) == []
+    result = invoke("tasks", "--status", "finished", "--db", dbfile)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_show_a_task_with_its_attempts(invoke, dbfile, storage, modules):
+    modules("showmod", """
+        def boom(x):
+            raise RuntimeError("it broke: " + str(x))
+    """)
+    task_id = storage.push({"n": 1})
+    invoke("worker", "showmod:boom", "--until-idle", "--db", dbfile)
+    result = invoke("show", str(task_id), "--db", dbfile)
+    assert result.exit_code == 0
+    out = result.stdout
+    assert out.startswith(f"task {task_id}  dead  (queue default)")
+    assert '{"n": 1}' in out and "attempts  1" in out
+    assert "attempt 1" in out and "RuntimeError: it broke: {'n': 1}" in out
+    assert "Traceback (most recent call last)" in out and "showmod.py" in out  # the task's own traceback
+    for label in ("created", "due", "started", "finished", "ran", "worker"):
+        assert f"  {label}" in out
+
+
+def test_show_json(invoke, dbfile, storage):
+    storage.kill(storage.push([1, 2]))
+    data = json.loads(invoke("show", "1", "--json", "--db", dbfile).stdout)
+    assert list(data) == TASKINFO_FIELDS
+    assert data["status"] == "dead" and data["args"] == [1, 2]
+    assert data["errors"][0]["error"] == "killed"
+
+
+def test_show_raw_payload(invoke, dbfile):
+    database = connect(dbfile)
+    SqliteStorage(database, codec=taskpipe.MsgPackCodec).push({"a": 1})
+    database.close()
+    assert "not decodable" in invoke("show", "1", "--db", dbfile).stdout
+    data = json.loads(invoke("show", "1", "--json", "--db", dbfile).stdout)
+    assert isinstance(data["args"], str)  # base64 of the payload
+
+
+def test_show_unknown_or_bad_id(invoke, dbfile):
+    bad_input(invoke("show", "99", "--db", dbfile), "no task with id 99")
+    result = invoke("show", "abc", "--db", dbfile)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+# retry, kill, purge ----------------------------------------------------------------------------------
+def test_retry_and_kill(invoke, dbfile, storage):
+    a, b = storage.push_bulk([1, 2])
+    result = invoke("kill", str(a), str(b), "--db", dbfile)
+    assert result.exit_code == 0 and result.stdout.splitlines() == [f"task {a} killed", f"task {b} killed"]
+    failed(invoke("kill", str(a), "--db", dbfile), f"task {a} is already dead")
+    result = invoke("retry", str(a), "--db", dbfile)
+    assert result.exit_code == 0 and result.stdout.strip() == f"task {a} is pending again"
+    assert storage.fetch_by_id(a).status is Status.PENDING
+    failed(invoke("retry", str(a), "--db", dbfile), "is pending: only failed or dead")
+
+
+def test_retry_and_kill_unknown_ids(invoke, dbfile):
+    bad_input(invoke("retry", "41", "--db", dbfile), "no task with id 41")
+    bad_input(invoke("kill", "41", "--db", dbfile), "no task with id 41")
+    result = invoke("kill", "--db", dbfile)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_retry_dead(invoke, dbfile, storage):
+    for task_id in storage.push_bulk([1, 2, 3]):
+        storage.kill(task_id)
+    SqliteStorage(storage.db, queue="maps").kill(SqliteStorage(storage.db, queue="maps").push(4))
+    assert invoke("retry", "--dead", "--queue", "maps", "--db", dbfile).stdout.strip() == "1 dead task pending again"
+    assert invoke("retry", "--dead", "--db", dbfile).stdout.strip() == "3 dead tasks pending again"
+    assert storage.stats()["pending"] == 4
+
+
+def test_retry_needs_ids_or_dead(invoke, dbfile):
+    bad_input(invoke("retry", "--db", dbfile), "--dead")
+    bad_input(invoke("retry", "1", "--dead", "--db", dbfile), "--dead")
+
+
+def test_purge(invoke, dbfile, storage):
+    with freeze_time(T0) as frozen:
+        ids = storage.push_bulk([1, 2, 3])
+        for task_id in ids[:2]:
+            storage.kill(task_id)
+        frozen.tick(3 * 86400)
+        result = invoke("purge", "dead", "done", "--older-than", "2d", "--db", dbfile)
+        assert result.exit_code == 0 and result.stdout.strip() == "purged 2 tasks"
+        assert invoke("purge", "dead", "--older-than", "0", "--db", dbfile).stdout.strip() == "purged 0 tasks"
+    assert storage.stats()["pending"] == 1
+
+
+def test_purge_refuses_unfinished_and_needs_an_age(invoke, dbfile):
+    bad_input(invoke("purge", "pending", "--older-than", "1d", "--db", dbfile), "finished tasks only")
+    result = invoke("purge", "done", "--db", dbfile)
+    assert result.exit_code == 2 and "--older-than" in result.stderr
+
+
+# workers, queues, stats ---------------------------------------------------------------------------------
+def test_workers(invoke, dbfile, storage):
+    assert invoke("workers", "--db", dbfile).stdout.strip() == "no workers"
+    ctx = WorkerContext("mailer", capacity=1, report=lambda exc: None)
+    beats = storage.heartbeat(ctx)
+    next(beats)
+    beats.close()
+    result = invoke("workers", "--db", dbfile)
+    header, row = result.stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "RUN", "ID"]
+    assert row.split()[:3] == ["mailer", ctx.run_id, "default"]
+    [data] = json.loads(invoke("workers", "--json", "--db", dbfile).stdout)
+    assert data["run_id"] == ctx.run_id and data["tasks_held"] == 0 and data["queues"] == ["default"]
+    assert data["pid"] == os.getpid()
+
+
+def test_queues(invoke, dbfile, storage):
+    assert "no queues" in invoke("queues", "--db", dbfile).stdout
+    storage.push_bulk([1, 2])
+    SqliteStorage(storage.db, queue="maps").kill(SqliteStorage(storage.db, queue="maps").push(4))
+    header, *rows = invoke("queues", "--db", dbfile).stdout.splitlines()
+    assert header.split() == ["QUEUE", "PENDING", "RUNNING", "DONE", "FAILED", "DEAD", "TOTAL"]
+    assert [r.split() for r in rows] == [["default", "2", "0", "0", "0", "0", "2"], ["maps", "0", "0", "0", "0", "1", "1"]]
+    data = json.loads(invoke("queues", "--json", "--db", dbfile).stdout)
+    assert data[1] == {"name": "maps", "pending": 0, "running": 0, "done": 0, "failed": 0, "dead": 1, "total": 1}
+
+
+def test_stats(invoke, dbfile, storage):
+    with freeze_time(T0) as frozen:
+        storage.push_bulk([1, 2])
+        frozen.tick(90)
+        result = invoke("stats", "--db", dbfile)
+        data = json.loads(invoke("stats", "--json", "--db", dbfile).stdout)
+        maps = json.loads(invoke("stats", "--json", "--queue", "maps", "--db", dbfile).stdout)
+    assert result.exit_code == 0
+    assert "queue: all" in result.stdout and "oldest due pending" in result.stdout and "1 min" in result.stdout
+    assert list(data) == list(STATS_KEYS)
+    assert data["pending"] == 2 and data["oldest_pending_age"] == 90 and data["mean_run_time"] is None
+    assert maps["pending"] == 0
+
+
+def test_stats_watch_refreshes_until_interrupted(invoke, dbfile, storage, monkeypatch):
+    pauses = []
+
+    def pause(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 1:
+            storage.push(1)  # the next refresh sees it
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_sleep", pause)
+    result = invoke("stats", "--watch", "--every", "5s", "--json", "--db", dbfile)
+    assert result.exit_code == 0
+    assert [json.loads(line)["pending"] for line in result.stdout.splitlines()] == [0, 1]
+    assert pauses == [5, 5]
+
+
+# worker ----------------------------------------------------------------------------------------------------
+def test_worker_runs_a_handler_function_until_idle(invoke, dbfile, storage, modules):
+    modules("handlers_a", """
+        def double(n: int) -> int:
+            if n < 0:
+                raise ValueError("negative")
+            return n * 2
+    """)
+    ok, bad = storage.push_bulk([21, -1])
+    result = invoke("worker", "handlers_a:double", "--until-idle", "--db", dbfile)
+    assert result.exit_code == 0, result.output
+    assert f"task {ok} done" in result.stdout and f"task {bad} dead: ValueError: negative" in result.stdout
+    assert result.stdout.splitlines()[-1] == "handled 2 tasks"
+    assert storage.fetch_by_id(ok).result == 42
+
+
+def test_worker_options(invoke, dbfile, storage, modules):
+    modules("handlers_b", """
+        def flaky(n):
+            raise ValueError("try again")
+    """)
+    maps = SqliteStorage(storage.db, queue="maps")
+    task_id = maps.push(1)
+    storage.push(2)  # another queue: untouched
+    result = invoke(
+        "worker", "handlers_b:flaky", "--queue", "maps", "--concurrency", "2", "--retries", "3",
+        "--grace", "1s", "--name", "maps-worker", "--until-idle", "--quiet", "--db", dbfile,
+    )
+    assert result.exit_code == 0 and result.stdout.strip() == "handled 1 task"
+    info = maps.fetch_by_id(task_id)
+    assert info.status is Status.FAILED and info.worker.startswith("maps-worker:")
+    assert storage.stats("default")["pending"] == 1
+
+
+def test_worker_runs_a_built_worker_or_monitor(invoke, dbfile, storage, modules, monkeypatch):
+    monkeypatch.setenv("CLI_TEST_DB", dbfile)
+    modules("handlers_c", """
+        import os
+        from taskpipe import Monitor, WorkerBuilder
+        from taskpipe.sqlite import SqliteStorage, connect
+
+        storage = SqliteStorage(connect(os.environ["CLI_TEST_DB"]), queue="built")
+        worker = WorkerBuilder("built").backend(storage).build(lambda x: x + 1)
+        monitor = Monitor().register(WorkerBuilder("other").backend(storage).build(lambda x: x - 1))
+    """)
+    built = SqliteStorage(storage.db, queue="built")
+    first = built.push(1)
+    result = invoke("worker", "handlers_c:worker", "--until-idle", "--concurrency", "3")
+    assert result.exit_code == 0 and result.stdout.strip() == "handled 1 task"
+    assert "--concurrency ignored" in result.stderr
+    assert built.fetch_by_id(first).result == 2
+    second = built.push(10)
+    assert invoke("worker", "handlers_c:monitor", "--until-idle").exit_code == 0
+    assert built.fetch_by_id(second).result == 9
+
+
+def test_worker_import_errors(invoke, dbfile, modules):
+    modules("handlers_d", """
+        value = 42
+
+        def needs_magic(x, magic: "Unknown"):
+            pass
+    """)
+    modules("handlers_e", """
+        raise RuntimeError("cannot start")
+    """)
+    modules("handlers_f", """
+        import does_not_exist_anywhere
+    """)
+    bad_input(invoke("worker", "no_such_module_xyz:run", "--db", dbfile), "no_such_module_xyz", "no such module")
+    bad_input(invoke("worker", "handlers_d:nothing", "--db", dbfile), "has no attribute 'nothing'")
+    bad_input(invoke("worker", "handlers_d", "--db", dbfile), "MODULE:ATTR")
+    bad_input(invoke("worker", "handlers_d:value", "--db", dbfile), "int", "handler function")
+    bad_input(invoke("worker", "handlers_e:x", "--db", dbfile), "RuntimeError: cannot start")
+    bad_input(invoke("worker", "handlers_f:x", "--db", dbfile), "does_not_exist_anywhere")
+    bad_input(invoke("worker", "handlers_d:needs_magic", "--until-idle", "--db", dbfile), "needs_magic")
+
+
+def test_worker_for_a_handler_needs_a_database(invoke, modules, tmp_path):
+    modules("handlers_g", "def h(x):\n    return x\n")
+    bad_input(invoke("worker", "handlers_g:h", "--until-idle"), "--db")
+    bad_input(invoke("worker", "handlers_g:h", "--db", str(tmp_path / "none.db")), "does not exist")
+
+
+def test_python_dash_m_main_is_the_cli():
+    import taskpipe.__main__ as entry
+
+    assert entry.main is cli_module.main
+
+
+# A real run, in subprocesses -------------------------------------------------------------------------------
+def test_push_worker_tasks_in_real_processes(tmp_path):
+    (tmp_path / "jobs_handlers.py").write_text("def double(args):\n    return {'doubled': args['n'] * 2}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TASKPIPE_DB", None)
+    db = str(tmp_path / "real.db")
+
+    def taskpipe_(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "taskpipe", *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+
+    assert taskpipe_("--version").stdout.strip() == f"taskpipe {taskpipe.__version__}"
+    missing = taskpipe_("tasks", "--db", db)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    assert taskpipe_("setup", "--db", db).returncode == 0
+    for n in (1, 2, 3):
+        pushed = taskpipe_("--db", db, "push", json.dumps({"n": n}))
+        assert pushed.returncode == 0, pushed.stderr
+    ran = taskpipe_("worker", "jobs_handlers:double", "--until-idle", "--db", f"sqlite:///{db}")
+    assert ran.returncode == 0, ran.stderr
+    assert "handled 3 tasks" in ran.stdout
+    listed = taskpipe_("tasks", "--status", "done", "--json", "--db", db)
+    assert listed.returncode == 0, listed.stderr
+    done = json.loads(listed.stdout)
+    assert [t["result"] for t in done] == [{"doubled": 6}, {"doubled": 4}, {"doubled": 2}]
+    assert all(t["status"] == "done" and t["attempts"] == 1 for t in done)
