@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from common import QUERIES, insert_row, raw_db
+from common import QUERIES, insert_row, raw_connection, raw_db
 
 
 def push_single(directory: str, n: int) -> float:
@@ -83,15 +83,15 @@ def drain(directory: str, n: int, concurrency: int, batch: int = 32, work=_noop)
     return n / elapsed
 
 
-def claim_cost(directory: str, pending: int, done: int, claims: int) -> float:
-    """Microseconds per claim of one task at this queue depth."""
-    conn = raw_db(directory)
-    fill(conn, pending, done)
+def claim_cost(db_path: str, claims: int) -> float:
+    """Microseconds per claim of one task, on a database filled beforehand."""
+    conn = raw_connection(db_path)
     claim = QUERIES.claim
     start = time.perf_counter()
     for i in range(claims):
         now = time.time()
         conn.execute(claim, (f"raw:{i}", "raw", now, "default", now, 1)).fetchall()
     elapsed = time.perf_counter() - start
+    conn.execute("UPDATE taskpipe_jobs SET status = 'pending' WHERE status = 'running'")
     conn.close()
     return elapsed / claims * 1e6

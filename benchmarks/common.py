@@ -78,3 +78,37 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+class QueueDepths:
+    """One database grown in steps (1M done rows, then 10k, 100k, 1M pending), so the
+    claim-cost scenarios fill it once instead of once per contender."""
+
+    def __init__(self, done: int):
+        self.directory = tempfile.mkdtemp(prefix="taskpipe-bench-depth-")
+        self.path = os.path.join(self.directory, "depth.db")
+        taskpipe_db(self.directory, "depth.db").close()
+        self.done = done
+        self.pending = 0
+        self._add(done, "done")
+
+    def _add(self, count: int, status: str) -> None:
+        conn = raw_connection(self.path)
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(QUERIES.insert, (insert_row(i, now) for i in range(count)))
+        if status == "done":
+            conn.execute("UPDATE taskpipe_jobs SET status = 'done', done_at = ?", (now,))
+        conn.execute("COMMIT")
+        conn.close()
+
+    def at(self, pending: int) -> str:
+        """The database path, with at least ``pending`` pending rows."""
+        if pending > self.pending:
+            self._add(pending - self.pending, "pending")
+            self.pending = pending
+        return self.path
+
+    def close(self) -> None:
+        """Remove the database."""
+        shutil.rmtree(self.directory, ignore_errors=True)

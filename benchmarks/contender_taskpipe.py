@@ -8,7 +8,7 @@ from ceiling import fill
 from common import raw_connection, taskpipe_db
 
 from taskpipe import WorkerBuilder
-from taskpipe.sqlite import SqliteStorage
+from taskpipe.sqlite import SqliteStorage, connect
 
 
 def push_single(directory: str, n: int) -> float:
@@ -55,12 +55,10 @@ def drain(directory: str, n: int, concurrency: int, handler=_noop) -> float:
     return n / elapsed
 
 
-def claim_cost(directory: str, pending: int, done: int, claims: int) -> float:
-    """Microseconds per one-task claim through the storage's own claim path."""
-    db = taskpipe_db(directory)
-    conn = raw_connection(db.database)
-    fill(conn, pending, done)
-    conn.close()
+def claim_cost(db_path: str, claims: int) -> float:
+    """Microseconds per one-task claim through the storage's own claim path, on a
+    database filled beforehand."""
+    db = connect(db_path)
     storage = SqliteStorage(db)
 
     class Ctx:  # the two things a claim needs from a worker context
@@ -77,5 +75,6 @@ def claim_cost(directory: str, pending: int, done: int, claims: int) -> float:
     for _ in range(claims):
         claim(ctx, 1, False)
     elapsed = time.perf_counter() - start
+    db.execute_sql("UPDATE taskpipe_jobs SET status = 'pending' WHERE status = 'running'")
     db.close()
     return elapsed / claims * 1e6

@@ -25,11 +25,13 @@ storage.push_task(Task(2000, run_after=timedelta(milliseconds=200)))
 storage.push_all(Task.builder(i).priority(1).max_attempts(5).build() for i in range(3000, 3010))
 
 ran: list[tuple[int, int]] = []
+started: list[int] = []
 flaky_failures: set[int] = set()
 
 
 def send_reminder(item: int, ctx: WorkerContext, task_id: TaskId) -> str:
     """The handler: its return value is stored as the task's result."""
+    started.append(item)
     if 3000 <= item < 3003 and item not in flaky_failures:
         flaky_failures.add(item)
         raise RuntimeError(f"flaky failure for {item}")  # retried after a backoff
@@ -52,8 +54,9 @@ handled += worker.run_until_idle()
 elapsed = time.perf_counter() - start
 
 print(f"database: {path}")
-print(f"first to run: item {ran[0][1]} (priority 10)")
-print(f"ran {len(ran)} jobs ({handled} attempts) in {elapsed * 1000:.0f} ms")
+print(f"first started: item {started[0]} (priority 10); the delayed item 2000 started after the others")
+print(f"ran {len(ran)} jobs ({handled} attempts, {len(flaky_failures)} flaky failures retried) in {elapsed * 1000:.0f} ms")
 counts = dict(db.execute_sql("SELECT status, count(*) FROM taskpipe_jobs GROUP BY status").fetchall())
 print(f"statuses: {counts}")
 assert counts == {"done": 112}, counts
+assert started.index(2000) >= 100, "the delayed task should start after the due ones"

@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import itertools
 import json
+import logging
 import os
 import re
 import sys
@@ -248,12 +249,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     for row in cells:
         for i, (text, _) in enumerate(row):
             widths[i] = max(widths[i], len(text))
-    lines = ["  ".join(click.style(h.ljust(w), bold=True) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    def pad(text: str, width: int) -> str:
+        return " " * (width - len(text))
+
+    lines = ["  ".join(click.style(h, bold=True) + pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in cells:
-        padded = []
-        for (text, style), width in zip(row, widths, strict=True):
-            cell = text.ljust(width)
-            padded.append(click.style(cell, fg=style) if style else cell)
+        padded = [
+            (click.style(text, fg=style) if style else text) + pad(text, width)
+            for (text, style), width in zip(row, widths, strict=True)
+        ]
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 
@@ -305,7 +309,7 @@ def cli(ctx: click.Context, db: str | None) -> None:
         state.url = db
 
 
-@cli.command()
+@cli.command(short_help="Create or migrate taskpipe's tables.")
 @_db_option
 def setup() -> None:
     """Create (or migrate) taskpipe's tables; creates the database file if needed."""
@@ -352,7 +356,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
 
 
-@cli.command()
+@cli.command(short_help="Run a Worker, a Monitor or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option("--queue", "-q", default="default", show_default=True, help="The queue to take tasks from.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Handler threads.")
@@ -361,6 +365,13 @@ def _print_events(ctx: Any, event: events.Event) -> None:
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
 @click.option("--name", help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="What taskpipe logs to stderr while the worker runs.",
+)
 @_db_option
 @click.pass_context
 def worker(
@@ -373,6 +384,7 @@ def worker(
     until_idle: bool,
     name: str | None,
     quiet: bool,
+    log_level: str,
 ) -> None:
     """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
     (then a worker is built on --queue of --db)."""
@@ -406,11 +418,28 @@ def worker(
         workers = [obj]
     else:
         raise BadInput(f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function")
-    if until_idle:
-        handled = sum(w.run_until_idle() for w in workers)
-        click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
-    else:
-        obj.run()
+    with _logging_to_stderr(log_level):
+        if until_idle:
+            handled = sum(w.run_until_idle() for w in workers)
+            click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
+        else:
+            obj.run()
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: str) -> Iterator[None]:
+    """Show taskpipe's log records on stderr while the worker runs (and only then)."""
+    logger = logging.getLogger("taskpipe")
+    handler = logging.StreamHandler(click.get_text_stream("stderr"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 # push -------------------------------------------------------------------------------------------
@@ -427,7 +456,7 @@ def _json_lines(lines: Iterator[str], name: str) -> Iterator[Any]:
             yield _loads(line, f"line {number} of {name}")
 
 
-@cli.command()
+@cli.command(short_help="Push a task (JSON args), or a file of them.")
 @click.argument("args", metavar="[ARGS]", required=False)
 @click.option("--file", "-f", "file", metavar="FILE", help="Push one task per line of JSON (- for stdin).")
 @click.option("--queue", "-q", default="default", show_default=True)
@@ -522,7 +551,7 @@ def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
 
 
 # tasks and show -----------------------------------------------------------------------------------
-@cli.command()
+@cli.command(short_help="List tasks, newest first.")
 @click.option("--status", "-s", type=click.Choice(STATUS_NAMES), multiple=True, help="Only these statuses (repeatable).")
 @click.option("--queue", "-q", help="Only this queue (default: every queue).")
 @click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True)
@@ -588,7 +617,7 @@ def _show_text(t: TaskInfo) -> str:
     return "\n".join(lines)
 
 
-@cli.command()
+@cli.command(short_help="Show one task, its attempts and tracebacks.")
 @click.argument("task_id", metavar="ID", type=int)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (TaskInfo fields).")
 @_db_option
@@ -619,7 +648,7 @@ def _each(ids: Sequence[int], action: Callable[[int], bool], done: str, refused:
         raise click.exceptions.Exit(code)
 
 
-@cli.command()
+@cli.command(short_help="Run failed or dead tasks again now.")
 @click.argument("ids", metavar="[ID]...", type=int, nargs=-1)
 @click.option("--dead", "all_dead", is_flag=True, help="Retry every dead task (of --queue, or all).")
 @click.option("--queue", "-q", help="With --dead: only this queue.")
@@ -641,7 +670,7 @@ def retry(ids: tuple[int, ...], all_dead: bool, queue: str | None) -> None:
     )
 
 
-@cli.command()
+@cli.command(short_help="Make tasks dead (a running one's result is dropped).")
 @click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
 @_db_option
 def kill(ids: tuple[int, ...]) -> None:
@@ -650,7 +679,7 @@ def kill(ids: tuple[int, ...]) -> None:
     _each(ids, storage.kill, "killed", lambda t: f"task {int(t.id)} is already {t.status.value}")
 
 
-@cli.command()
+@cli.command(short_help="Delete old done or dead tasks.")
 @click.argument("statuses", metavar="STATUS...", type=click.Choice(STATUS_NAMES), nargs=-1, required=True)
 @click.option("--older-than", type=DURATION, required=True, help="Finished at least this long ago: 7d, 12h, 0.")
 @click.option("--queue", "-q", help="Only this queue (default: every queue).")
@@ -666,7 +695,7 @@ def purge(statuses: tuple[str, ...], older_than: float, queue: str | None) -> No
 
 
 # workers, queues, stats ---------------------------------------------------------------------------------
-@cli.command()
+@cli.command(short_help="List worker runs and the tasks they hold.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of workers.")
 @_db_option
 def workers(as_json: bool) -> None:
@@ -687,7 +716,7 @@ def workers(as_json: bool) -> None:
     click.echo(_table(["NAME", "RUN ID", "QUEUES", "HOST", "PID", "STARTED", "LAST BEAT", "TASKS"], rows))
 
 
-@cli.command()
+@cli.command(short_help="List queues with their counts per status.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of queues with their counts.")
 @_db_option
 def queues(as_json: bool) -> None:
@@ -731,7 +760,7 @@ def _stats_text(stats: dict[str, Any], queue: str | None) -> str:
 _sleep = time.sleep  # the --watch pause (tests replace it)
 
 
-@cli.command()
+@cli.command(short_help="Counts, throughput, lag and mean run time.")
 @click.option("--queue", "-q", help="Only this queue (default: every queue).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--watch", "-w", is_flag=True, help="Refresh in place until Ctrl-C.")

@@ -13,7 +13,10 @@ datetimes) is done by msgspec, so a handler typed ``def h(order: Order)`` gets a
 
 from __future__ import annotations
 
+import datetime as _dt
 import pickle
+import types
+import typing
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -39,6 +42,10 @@ class Codec(Protocol):
 
 
 def _enc_hook(value: Any) -> Any:
+    # Subclasses of the date types (freezegun's FakeDatetime, pendulum's DateTime)
+    # are encoded as their ISO text, which decodes back into the plain type.
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
     raise NotImplementedError(f"cannot encode objects of type {type(value).__name__}")
 
 
@@ -62,7 +69,7 @@ class _MsgspecCodec:
         decoder = self._decoders.get(type)
         if decoder is None:
             try:
-                decoder = self._module.Decoder(type)
+                decoder = self._module.Decoder(_plain_type(type))
             except TypeError as exc:
                 raise CodecError(f"{self.name}: cannot decode into {type!r}: {exc}") from exc
             self._decoders[type] = decoder
@@ -119,6 +126,30 @@ def resolve_codec(codec: Any) -> Codec:
     if not (callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))):
         raise TypeError(f"{codec!r} is not a codec: it needs encode(value) and decode(data, type)")
     return codec
+
+
+def _plain_type(tp: Any) -> Any:
+    """Replace freezegun's stand-in classes (FakeDatetime, FakeDate) in a type with the
+    real ones: annotations resolved under a frozen clock name the fakes."""
+    if isinstance(tp, type):
+        if tp.__module__.startswith("freezegun"):
+            return next(base for base in tp.__mro__ if not base.__module__.startswith("freezegun"))
+        return tp
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if not args or origin is None:
+        return tp
+    plain = tuple(_plain_type(arg) for arg in args)
+    if plain == args:
+        return tp
+    if origin is typing.Annotated:
+        return typing.Annotated[(plain[0], *args[1:])]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[plain]  # noqa: UP007 - built from a tuple at run time
+    try:
+        return tp.copy_with(plain)  # typing generics
+    except AttributeError:
+        return origin[plain]  # builtin generics: dict[str, X]
 
 
 def _preview(data: Any, limit: int = 40) -> str:

@@ -25,9 +25,10 @@ handler gets exactly what the fetcher built.
   worker asks it for one task at a time, only when it has room. Yield ``None`` when
   nothing is due: the backend then waits its polling interval (``.poll_interval()``;
   a push through this backend wakes it at once) and asks again. If the iterator ends,
-  the run ends. If it raises, the error becomes an ``Error`` event and the fetcher is
-  called again after the polling interval. Give each task an ``id`` (your row id):
-  events and outcomes carry it; a task without one gets a process-local number.
+  the run ends once the tasks it gave have finished. If it raises, the error becomes
+  an ``Error`` event and the fetcher is called again after the polling interval. Give
+  each task an ``id`` (your row id): events and outcomes carry it; a task without one
+  gets a process-local number.
 - **The sink** is called once, at ``build()``, with ``(db, config)``; what it returns is
   called with each pushed ``Task``. If it returns an int, that is the task's id. The
   five push methods (``push``, ``push_bulk``, ``push_stream``, ``push_task``, ``push_all``)
@@ -219,8 +220,11 @@ class CustomBackend(TaskSink):
                     if items is None:
                         items = iter(self._fetcher(self.db, self.config, ctx))
                     item = next(items)
-                except StopIteration:
-                    return  # the fetcher ran dry: the run ends
+                except StopIteration:  # the fetcher ran dry: the run ends once its tasks are done
+                    while ctx.in_flight and not ctx.stopping:
+                        ctx.wait(1.0)
+                        yield None
+                    return
                 except Exception as exc:
                     error = StorageError(f"the custom fetcher raised {type(exc).__name__}: {exc}")
                     error.__cause__ = exc

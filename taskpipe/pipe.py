@@ -33,8 +33,9 @@ under ``run()`` only.
 
 A source that paces itself subclasses ``PipeSource`` (as ``CronStream`` does): it
 gives one iterator for ``run()`` (``stream``) and one for ``run_until_idle()``
-(``ready``). Any other iterable is iterated once, across worker runs: what one run
-did not take, the next one gets.
+(``ready``). Any other iterable is iterated once, across worker runs (what one run
+did not take, the next one gets), and by one feeder at a time when several workers
+share the pipe.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any
 from .errors import BuildError, PipeError
 from .task import Task
 
-__all__ = ["pipe_to", "Pipe", "PipeSource"]
+__all__ = ["pipe_to", "Pipe", "PipeSource", "PipeError"]
 
 log = logging.getLogger("taskpipe.pipe")
 
@@ -85,7 +86,8 @@ class Pipe:
     """A backend made of a source and a sink (see the module docstring).
 
     Attribute access falls through to the sink: ``pipe.list_tasks()``, ``pipe.push(x)``,
-    ``pipe.db``. ``error`` holds the ``PipeError`` that stopped the source, if any.
+    ``pipe.db``. ``error`` holds the ``PipeError`` that stopped the source, if any;
+    after it, later runs only read the sink.
     """
 
     def __init__(self, source: Iterable[Any] | PipeSource, sink: Any):
@@ -103,8 +105,8 @@ class Pipe:
         self._paced = isinstance(source, PipeSource)
         self._endless = bool(getattr(source, "endless", False))
         self._iterator: Iterator[Any] | None = None
+        self._iterator_lock = threading.RLock()  # one reader of a plain source at a time
         self._ended = False  # ran dry or failed: nothing more to feed
-        self._feeder: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"Pipe({self.source!r} -> {self.sink!r})"
@@ -171,16 +173,9 @@ class Pipe:
     def _start_feeder(self, ctx: Any, stop: threading.Event, failed: threading.Event) -> threading.Thread | None:
         if self._ended:
             return None
-        previous = self._feeder
-        if previous is not None and previous.is_alive():
-            previous.join(JOIN_TIMEOUT)
-            if previous.is_alive():
-                log.warning("pipe %r: the previous run's feeder is still blocked; not starting another", self)
-                return None
         thread = threading.Thread(
             target=self._feed, args=(ctx, stop, failed), name=f"taskpipe-{ctx.name}-pipe", daemon=True
         )
-        self._feeder = thread
         thread.start()
         return thread
 
@@ -191,6 +186,8 @@ class Pipe:
             while not stop.is_set():
                 if not self._wait_for_room(stop):
                     break
+                if not self._paced and not self._lock_source(stop):
+                    break
                 try:
                     item = next(items)
                 except StopIteration:
@@ -200,6 +197,9 @@ class Pipe:
                 except Exception as exc:
                     self._fail(ctx, self._source_error(exc), failed)
                     break
+                finally:
+                    if not self._paced:
+                        self._iterator_lock.release()
                 # Taken from the source: push it even if the worker is stopping meanwhile.
                 if not self._push_one(ctx, item, failed):
                     break
@@ -211,6 +211,13 @@ class Pipe:
                 if close is not None:
                     close()
             self._close_connection()
+
+    def _lock_source(self, stop: threading.Event) -> bool:
+        """Take the plain source's lock (another run may be reading it); False on stop."""
+        while not stop.is_set():
+            if self._iterator_lock.acquire(timeout=ROOM_SLICE):
+                return True
+        return False
 
     def _wait_for_room(self, stop: threading.Event) -> bool:
         wait = getattr(self.sink, "wait_for_room", None)
@@ -250,8 +257,14 @@ class Pipe:
         True if anything may have been pushed."""
         if self._ended:
             return False
+        if not self._paced:
+            with self._iterator_lock:
+                return self._fill_from(ctx, self._shared_iterator)
+        return self._fill_from(ctx, lambda: self.source.ready(self.sink))
+
+    def _fill_from(self, ctx: Any, make_items: Any) -> bool:
         try:
-            items = self.source.ready(self.sink) if self._paced else self._shared_iterator()
+            items = make_items()
         except Exception as exc:
             self._fail(ctx, self._source_error(exc), None)
             return False
@@ -318,9 +331,10 @@ class Pipe:
 
     # Shared ------------------------------------------------------------------------------
     def _shared_iterator(self) -> Iterator[Any]:
-        if self._iterator is None:
-            self._iterator = iter(self.source)
-        return self._iterator
+        with self._iterator_lock:
+            if self._iterator is None:
+                self._iterator = iter(self.source)
+            return self._iterator
 
     def _push_one(self, ctx: Any, item: Any, failed: threading.Event | None) -> bool:
         try:

@@ -245,7 +245,6 @@ class _Run:
         self.outcomes: list[Outcome] = []
         self.first_outcome_at = 0.0
         self.running: dict[Any, tuple[Future, Task]] = {}
-        self.started: set[Any] = set()
         self.handled = 0
         self.pipe_error: PipeError | None = None
         self.threshold = max(1, worker.capacity // 2)
@@ -382,13 +381,9 @@ class _Run:
             self.running[task.id] = (future, task)
 
     def _call(self, task: Task) -> None:
-        with self.cond:
-            if self.ctx.stopping:  # a stop was asked: start nothing new, hand it back
-                outcome: Outcome | None = Outcome(task, OutcomeKind.RELEASE)
-            else:
-                self.started.add(task.id)
-                outcome = None
-        if outcome is None:
+        if self.ctx.stopping:  # a stop was asked: start nothing new, hand it back
+            outcome = Outcome(task, OutcomeKind.RELEASE)
+        else:
             try:
                 outcome = self._execute(task)
             except BaseException as exc:  # never leave a task without an outcome
@@ -420,7 +415,6 @@ class _Run:
     def _finish(self, task: Task, outcome: Outcome) -> None:
         with self.cond:
             self.running.pop(task.id, None)
-            self.started.discard(task.id)
             self.ctx.in_flight -= 1
             if not self.outcomes:
                 self.first_outcome_at = clock.real_monotonic()
@@ -468,7 +462,7 @@ class _Run:
     def _shutdown(self) -> None:
         ctx = self.ctx
         with self.cond:
-            queued = [(f, t) for f, t in self.running.values() if t.id not in self.started]
+            queued = list(self.running.values())  # cancel() succeeds only for the unstarted
         for future, task in queued:
             if future.cancel():
                 with self.cond:

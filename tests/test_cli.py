@@ -35,8 +35,8 @@ def invoke(monkeypatch):
     monkeypatch.delenv("TASKPIPE_DB", raising=False)
     runner = CliRunner()
 
-    def run(*args: str, input: str | None = None, env: dict | None = None):
-        return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+    def run(*args: str, input: str | None = None, env: dict | None = None, color: bool = False):
+        return runner.invoke(cli, list(args), input=input, env=env, color=color, catch_exceptions=False)
 
     return run
 
@@ -302,6 +302,13 @@ def test_tasks_table(invoke, dbfile, storage):
     assert header.index("STATUS") == rows[0].index("dead") == rows[1].index("pending")
     assert "…" in rows[0] and len(rows[0]) < 150  # long args are cut
     assert "\x1b[" not in result.stdout  # no colour when not a terminal
+
+
+def test_colour_on_a_terminal(invoke, dbfile, storage):
+    storage.kill(storage.push(1))
+    result = invoke("tasks", "--db", dbfile, color=True)
+    assert click.style("dead", fg="red") in result.stdout
+    assert "\x1b[" not in invoke("tasks", "--json", "--db", dbfile, color=True).stdout
 
 
 def test_tasks_filters_and_pages(invoke, dbfile, storage):

@@ -271,14 +271,16 @@ def test_a_frozen_worker_loses_its_task_and_its_late_ack_is_rejected(tmp_path, d
     finally:
         victim.proc.send_signal(signal.SIGCONT)
         victim.kill()
-    assert storage.codec.decode(job_rows(db)[stuck - 1]["result"]) == "rescued"
+    final = {r["id"]: r for r in job_rows(db)}
+    assert storage.codec.decode(final[stuck]["result"]) == "rescued"
     assert errors_of(db, stuck) == []
 
 
 # 2. Two processes x four threads ----------------------------------------------------------
 DRAINER = """
 import logging
-db_path, ready, go, out = sys.argv[1:5]
+import threading
+db_path, ready, go, out, me, other = sys.argv[1:7]
 busy = []
 
 class CountBusy(logging.Handler):
@@ -290,17 +292,28 @@ logging.getLogger("taskpipe").addHandler(CountBusy())
 logging.getLogger("taskpipe").setLevel(logging.DEBUG)
 storage = SqliteStorage(connect(db_path))
 ran = []
+threads = set()
 errors = []
+first = threading.Lock()
 
 def handle(item: int, task_id: TaskId) -> None:
     ran.append(int(task_id))
+    threads.add(threading.current_thread().name)
+    if first.acquire(blocking=False):
+        # the first task of each process waits until the other process runs one too,
+        # so that both really drain the file at the same time
+        Path(me).touch()
+        deadline = time.monotonic() + 20
+        while not Path(other).exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
     sum(range(200))  # a little work
 
 def on_event(ctx, event):
     if isinstance(event, events.Error):
         errors.append(repr(event))
 
-worker = WorkerBuilder(f"drainer-{os.getpid()}").backend(storage).concurrency(4).on_event(on_event).build(handle)
+worker = WorkerBuilder(f"drainer-{os.getpid()}").backend(storage).concurrency(4)
+worker = worker.on_event(on_event).build(handle)
 Path(ready).touch()
 deadline = time.monotonic() + 30
 while not Path(go).exists():
@@ -308,7 +321,8 @@ while not Path(go).exists():
         sys.exit("never told to go")
     time.sleep(0.005)
 worker.run_until_idle()
-Path(out).write_text(json.dumps({"ran": ran, "errors": errors, "busy": busy}))
+result = {"ran": ran, "threads": len(threads), "errors": errors, "busy": busy}
+Path(out).write_text(json.dumps(result))
 """
 
 
@@ -322,9 +336,9 @@ def test_two_processes_four_threads_each_task_runs_exactly_once(tmp_path, db, db
     try:
         for i in range(2):
             ready, out = tmp_path / f"ready{i}", tmp_path / f"out{i}.json"
-            children.append(
-                (Child(tmp_path, script, db_path, ready, go, out, tag=f"drainer{i}"), ready, out)
-            )
+            me, other = tmp_path / f"running{i}", tmp_path / f"running{1 - i}"
+            child = Child(tmp_path, script, db_path, ready, go, out, me, other, tag=f"drainer{i}")
+            children.append((child, ready, out))
         for child, ready, _ in children:
             wait_until(ready.exists, 30, "a drainer to start", child)
         go.touch()
@@ -340,6 +354,7 @@ def test_two_processes_four_threads_each_task_runs_exactly_once(tmp_path, db, db
     for result in results:
         assert result["errors"] == []
         assert len(result["ran"]) > 0, "both processes should have taken part"
+        assert result["threads"] == 4
     ran = [tid for result in results for tid in result["ran"]]
     assert len(ran) == n
     assert sorted(ran) == [r["id"] for r in job_rows(db)]  # each exactly once
@@ -353,24 +368,42 @@ def test_two_processes_four_threads_each_task_runs_exactly_once(tmp_path, db, db
 
 # 3. SIGTERM with a hanging handler ----------------------------------------------------------
 HANGER = """
-db_path, marker = sys.argv[1:3]
+import logging
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+db_path, marker, grace = sys.argv[1:4]
 storage = SqliteStorage(connect(db_path))
 
 def handle(item: int, task_id: TaskId) -> None:
     Path(marker).write_text(str(task_id))
     time.sleep(60)
 
-WorkerBuilder("hanger").backend(storage).concurrency(1).shutdown_grace(1).build(handle).run()
+worker = WorkerBuilder("hanger").backend(storage).concurrency(1).shutdown_grace(float(grace))
+worker.build(handle).run()
 print("run returned", flush=True)
 """
+
+
+def check_handed_back(db, ids, hung) -> None:
+    """The hung task is Pending with its attempt counted; the others as if never claimed."""
+    rows = {r["id"]: r for r in job_rows(db)}
+    assert hung == ids[0]
+    assert rows[hung]["status"] == "pending"
+    assert rows[hung]["attempts"] == 1
+    assert rows[hung]["worker"] is None and rows[hung]["lease"] is None
+    assert errors_of(db, hung) == ["interrupted by shutdown"]
+    for tid in ids[1:]:
+        row = rows[tid]
+        got = (row["status"], row["attempts"], row["worker"], row["lease"])
+        assert got == ("pending", 0, None, None), row
+        assert errors_of(db, tid) == []
+    assert db.execute_sql("SELECT count(*) FROM taskpipe_workers").fetchone()[0] == 0
 
 
 def test_sigterm_with_a_hanging_handler(tmp_path, db, db_path, storage):
     ids = storage.push_bulk(range(5))
     marker = tmp_path / "marker"
-    child = Child(
-        tmp_path, write_script(tmp_path, "hanger.py", HANGER), db_path, marker, tag="hanger"
-    )
+    script = write_script(tmp_path, "hanger.py", HANGER)
+    child = Child(tmp_path, script, db_path, marker, 1, tag="hanger")
     try:
         hung = TaskId(
             int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child))
@@ -385,24 +418,29 @@ def test_sigterm_with_a_hanging_handler(tmp_path, db, db_path, storage):
     assert "run returned" in child.out_path.read_text()
     assert elapsed >= 0.9, f"exited after {elapsed:.2f}s: the 1 s grace was not given"
     assert elapsed < 1 + 1 + 0.75, f"exited {elapsed:.2f}s after SIGTERM (grace 1 s)"
-    print(f"SIGTERM -> exit: {elapsed:.2f}s")
+    check_handed_back(db, ids, hung)
 
-    rows = {r["id"]: r for r in job_rows(db)}
-    assert hung == ids[0]
-    assert rows[hung]["status"] == "pending"
-    assert rows[hung]["attempts"] == 1
-    assert rows[hung]["worker"] is None and rows[hung]["lease"] is None
-    assert errors_of(db, hung) == ["interrupted by shutdown"]
-    for tid in ids[1:]:
-        row = rows[tid]
-        assert (row["status"], row["attempts"], row["worker"], row["lease"]) == (
-            "pending",
-            0,
-            None,
-            None,
-        ), row
-        assert errors_of(db, tid) == []
-    assert db.execute_sql("SELECT count(*) FROM taskpipe_workers").fetchone()[0] == 0
+
+def test_a_second_sigterm_skips_the_grace(tmp_path, db, db_path, storage):
+    ids = storage.push_bulk(range(3))
+    marker = tmp_path / "marker"
+    script = write_script(tmp_path, "hanger.py", HANGER)
+    child = Child(tmp_path, script, db_path, marker, 30, tag="hanger")
+    try:
+        hung = TaskId(
+            int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child))
+        )
+        child.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down" in child.stderr, 10, "the first signal's log", child)
+        signalled = time.monotonic()
+        child.proc.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=15)
+        elapsed = time.monotonic() - signalled
+    finally:
+        child.kill()
+    assert code == 0, child.stderr
+    assert elapsed < 2, f"exited {elapsed:.2f}s after the second SIGTERM (grace 30 s)"
+    check_handed_back(db, ids, hung)
 
 
 # 4. Poison payload ---------------------------------------------------------------------------

@@ -277,6 +277,32 @@ def test_stopping_the_worker_stops_a_feeder_of_an_endless_source(storage):
     assert feeder_threads() == []
 
 
+def test_workers_sharing_one_pipe_take_each_item_once(storage):
+    seen: list[int] = []
+    lock = threading.Lock()
+    everyone_done = threading.Event()
+
+    def handler(item: int) -> None:
+        with lock:
+            seen.append(item)
+            if len(seen) == 300:
+                everyone_done.set()
+
+    pipe = pipe_to(list(range(300)), storage)
+    workers = [WorkerBuilder(f"sharer-{n}").backend(pipe).build(handler) for n in range(2)]
+    threads = [threading.Thread(target=run_with_safety, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    assert everyone_done.wait(20)
+    for worker in workers:
+        worker.stop()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(seen) == list(range(300))  # one iterator, read by one feeder at a time
+    assert storage.stats()["done"] == 300
+    assert feeder_threads() == []
+
+
 # The Pipe as a backend ---------------------------------------------------------------------
 def test_the_pipe_delegates_to_its_sink(storage):
     pipe = pipe_to([], storage)

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -53,13 +57,25 @@ def worker_for(storage, handler, **options):
     return builder.build(handler)
 
 
-@pytest.fixture
-def frozen():
-    with freeze_time(T0) as clock:
-        yield clock
+def frozen_clock(test):
+    """Run ``test`` under a clock frozen at T0, passing the freezer as ``frozen``.
+
+    The clock is frozen inside the call rather than by a fixture, so that pytest's
+    own timings (``--durations``) stay real."""
+    signature = inspect.signature(test)
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        with freeze_time(T0) as frozen:
+            return test(*args, frozen=frozen, **kwargs)
+
+    params = [p for p in signature.parameters.values() if p.name != "frozen"]
+    wrapper.__signature__ = signature.replace(parameters=params)
+    return wrapper
 
 
 # run_after ---------------------------------------------------------------------------------
+@frozen_clock
 def test_run_after_is_not_run_before_its_time(frozen, storage, db):
     soon = storage.push_task(Task("soon", run_after=timedelta(seconds=30)))
     later = storage.push_task(Task("later", run_after=T0 + timedelta(minutes=2)))
@@ -86,6 +102,7 @@ def test_run_after_is_not_run_before_its_time(frozen, storage, db):
 
 
 # Priority ------------------------------------------------------------------------------
+@frozen_clock
 def test_priority_then_due_time_then_id(frozen, storage):
     # all due now; pushed in an order that differs from the expected run order
     storage.push("p0-first")
@@ -113,6 +130,7 @@ def test_priority_then_due_time_then_id(frozen, storage):
 
 
 @pytest.mark.parametrize("claim_batch", [1, 2])
+@frozen_clock
 def test_priority_order_holds_across_claims(frozen, db, claim_batch):
     # small claim batches force several claims: the store's own ORDER BY picks each one
     storage = SqliteStorage(db, config=Config(claim_batch=claim_batch, buffer_size=0))
@@ -129,6 +147,7 @@ def test_priority_order_holds_across_claims(frozen, db, claim_batch):
 
 
 # Backoff and Dead -------------------------------------------------------------------------
+@frozen_clock
 def test_backoff_timings_then_dead_with_every_error_kept(frozen, storage, db):
     tid = storage.push("boom")
     seen: list[events.Event] = []
@@ -172,6 +191,7 @@ def test_backoff_timings_then_dead_with_every_error_kept(frozen, storage, db):
     assert worker.run_until_idle() == 0  # dead stays dead
 
 
+@frozen_clock
 def test_backoff_is_capped(frozen, storage, db):
     tid = storage.push("boom")
     policy = RetryPolicy.retries(5).backoff(
@@ -185,6 +205,7 @@ def test_backoff_is_capped(frozen, storage, db):
     assert row(db, tid)["run_at"] == pytest.approx(at(100 + 300))  # 1000 s capped at 300 s
 
 
+@frozen_clock
 def test_no_retries_unless_asked(frozen, storage, db):
     tid = storage.push("boom")
     worker_for(storage, Recorder(fail={"boom"})).run_until_idle()
@@ -192,6 +213,7 @@ def test_no_retries_unless_asked(frozen, storage, db):
     assert len(errors(db, tid)) == 1
 
 
+@frozen_clock
 def test_task_max_attempts_overrides_the_policy(frozen, storage, db):
     fewer = storage.push_task(Task("fewer", max_attempts=2))
     more = storage.push_task(Task("more", max_attempts=4))
@@ -210,6 +232,7 @@ def test_task_max_attempts_overrides_the_policy(frozen, storage, db):
         assert [a for a, *_ in errors(db, tid)] == list(range(1, attempts + 1))
 
 
+@frozen_clock
 def test_task_max_attempts_without_a_worker_policy(frozen, storage, db):
     tid = storage.push_task(Task("x", max_attempts=3))
     handler = Recorder(fail={"x"})
@@ -240,6 +263,7 @@ class Zombie:
         assert self.task is not None and not self.reported
 
 
+@frozen_clock
 def test_orphan_is_reenqueued_only_after_reenqueue_orphaned_after(frozen, db):
     storage = SqliteStorage(db, config=ORPHAN_CONFIG)
     tid = storage.push("orphan")
@@ -266,6 +290,7 @@ def test_orphan_is_reenqueued_only_after_reenqueue_orphaned_after(frozen, db):
     assert errors(db, tid) == []
 
 
+@frozen_clock
 def test_a_live_workers_long_task_is_not_taken(frozen, db):
     storage = SqliteStorage(db, config=ORPHAN_CONFIG)
     tid = storage.push("long")
@@ -282,15 +307,17 @@ def test_a_live_workers_long_task_is_not_taken(frozen, db):
     assert row(db, tid)["status"] == "running" and row(db, tid)["recoveries"] == 0
 
 
-def test_after_max_recoveries_the_task_is_dead(frozen, db):
-    storage = SqliteStorage(
-        db, config=Config(keep_alive=1, reenqueue_orphaned_after=10, max_recoveries=3)
-    )
+@pytest.mark.parametrize("max_recoveries", [3, None])
+@frozen_clock
+def test_after_max_recoveries_the_task_is_dead(frozen, db, max_recoveries):
+    options = {} if max_recoveries is None else {"max_recoveries": max_recoveries}
+    limit = max_recoveries or 5  # the default
+    storage = SqliteStorage(db, config=Config(keep_alive=1, reenqueue_orphaned_after=10, **options))
     tid = storage.push("poison")
     recoverer = WorkerContext("recoverer", capacity=1, report=lambda e: None)
     beats = storage.heartbeat(recoverer)
     try:
-        for death in (1, 2, 3):
+        for death in range(1, limit + 1):
             zombie = Zombie(storage, name=f"zombie-{death}")
             assert zombie.task.id == tid
             frozen.tick(timedelta(seconds=11))
@@ -299,25 +326,67 @@ def test_after_max_recoveries_the_task_is_dead(frozen, db):
             assert r["recoveries"] == death
             assert r["attempts"] == 0
             assert r["worker"] is None
-            if death < 3:
+            if death < limit:
                 assert r["status"] == "pending"
                 assert errors(db, tid) == []
     finally:
         beats.close()
     r = row(db, tid)
     assert r["status"] == "dead"
-    assert r["done_at"] == pytest.approx(at(33))
+    assert r["done_at"] == pytest.approx(at(11 * limit))
     ((_, error, _, _),) = errors(db, tid)
-    assert error == "its worker died 3 times while running it"
+    assert error == f"its worker died {limit} times while running it"
     handler = Recorder()
     assert WorkerBuilder("late").backend(storage).build(handler).run_until_idle() == 0
     assert handler.ran == []
 
 
-def test_default_max_recoveries_is_5(db):
-    assert Config().max_recoveries == 5
+@frozen_clock
+def test_running_row_of_an_unknown_run_is_recovered_at_the_next_beat(frozen, db):
+    storage = SqliteStorage(db, config=ORPHAN_CONFIG)
+    db.execute_sql(
+        "INSERT INTO taskpipe_jobs (queue, status, payload, priority, run_at, attempts, "
+        "lease, worker, created_at, started_at) VALUES (?, 'running', ?, 0, ?, 1, ?, ?, ?, ?)",
+        ("default", b'"ghost"', at(-5), "ghost:1:1", "ghost:1", at(-5), at(-5)),
+    )
+    handler = Recorder()
+    assert WorkerBuilder("w").backend(storage).build(handler).run_until_idle() == 1
+    assert handler.ran == ["ghost"]
+    ((status, recoveries, attempts),) = db.execute_sql(
+        "SELECT status, recoveries, attempts FROM taskpipe_jobs"
+    ).fetchall()
+    assert (status, recoveries, attempts) == ("done", 1, 1)
 
 
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped); made before the clock
+    is frozen, as ``Popen.wait`` reads the monotonic clock."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+@frozen_clock
+def test_a_restart_on_this_host_does_not_wait_for_a_dead_process(frozen, db, dead_pid):
+    """A run whose process is gone holds nothing: a new worker's first beat frees its
+    tasks at once, though its last beat is recent."""
+    storage = SqliteStorage(db, config=ORPHAN_CONFIG)
+    tid = storage.push("stranded")
+    zombie = Zombie(storage, name="w")
+    db.execute_sql(
+        "UPDATE taskpipe_workers SET pid = ? WHERE run_id = ?", (dead_pid, zombie.ctx.run_id)
+    )
+    frozen.tick(timedelta(seconds=1))  # well inside reenqueue_orphaned_after
+    handler = Recorder()
+    assert WorkerBuilder("w").backend(storage).build(handler).run_until_idle() == 1
+    assert handler.ran == ["stranded"]
+    assert row(db, tid)["status"] == "done" and row(db, tid)["recoveries"] == 1
+    runs = [r for (r,) in db.execute_sql("SELECT run_id FROM taskpipe_workers")]
+    assert zombie.ctx.run_id not in runs
+
+
+@frozen_clock
 def test_zombie_late_ack_is_rejected(frozen, db):
     storage = SqliteStorage(db, config=ORPHAN_CONFIG)
     tid = storage.push("contested")
@@ -352,6 +421,7 @@ def test_zombie_late_ack_is_rejected(frozen, db):
     assert errors(db, tid) == []
 
 
+@frozen_clock
 def test_a_good_ack_in_the_same_batch_as_a_zombie_ack_is_accepted(frozen, db):
     storage = SqliteStorage(db, config=ORPHAN_CONFIG)
     stale_id = storage.push("stale")
