@@ -430,7 +430,7 @@ def worker(
 def _logging_to_stderr(level: str) -> Iterator[None]:
     """Show taskpipe's log records on stderr while the worker runs (and only then)."""
     logger = logging.getLogger("taskpipe")
-    handler = logging.StreamHandler(click.get_text_stream("stderr"))
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous = logger.level
     logger.addHandler(handler)
@@ -779,7 +779,7 @@ def stats(queue: str | None, as_json: bool, watch: bool, every: float) -> None:
     if not watch:
         click.echo(render())
         return
-    tty = click.get_text_stream("stdout").isatty()
+    tty = sys.stdout.isatty()
     previous = 0
     try:
         while True:
