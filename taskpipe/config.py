@@ -19,7 +19,11 @@ class Config:
     - ``queue``: the queue name (a storage's own ``queue=`` argument wins).
     - ``poll_interval``: a polling strategy, a timedelta or seconds. Default:
       ``BackoffStrategy(min=50 ms, max=1 s)`` — an idle worker looks at most once a
-      second, and at once again after it finds work.
+      second (however long it has idled: the wait never exceeds ``max``), and at once
+      again after it finds work. A push from this process wakes idle workers at once
+      whatever the strategy; a push from another process is found within the
+      strategy's maximum (1 s by default), or within milliseconds with
+      ``SqliteStorage.with_hook``. Delayed tasks and retries are found by polling.
     - ``buffer_size``: tasks claimed ahead of free threads, so that claims and acks
       go in batches; None means ``max(concurrency, claim_batch)``. Lower it (even to 0)
       when tasks are long and several workers share a queue, so that one worker does

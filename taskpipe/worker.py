@@ -22,8 +22,8 @@ import logging
 import signal
 import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
 
@@ -244,7 +244,9 @@ class _Run:
         self.cond = self.ctx._cond
         self.outcomes: list[Outcome] = []
         self.first_outcome_at = 0.0
-        self.running: dict[Any, tuple[Future, Task]] = {}
+        self.queued: deque[Task] = deque()  # handed to the pool, not started yet
+        self.active: dict[Any, Task] = {}  # running in a pool thread
+        self.runners = 0  # pool threads currently taking tasks from ``queued``
         self.handled = 0
         self.pipe_error: PipeError | None = None
         self.threshold = max(1, worker.capacity // 2)
@@ -374,21 +376,35 @@ class _Run:
             self.ctx._woken = False
 
     # Pool side --------------------------------------------------------------------------
+    # Tasks wait in ``queued``; up to ``concurrency`` runners (one ThreadPoolExecutor job
+    # each) take them one after another, so a task costs one lock round trip, not a
+    # Future and a thread wake-up, and an unstarted task is simply still in the deque.
     def _submit(self, task: Task) -> None:
         with self.cond:
             self.ctx.in_flight += 1
-            future = self.pool.submit(self._call, task)
-            self.running[task.id] = (future, task)
+            self.queued.append(task)
+            start_runner = self.runners < self.worker.concurrency
+            if start_runner:
+                self.runners += 1
+        if start_runner:
+            self.pool.submit(self._runner)
 
-    def _call(self, task: Task) -> None:
-        if self.ctx.stopping:  # a stop was asked: start nothing new, hand it back
-            outcome = Outcome(task, OutcomeKind.RELEASE)
-        else:
+    def _runner(self) -> None:
+        task: Task | None = None
+        outcome: Outcome | None = None
+        while True:
+            with self.cond:
+                if task is not None:
+                    self._finish_locked(task, outcome)
+                if not self.queued or self.ctx.stopping:
+                    self.runners -= 1
+                    return
+                task = self.queued.popleft()
+                self.active[task.id] = task
             try:
                 outcome = self._execute(task)
             except BaseException as exc:  # never leave a task without an outcome
                 outcome = Outcome(task, OutcomeKind.DEAD, error=f"worker error: {exc!r}")
-        self._finish(task, outcome)
 
     def _execute(self, task: Task) -> Outcome:
         worker = self.worker
@@ -412,16 +428,16 @@ class _Run:
             return Outcome(task, OutcomeKind.RETRY, error=error, traceback=tb, delay=delay)
         return Outcome(task, OutcomeKind.DEAD, error=error, traceback=tb)
 
-    def _finish(self, task: Task, outcome: Outcome) -> None:
-        with self.cond:
-            self.running.pop(task.id, None)
-            self.ctx.in_flight -= 1
-            if not self.outcomes:
-                self.first_outcome_at = clock.real_monotonic()
-            self.outcomes.append(outcome)
-            if self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold:
-                self.ctx._woken = True
-                self.cond.notify_all()
+    def _finish_locked(self, task: Task, outcome: Outcome) -> None:
+        """Record a finished task (the caller holds ``self.cond``)."""
+        self.active.pop(task.id, None)
+        self.ctx.in_flight -= 1
+        if not self.outcomes:
+            self.first_outcome_at = clock.real_monotonic()
+        self.outcomes.append(outcome)
+        if self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold:
+            self.ctx._woken = True
+            self.cond.notify_all()
 
     # Writing outcomes ---------------------------------------------------------------------
     def _flush(self) -> None:
@@ -461,14 +477,10 @@ class _Run:
     # Shutdown -----------------------------------------------------------------------------
     def _shutdown(self) -> None:
         ctx = self.ctx
-        with self.cond:
-            queued = list(self.running.values())  # cancel() succeeds only for the unstarted
-        for future, task in queued:
-            if future.cancel():
-                with self.cond:
-                    self.running.pop(task.id, None)
-                    ctx.in_flight -= 1
-                    self.outcomes.append(Outcome(task, OutcomeKind.RELEASE))
+        with self.cond:  # claimed but never started: straight back, no attempt counted
+            unstarted, self.queued = list(self.queued), deque()
+            ctx.in_flight -= len(unstarted)
+            self.outcomes.extend(Outcome(task, OutcomeKind.RELEASE) for task in unstarted)
         self._flush()
         deadline = clock.real_monotonic() + (0 if self.until_idle and not ctx.stopping else self.worker.grace)
         while True:
@@ -482,8 +494,8 @@ class _Run:
             self._flush()
         self._flush()
         with self.cond:
-            leftover = [t for _, t in self.running.values()]
-            self.running.clear()
+            leftover = list(self.active.values())
+            self.active.clear()
         if leftover:
             log.warning("worker %s: %d task(s) still running after the grace: handing them back", self.worker.name, len(leftover))
             interrupted = [

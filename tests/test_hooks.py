@@ -221,9 +221,9 @@ def test_no_lost_wake_ups_under_many_threads(db_path, db):
 
 
 def test_wake_ups_are_not_lost_at_the_context_level():
-    """The pending flag under stress: 16 pairs × 2000 hand-offs through a registry."""
+    """The pending flag under stress: 16 pairs × 1000 hand-offs through a registry."""
     registry = hooks.WakeRegistry(None)
-    pairs, rounds = 16, 2000
+    pairs, rounds = 16, 1000
     failures: list[str] = []
 
     def pair(n: int) -> None:
@@ -236,7 +236,7 @@ def test_wake_ups_are_not_lost_at_the_context_level():
 
         def consumer() -> None:
             got = 0
-            while got < rounds:
+            while got < rounds and not ctx.stopping:
                 with lock:
                     item = box.pop() if box else None
                 if item is None:

@@ -62,7 +62,9 @@ _DUE = f"SELECT 1 FROM {JOBS} WHERE status IN ('pending', 'failed') AND queue = 
 class Waker(Protocol):
     """Anything a push can wake: a ``WorkerContext``, a shared poller's lane."""
 
-    def wake(self) -> None: ...
+    def wake(self) -> None:
+        """Interrupt the owner's wait, or make its next wait return at once."""
+        ...
 
 
 class Waiter:
@@ -233,6 +235,7 @@ class ChangeProbe(threading.Thread):
             watch.nudge()
 
     def run(self) -> None:
+        """Watch, and wake due queues, until no hooked worker is left."""
         watch: _Inotify | _Ticker | None = _Inotify.open(self.path) if USE_INOTIFY else None
         if watch is None:
             watch = _Ticker(POLL_INTERVAL)

@@ -92,30 +92,36 @@ class SharedSqliteStorage:
         for the same queue raises ``BuildError``). ``config`` defaults to this one's."""
         config = (config or self.config).with_queue(queue)
         with self._lock:
-            if queue in self._storages:
-                raise BuildError(
-                    f"queue {queue!r} already has a shared storage on {self!r}: call make_shared() "
-                    "once per queue and give that storage to its worker"
-                )
-            storage = SharedQueueStorage(self, config, codec if codec is not None else self.codec)
-            self._storages[queue] = storage
+            taken = queue in self._storages
+            if not taken:
+                storage = SharedQueueStorage(self, config, codec if codec is not None else self.codec)
+                self._storages[queue] = storage
+        if taken:
+            raise BuildError(
+                f"queue {queue!r} already has a shared storage on {self!r}: call make_shared() "
+                "once per queue and give that storage to its worker"
+            )
         return storage
 
     # Called by a queue's worker --------------------------------------------------------
     def _attach(self, storage: SharedQueueStorage, ctx: Any) -> _Lane:
+        lane = _Lane(self, storage, ctx)
+        registry = registry_for(self.db)
+        # Listen for pushes before the poller's first look, so none falls in between.
+        registry.register(storage.queue, lane, cross_process=self.hooked)
         with self._lock:
             other = self._lanes.get(storage.queue)
-            if other is not None:
-                raise RuntimeError(
-                    f"shared queue {storage.queue!r} is already fed to worker {other.ctx.run_id!r}: "
-                    "one worker per shared queue (raise its concurrency instead)"
-                )
-            lane = _Lane(self, storage, ctx)
-            self._lanes[storage.queue] = lane
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="taskpipe-shared-poller", daemon=True)
-                self._thread.start()
-        registry_for(self.db).register(storage.queue, lane, cross_process=self.hooked)
+            if other is None:
+                self._lanes[storage.queue] = lane
+                if self._thread is None or not self._thread.is_alive():  # (not alive: after a fork)
+                    self._thread = threading.Thread(target=self._run, name="taskpipe-shared-poller", daemon=True)
+                    self._thread.start()
+        if other is not None:
+            registry.unregister(storage.queue, lane)
+            raise RuntimeError(
+                f"shared queue {storage.queue!r} is already fed to worker {other.ctx.run_id!r}: "
+                "one worker per shared queue (raise its concurrency instead)"
+            )
         self._waiter.wake()
         return lane
 

@@ -229,7 +229,7 @@ class SqlStorage(SqlExpose, TaskSink):
         wakers = hooks.registry_for(self.db)
         # Registered for the whole run, not just while waiting: a push between an empty
         # claim and the wait sets the context's pending flag, so the wait returns at once.
-        wakers.register(self.queue, ctx, cross_process=self.hooked)
+        wakers.register(self.queue, ctx, cross_process=self.hooked and not getattr(ctx, "until_idle", False))
         try:
             while not ctx.stopping:
                 wanted = min(ctx.free_slots(), self.config.claim_batch)
