@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .task import Task, TaskId
 
-__all__ = ["Backend", "TaskSink", "Outcome", "OutcomeKind"]
+__all__ = ["Backend", "TaskSink", "Outcome", "OutcomeKind", "close_thread_connection"]
+
+log = logging.getLogger("taskpipe.backend")
 
 DEFAULT_STREAM_BATCH = 1000
 
@@ -66,6 +69,18 @@ class Backend(Protocol):
     def heartbeat(self, ctx: Any) -> Iterator[None]: ...
 
     def ack(self, outcomes: Sequence[Outcome]) -> None: ...
+
+
+def close_thread_connection(backend: Any) -> None:
+    """Close the calling thread's connection to ``backend``'s store, if it keeps one
+    per thread (a thread that ends must not leave it open); best effort."""
+    close = getattr(backend, "close_thread_connection", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # pragma: no cover - closing is best effort
+        log.debug("closing the thread's connection to %r failed", backend, exc_info=True)
 
 
 class TaskSink:

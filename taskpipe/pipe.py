@@ -45,6 +45,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .backend import close_thread_connection
 from .errors import BuildError, PipeError
 from .task import Task
 
@@ -210,7 +211,7 @@ class Pipe:
                 close = getattr(items, "close", None)
                 if close is not None:
                     close()
-            self._close_connection()
+            close_thread_connection(self.sink)
 
     def _lock_source(self, stop: threading.Event) -> bool:
         """Take the plain source's lock (another run may be reading it); False on stop."""
@@ -228,13 +229,6 @@ class Pipe:
                 return True
         return False
 
-    def _close_connection(self) -> None:
-        close = getattr(self.sink, "close_thread_connection", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # pragma: no cover - closing is best effort
-                log.debug("pipe %r: closing the feeder's connection failed", self, exc_info=True)
 
     # run_until_idle(): in the caller's thread --------------------------------------------
     def _poll_until_idle(self, ctx: Any) -> Iterator[Task | None]:

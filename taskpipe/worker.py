@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import clock, events
-from .backend import Outcome, OutcomeKind
+from .backend import Outcome, OutcomeKind, close_thread_connection
 from .codec import CodecError
 from .context import WorkerContext
 from .errors import BuildError, PipeError
@@ -283,7 +283,7 @@ class _Run:
             if retire is not None:
                 retire(ctx)
             self.pool.shutdown(wait=False, cancel_futures=True)
-            self._close_connection()
+            close_thread_connection(self.backend)
             self.worker._emit(ctx, events.Stop())
         if self.pipe_error is not None:
             raise self.pipe_error
@@ -306,15 +306,8 @@ class _Run:
             while not self.ctx.finished.wait(interval):
                 interval = self._beat(beats)
         finally:
-            self._close_connection()
+            close_thread_connection(self.backend)
 
-    def _close_connection(self) -> None:
-        close = getattr(self.backend, "close_thread_connection", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # pragma: no cover - closing is best effort
-                log.debug("closing the thread's connection failed", exc_info=True)
 
     def _fetch_loop(self, beats: Any) -> None:
         ctx = self.ctx

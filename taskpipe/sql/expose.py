@@ -29,6 +29,7 @@ from ..expose import (
     _empty_stats,
 )
 from ..task import AttemptError, Status, TaskId, TaskInfo
+from .driver_errors import DATABASE_ERRORS
 
 __all__ = ["SqlExpose", "BATCH"]
 
@@ -50,9 +51,18 @@ class SqlExpose(ExposeMixin):
         (``SetupError`` when the tables are missing)."""
         try:
             return self._retrying(fn, *args)
-        except pw.DatabaseError as exc:
+        except DATABASE_ERRORS as exc:
             raise self._storage_error(exc) from exc
 
+    def _in_batches(self, batch: Callable[[], int]) -> int:
+        """Call ``batch`` (one short transaction of at most ``BATCH`` rows) until a call
+        does fewer rows than that; return the total."""
+        total = 0
+        while True:
+            count = self._run(batch)
+            total += count
+            if count < BATCH:
+                return total
     def _decode(self, data: Any) -> Any:
         if data is None:
             return None
@@ -299,12 +309,7 @@ class SqlExpose(ExposeMixin):
                     Job.update(self._reset(clock.timestamp())).where(Job.id.in_(ids)).execute()
                 return len(ids)
 
-        total = 0
-        while True:
-            count = self._run(batch)
-            total += count
-            if count < BATCH:
-                break
+        total = self._in_batches(batch)
         if total:
             self._notify_pushed()
         return total
@@ -355,10 +360,5 @@ class SqlExpose(ExposeMixin):
                     Job.delete().where(Job.id.in_(ids)).execute()
                 return len(ids)
 
-        total = 0
-        while True:
-            count = self._run(batch)
-            total += count
-            if count < BATCH:
-                return total
+        return self._in_batches(batch)
 

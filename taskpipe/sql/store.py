@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -26,18 +25,13 @@ from ..config import Config
 from ..errors import CodecError, PushError, StorageError
 from ..task import Task, TaskId
 from . import hooks, schema
+from .driver_errors import DATABASE_ERRORS, INTEGRITY_ERRORS, OPERATIONAL_ERRORS
 from .expose import SqlExpose
 from .queries import Queries
 
 __all__ = ["SqlStorage"]
 
 log = logging.getLogger("taskpipe.store")
-
-# Errors from the driver as peewee wraps them, or raw (the SQLite hot path calls
-# sqlite3 directly, skipping peewee's per-call bookkeeping).
-OPERATIONAL_ERRORS = (pw.OperationalError, sqlite3.OperationalError)
-INTEGRITY_ERRORS = (pw.IntegrityError, sqlite3.IntegrityError)
-DATABASE_ERRORS = (pw.DatabaseError, sqlite3.DatabaseError)
 
 # How long a write keeps retrying through "database is locked" before giving up.
 LOCKED_RETRY_SECONDS = 60.0
@@ -108,28 +102,25 @@ class SqlStorage(SqlExpose, TaskSink):
         return self.db.cursor().executemany(sql, rows)
 
     def _retrying(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` again while the database is busy: a lock is waited out, not fatal."""
-        try:
-            with self._guard:
-                return fn(*args)
-        except OPERATIONAL_ERRORS as exc:
-            if not self._is_busy(exc):
-                raise
-            error = exc
-        deadline = clock.real_monotonic() + LOCKED_RETRY_SECONDS
+        """Run ``fn`` again while the database is busy: a lock is waited out, not fatal
+        (for up to ``LOCKED_RETRY_SECONDS``, on top of the driver's own busy timeout)."""
+        deadline = None
         delay = 0.005
-        while clock.real_monotonic() < deadline:
-            log.debug("database busy, retrying in %.3fs: %s", delay, error)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        while True:
             try:
                 with self._guard:
                     return fn(*args)
             except OPERATIONAL_ERRORS as exc:
                 if not self._is_busy(exc):
                     raise
-                error = exc
-        raise error
+                now = clock.real_monotonic()
+                if deadline is None:
+                    deadline = now + LOCKED_RETRY_SECONDS
+                elif now > deadline:
+                    raise
+                log.debug("database busy, retrying in %.3fs: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _missing_tables(self, exc: Exception) -> bool:
         return "no such table" in str(exc).lower() or "does not exist" in str(exc).lower()
