@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from helpers import run_with_safety
 
 from taskpipe import BuildError, Pipe, PipeError, Task, WorkerBuilder, events, memory, pipe_to
 from taskpipe.errors import CodecError
@@ -18,24 +19,6 @@ from taskpipe.sqlite import SqliteStorage
 
 def feeder_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.endswith("-pipe") and t.is_alive()]
-
-
-def run_with_safety(worker, seconds: float = 10.0) -> bool:
-    """``worker.run()`` in this thread; a timer stops it if the test's own stop never
-    comes. Returns True when the test's own stop (or the worker itself) ended it."""
-    fired = threading.Event()
-
-    def stop() -> None:
-        fired.set()
-        worker.stop()
-
-    timer = threading.Timer(seconds, stop)
-    timer.start()
-    try:
-        worker.run()
-    finally:
-        timer.cancel()
-    return not fired.is_set()
 
 
 def stop_after(count: int, seen: list):

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from helpers import run_with_safety
 
 from taskpipe import (
     Attempt,
@@ -34,24 +35,6 @@ def row(db, task_id) -> dict:
 
 def statuses(db) -> dict[int, str]:
     return dict(db.execute_sql("SELECT id, status FROM taskpipe_jobs").fetchall())
-
-
-def run_with_safety(worker, seconds: float = 10.0) -> bool:
-    """``worker.run()`` in this thread; a timer stops it if the test's own stop never
-    comes. Returns True when the test's stop did it (the timer did not fire)."""
-    fired = threading.Event()
-
-    def stop() -> None:
-        fired.set()
-        worker.stop()
-
-    timer = threading.Timer(seconds, stop)
-    timer.start()
-    try:
-        worker.run()
-    finally:
-        timer.cancel()
-    return not fired.is_set()
 
 
 @dataclass

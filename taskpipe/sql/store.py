@@ -156,17 +156,21 @@ class SqlStorage(SqlExpose, TaskSink):
 
     def push(self, args: Any) -> TaskId:
         """Encode ``args`` and enqueue it as one task; return its id once committed."""
-        now = clock.timestamp()
-        row = (None, self.queue, self.codec.encode(args), 0, now, None, None, None, now)
+        row = self._row_for_args(args, clock.timestamp())
         try:
             task_id = TaskId(self._retrying(self._insert_one, row))
         except DATABASE_ERRORS as exc:
             raise self._push_error(exc) from exc
+        self._after_push()
+        return task_id
+
+    def _after_push(self) -> None:
+        """Wake workers once the push is committed: now, or when the caller's own
+        transaction commits."""
         if self.db.in_transaction():
             self.db.after_commit(self._notify_pushed)
         else:
             self._notify_pushed()
-        return task_id
 
     def _insert_one(self, row: tuple) -> int:
         return self._execute(self.queries.insert, row).lastrowid
@@ -181,10 +185,7 @@ class SqlStorage(SqlExpose, TaskSink):
             ids = self._retrying(self._insert_once, rows)
         except DATABASE_ERRORS as exc:
             raise self._push_error(exc) from exc
-        if self.db.in_transaction():
-            self.db.after_commit(self._notify_pushed)
-        else:
-            self._notify_pushed()
+        self._after_push()
         return ids
 
     def _insert_once(self, rows: list[tuple]) -> list[TaskId]:
