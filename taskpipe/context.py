@@ -60,18 +60,19 @@ class WorkerContext:
         """A token unique to one claim by this run; acks must carry it."""
         return f"{self.run_id}:{next(self._leases)}"
 
-    def wait(self, timeout: float | None) -> None:
+    def wait(self, timeout: float | None) -> bool:
         """Idle up to ``timeout`` seconds, returning early when woken (a push, a finished
-        task, a stop). A wake-up that came before the wait is not lost. Under
-        ``run_until_idle`` it returns at once when nothing is running."""
+        task, a stop); True when woken. A wake-up that came before the wait is not lost.
+        Under ``run_until_idle`` it returns at once when nothing is running."""
         with self._cond:
             if self.until_idle:
                 if self.in_flight == 0:
-                    return
+                    return False
                 timeout = self.beat_interval
             if not self._woken and not self._stopping:
                 self._cond.wait(timeout)
-            self._woken = False
+            woken, self._woken = self._woken or self._stopping, False
+            return woken
 
     def wake(self) -> None:
         """Interrupt ``wait()`` (or make the next one return at once)."""

@@ -238,8 +238,9 @@ class SqlStorage(SqlExpose, TaskSink):
                     while claimed:
                         yield claimed.pop()
                     continue
-                idle = True
-                ctx.wait(strategy.next_delay())
+                # After a wake-up (a push, a finished task) claim at once; after a
+                # silent timeout, look with a cheap read before taking the write lock.
+                idle = not ctx.wait(strategy.next_delay())
                 yield None
         finally:
             wakers.unregister(self.queue, ctx)
