@@ -240,12 +240,29 @@ def chart(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def update_readme(text: str) -> None:
+    """Replace the table between README.rst's perf-table markers with ``text``."""
+    path = os.path.join(HERE, "..", "README.rst")
+    with open(path, encoding="utf-8") as fh:
+        readme = fh.read()
+    start, end = ".. perf-table-start\n", ".. perf-table-end\n"
+    if start not in readme or end not in readme:
+        raise SystemExit("README.rst has no perf-table markers")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    block = "\n".join("    " + line.rstrip() for line in text.splitlines())
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"{head}{start}\n::\n\n{block}\n\n{end}{tail}")
+    print(f"updated {os.path.normpath(path)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions (< 2 min)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per contender (default 3, quick 1)")
     parser.add_argument("--chart", action="store_true", help="also draw results/throughput.png (matplotlib)")
     parser.add_argument("--only", default=None, help="run only scenarios whose name contains this text")
+    parser.add_argument("--update-readme", action="store_true", help="put the table into README.rst's Performance section")
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
     if not huey.available():
@@ -268,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump([{k: r[k] for k in ("scenario", "unit", "taskpipe", "ceiling", "peer", "vs_ceiling", "vs_peer")}
                    for r in rows], fh, indent=2)
     print(f"wrote {out}")
+    if args.update_readme:
+        update_readme(table(rows))
     if args.chart:
         png = os.path.join(HERE, "results", "throughput.png")
         chart(rows, png)
