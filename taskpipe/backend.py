@@ -64,11 +64,22 @@ class Outcome:
 class Backend(Protocol):
     """What a worker needs from a store (see the module docstring)."""
 
-    def poll(self, ctx: Any) -> Iterator[Task | None]: ...
+    def poll(self, ctx: Any) -> Iterator[Task | None]:
+        """Yield claimed tasks (at most ``ctx.free_slots()`` at a time), or None once it
+        has waited its interval (or a ``ctx.wake()``) and found nothing due. Each claim
+        is atomic: a task goes to one worker, marked Running under that worker's lease."""
+        ...
 
-    def heartbeat(self, ctx: Any) -> Iterator[None]: ...
+    def heartbeat(self, ctx: Any) -> Iterator[None]:
+        """Each step, in one transaction, renews this worker's leases and re-enqueues the
+        tasks of workers that stopped beating; it yields the seconds to wait before the
+        next step (None: ``keep_alive``)."""
+        ...
 
-    def ack(self, outcomes: Sequence[Outcome]) -> None: ...
+    def ack(self, outcomes: Sequence[Outcome]) -> None:
+        """Record the outcomes, atomically for the whole batch. An outcome whose lease no
+        longer matches (a zombie's) is rejected: its ``accepted`` is set False."""
+        ...
 
 
 def close_thread_connection(backend: Any) -> None:

@@ -20,6 +20,7 @@ import importlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -69,15 +70,19 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d|w)")
 
 
+# The longest duration taken (a --run-after, --grace, --older-than): beyond it a value
+# is surely a typo, and it would overflow a timedelta or a timestamp.
+MAX_DURATION = 100 * 365.25 * 86400.0  # 100 years, in seconds
+
+
 def parse_duration(text: str | float | int | timedelta) -> float:
     """Seconds in ``"30s"``, ``"10m"``, ``"2h"``, ``"1d"``, ``"1h30m"``, ``"250ms"`` or a
-    plain number (seconds); raises ``ValueError`` on anything else."""
+    plain number (seconds); raises ``ValueError`` on anything else, on a negative or
+    non-finite duration and on one longer than 100 years (``MAX_DURATION``)."""
     if isinstance(text, timedelta):
-        return text.total_seconds()
+        return _checked_duration(text.total_seconds(), text)
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"a duration cannot be negative: {text}")
-        return float(text)
+        return _checked_duration(float(text), text)
     value = str(text).strip().lower()
     try:
         seconds = float(value)
@@ -87,20 +92,63 @@ def parse_duration(text: str | float | int | timedelta) -> float:
             raise ValueError(
                 f"{text!r} is not a duration: use e.g. 30s, 10m, 2h, 1d, 1h30m or a number of seconds"
             ) from None
-        return sum(float(n) * _UNITS[unit] for n, unit in parts)
-    if seconds < 0 or seconds != seconds:
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in parts)
+    return _checked_duration(seconds, text)
+
+
+def _checked_duration(seconds: float, text: Any) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, got {text!r}")
+    if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {text!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration cannot be longer than 100 years: {text!r}")
     return seconds
 
 
 class _Duration(click.ParamType):
+    """A duration (``parse_duration``); a bad one is ``BadInput``: one line, exit 2."""
+
     name = "duration"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         try:
             return parse_duration(value)
         except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+            raise BadInput(f"invalid value for {_hint(param, ctx)}: {exc}") from None
+
+
+# SQLite stores integers in 64 bits (signed): a larger one must not reach it.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class _Int64(click.IntRange):
+    """An integer that fits SQLite's 64-bit signed INTEGER (and ``min``/``max``); one
+    outside that range is ``BadInput``: one line, exit 2. Not a number at all, or
+    below ``min``, is click's usage error as for any ``IntRange``."""
+
+    name = "integer"
+
+    def __init__(self, min: int | None = None, max: int = INT64_MAX, label: str | None = None):
+        super().__init__(min=min, max=None)
+        self.most = max
+        self.label = label
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        number = super().convert(value, param, ctx)
+        if not INT64_MIN <= number <= self.most:
+            low = INT64_MIN if self.min is None else self.min
+            what = f"invalid {self.label}" if self.label else f"invalid value for {_hint(param, ctx)}"
+            raise BadInput(f"{what}: {number} is out of range ({low} to {self.most})")
+        return number
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None else f"x>={self.min}"  # as click.IntRange(min=…) said
+
+
+def _hint(param: Any, ctx: Any) -> str:
+    """How an error names a parameter: '--priority', 'ID'."""
+    return param.get_error_hint(ctx) if param is not None else "value"
 
 
 DURATION = _Duration()
@@ -360,7 +408,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option("--queue", "-q", default="default", show_default=True, help="The queue to take tasks from.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Handler threads.")
-@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries of a failed task.")
+@click.option("--retries", type=_Int64(min=0, max=INT64_MAX - 1), default=0, show_default=True, help="Retries of a failed task.")
 @click.option("--grace", type=DURATION, default="30s", show_default=True, help="Shutdown grace for running tasks.")
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
 @click.option("--name", help="The worker's name (default: the handler's name).")
@@ -460,9 +508,9 @@ def _json_lines(lines: Iterator[str], name: str) -> Iterator[Any]:
 @click.argument("args", metavar="[ARGS]", required=False)
 @click.option("--file", "-f", "file", metavar="FILE", help="Push one task per line of JSON (- for stdin).")
 @click.option("--queue", "-q", default="default", show_default=True)
-@click.option("--priority", "-p", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--priority", "-p", type=_Int64(), default=0, show_default=True, help="Higher runs first.")
 @click.option("--run-after", type=DURATION, help="Delay before it is due: 30s, 10m, 2h, 1d.")
-@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts before the task is dead.")
+@click.option("--max-attempts", type=_Int64(min=1), help="Attempts before the task is dead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the id (or the count) as JSON.")
 @_db_option
 def push(
@@ -554,8 +602,8 @@ def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
 @cli.command(short_help="List tasks, newest first.")
 @click.option("--status", "-s", type=click.Choice(STATUS_NAMES), multiple=True, help="Only these statuses (repeatable).")
 @click.option("--queue", "-q", help="Only this queue (default: every queue).")
-@click.option("--limit", "-n", type=click.IntRange(min=0), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", "-n", type=_Int64(min=0, max=INT64_MAX - 1), default=50, show_default=True)  # asks limit + 1
+@click.option("--offset", type=_Int64(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of tasks (TaskInfo fields).")
 @_db_option
 def tasks(status: tuple[str, ...], queue: str | None, limit: int, offset: int, as_json: bool) -> None:
@@ -618,7 +666,7 @@ def _show_text(t: TaskInfo) -> str:
 
 
 @cli.command(short_help="Show one task, its attempts and tracebacks.")
-@click.argument("task_id", metavar="ID", type=int)
+@click.argument("task_id", metavar="ID", type=_Int64(label="task id"))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (TaskInfo fields).")
 @_db_option
 def show(task_id: int, as_json: bool) -> None:
@@ -649,7 +697,7 @@ def _each(ids: Sequence[int], action: Callable[[int], bool], done: str, refused:
 
 
 @cli.command(short_help="Run failed or dead tasks again now.")
-@click.argument("ids", metavar="[ID]...", type=int, nargs=-1)
+@click.argument("ids", metavar="[ID]...", type=_Int64(label="task id"), nargs=-1)
 @click.option("--dead", "all_dead", is_flag=True, help="Retry every dead task (of --queue, or all).")
 @click.option("--queue", "-q", help="With --dead: only this queue.")
 @_db_option
@@ -671,7 +719,7 @@ def retry(ids: tuple[int, ...], all_dead: bool, queue: str | None) -> None:
 
 
 @cli.command(short_help="Make tasks dead (a running one's result is dropped).")
-@click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
+@click.argument("ids", metavar="ID...", type=_Int64(label="task id"), nargs=-1, required=True)
 @_db_option
 def kill(ids: tuple[int, ...]) -> None:
     """Make pending, failed or running tasks dead (a running one's result is discarded)."""

@@ -46,6 +46,8 @@ def _enc_hook(value: Any) -> Any:
     # are encoded as their ISO text, which decodes back into the plain type.
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
+    if isinstance(value, int):  # int subclasses such as TaskId and Attempt
+        return int(value)
     raise NotImplementedError(f"cannot encode objects of type {type(value).__name__}")
 
 
@@ -60,12 +62,14 @@ class _MsgspecCodec:
         self._decoders: dict[Any, Any] = {}
 
     def encode(self, value: Any) -> bytes:
+        """Return the bytes for ``value``; raise ``CodecError`` if it cannot be encoded."""
         try:
             return self._encoder.encode(value)
         except (TypeError, NotImplementedError, OverflowError, ValueError) as exc:
             raise CodecError(f"{self.name}: {exc}") from exc
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
+        """Return the value in ``data`` as ``type``; raise ``CodecError`` if it does not fit."""
         decoder = self._decoders.get(type)
         if decoder is None:
             try:
@@ -102,12 +106,14 @@ class PickleCodec:
     name = "pickle"
 
     def encode(self, value: Any) -> bytes:
+        """Pickle ``value``; raise ``CodecError`` if it cannot be pickled."""
         try:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # pickle raises many types
             raise CodecError(f"pickle: {exc}") from exc
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
+        """Unpickle ``data`` (``type`` is not checked); raise ``CodecError`` on failure."""
         try:
             return pickle.loads(data)
         except Exception as exc:

@@ -13,6 +13,8 @@ import threading
 import uuid
 from typing import Any
 
+from . import clock
+
 __all__ = ["WorkerContext"]
 
 
@@ -33,6 +35,7 @@ class WorkerContext:
         self.until_idle = False
         self.beat_interval = 5.0
         self.finished = threading.Event()
+        self.stopped_at = 0.0  # real monotonic time of the first stop request
 
     def __repr__(self) -> str:
         return f"WorkerContext({self.run_id!r})"
@@ -42,7 +45,9 @@ class WorkerContext:
         """Ask the worker to stop: it stops fetching, lets running tasks finish (up to
         its shutdown grace), hands back the rest and returns."""
         with self._cond:
-            self._stopping = True
+            if not self._stopping:
+                self._stopping = True
+                self.stopped_at = clock.real_monotonic()
             self._woken = True
             self._cond.notify_all()
 
@@ -87,6 +92,8 @@ class WorkerContext:
     # For the worker -------------------------------------------------------------------
     def _stop_hard(self) -> None:
         with self._cond:
+            if not self._stopping:
+                self.stopped_at = clock.real_monotonic()
             self._stopping = True
             self._hard_stop = True
             self._woken = True

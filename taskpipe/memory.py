@@ -20,6 +20,7 @@ from typing import Any
 from . import clock
 from .backend import Outcome, OutcomeKind, TaskSink
 from .config import Config
+from .errors import PushError
 from .expose import MemoryExpose
 from .task import Status, Task, TaskId
 
@@ -90,7 +91,13 @@ class MemoryBackend(MemoryExpose, TaskSink):
             with self._cond:
                 while self.maxsize is not None and self._unfinished >= self.maxsize:
                     self._cond.wait()
-                task_id = record.task.id if record.task.id is not None else TaskId(next(self._ids))
+                task_id = record.task.id
+                if task_id is None:
+                    task_id = next(self._ids)
+                    while self._known(task_id):  # skip ids given explicitly before
+                        task_id = next(self._ids)
+                elif self._known(task_id):
+                    raise PushError(f"push rejected: a task with id {int(task_id)} already exists")
                 record.task.id = TaskId(task_id)
                 self._records[task_id] = record
                 self._unfinished += 1
@@ -106,6 +113,9 @@ class MemoryBackend(MemoryExpose, TaskSink):
             return True
         with self._cond:
             return self._cond.wait_for(lambda: self._unfinished < self.maxsize, timeout)
+
+    def _known(self, task_id: int) -> bool:
+        return task_id in self._records or task_id in self._finished
 
     def _wake_workers(self) -> None:
         for ctx in list(self._waiting):

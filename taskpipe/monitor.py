@@ -7,10 +7,9 @@ stopped and re-raises the first error any of them raised.
 
 from __future__ import annotations
 
-import signal
 import threading
-from typing import Any
 
+from .signals import graceful_signals
 from .worker import Worker
 
 __all__ = ["Monitor", "run_all"]
@@ -45,19 +44,11 @@ class Monitor:
             except BaseException as exc:  # surfaced in the caller below
                 errors.append(exc)
 
-        signals = []
-
-        def on_signal(signum: int, frame: Any) -> None:
-            signals.append(signum)
+        def stop_hard() -> None:
             for worker in self.workers:
-                ctx = worker.context
-                if ctx is not None:
-                    ctx._stop_hard() if len(signals) > 1 else ctx.stop()
+                worker._stop_hard()
 
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with graceful_signals(self.stop, stop_hard, "monitor"):
             for worker in self.workers:
                 thread = threading.Thread(target=target, args=(worker,), name=f"taskpipe-monitor-{worker.name}")
                 thread.start()
@@ -65,9 +56,6 @@ class Monitor:
             for thread in started:
                 while thread.is_alive():
                     thread.join(0.2)  # short joins keep the main thread responsive to signals
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
         if errors:
             raise errors[0]
 

@@ -23,7 +23,9 @@ Under ``run()`` a feeder thread drains the source, one item at a time:
   raises the ``PipeError``. A finite source ending is normal (the worker goes on with
   the sink); a source declared endless (a ``CronStream``) ending is
   ``PipeError("EmptyStream: …")``;
-- the feeder stops with the worker, and closes its thread's database connection.
+- the feeder stops with the worker, and closes its thread's database connection; a
+  stopping worker does not wait for a feeder blocked inside its source (it ends
+  when the source next yields).
 
 Under ``run_until_idle()`` there is no feeder thread: the pipe first pulls what the
 source has ready, in the caller's thread (a ``CronStream`` gives the ticks due by
@@ -53,7 +55,10 @@ __all__ = ["pipe_to", "Pipe", "PipeSource", "PipeError"]
 
 log = logging.getLogger("taskpipe.pipe")
 
-JOIN_TIMEOUT = 5.0  # how long a stopping worker waits for its feeder thread
+# How long a stopping worker waits for its feeder thread: briefly, as the wait comes out
+# of the shutdown grace. A feeder still busy after that (blocked in its source, or
+# finishing a push) ends on its own: a daemon thread, it closes its own connection.
+JOIN_TIMEOUT = 0.25
 ROOM_SLICE = 0.1  # seconds between looks at the stop flag while a bounded sink is full
 
 
@@ -169,7 +174,7 @@ class Pipe:
             if feeder is not None:
                 feeder.join(JOIN_TIMEOUT)
                 if feeder.is_alive():
-                    log.warning("pipe %r: the feeder is still blocked in its source; leaving it (daemon thread)", self)
+                    log.debug("pipe %r: the feeder is still blocked in its source or a push; it ends on its own", self)
 
     def _start_feeder(self, ctx: Any, stop: threading.Event, failed: threading.Event) -> threading.Thread | None:
         if self._ended:

@@ -71,6 +71,7 @@ class IntervalStrategy:
             raise ValueError("interval must be greater than zero")
 
     def start(self) -> PollState:
+        """A fresh state for one worker: every empty look waits ``interval``."""
         return _FixedState(self.interval)
 
     @property
@@ -122,6 +123,8 @@ class BackoffStrategy:
         self.jitter = jitter
 
     def start(self) -> PollState:
+        """A fresh state for one worker, starting at ``min`` (each worker backs off on
+        its own)."""
         return _BackoffState(self)
 
     @property
@@ -154,6 +157,8 @@ class MultiStrategy:
         self.strategies = tuple(strategies)
 
     def start(self) -> PollState:
+        """A fresh state for one worker that runs every strategy's own state and waits
+        the shortest of their delays."""
         return _MultiState([s.start() for s in self.strategies])
 
     @property

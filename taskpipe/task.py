@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from . import clock
@@ -37,7 +37,7 @@ class Attempt(int):
     __slots__ = ()
 
 
-class Status(StrEnum):
+class Status(str, Enum):  # noqa: UP042 - the contract's spelling (DESIGN §4a)
     """Where a task is in its life: Pending → Running → Done | Failed (→ retry) … | Dead."""
 
     PENDING = "pending"
@@ -46,12 +46,24 @@ class Status(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
 
+    def __str__(self) -> str:  # "done", as stored, not "Status.DONE"
+        return self.value
+
+
+_INT64 = 2**63
+
+
+def _check_range(name: str, value: int) -> None:
+    """Integers go into 64-bit columns: say so here, not with an OverflowError later."""
+    if not -_INT64 <= value < _INT64:
+        raise ValueError(f"{name} must fit in a signed 64-bit integer, got {value}")
+
 
 @dataclass
 class Task(Generic[T]):
     """A unit of work: the handler's arguments plus how and when to run them.
 
-    ``run_after`` is a timedelta (from now) or an aware datetime. ``key``, when set,
+    ``run_after`` is a timedelta or seconds (from now), or an aware datetime. ``key``, when set,
     makes the push idempotent: a second task with the same key in the same store is
     not enqueued again (cron ticks use this).
     """
@@ -74,13 +86,20 @@ class Task(Generic[T]):
     def __post_init__(self) -> None:
         if not isinstance(self.priority, int) or isinstance(self.priority, bool):
             raise TypeError(f"priority must be an int, not {type(self.priority).__name__}")
+        _check_range("priority", self.priority)
+        if self.id is not None:
+            _check_range("id", self.id)
         if self.max_attempts is not None and (
             not isinstance(self.max_attempts, int) or self.max_attempts < 1
         ):
             raise ValueError(f"max_attempts must be a positive int or None, got {self.max_attempts!r}")
+        if self.max_attempts is not None:
+            _check_range("max_attempts", self.max_attempts)
+        if isinstance(self.run_after, (int, float)) and not isinstance(self.run_after, bool):
+            self.run_after = timedelta(seconds=clock.seconds(self.run_after, name="run_after"))
         if self.run_after is not None and not isinstance(self.run_after, (timedelta, datetime)):
             raise TypeError(
-                "run_after must be a timedelta or an aware datetime, "
+                "run_after must be a timedelta, seconds or an aware datetime, "
                 f"not {type(self.run_after).__name__}"
             )
         if isinstance(self.run_after, datetime):
@@ -120,8 +139,8 @@ class TaskBuilder(Generic[T]):
         self._options["priority"] = value
         return self
 
-    def run_after(self, value: timedelta | datetime) -> TaskBuilder[T]:
-        """Do not run before this delay (timedelta) or instant (aware datetime)."""
+    def run_after(self, value: timedelta | float | datetime) -> TaskBuilder[T]:
+        """Do not run before this delay (timedelta or seconds) or instant (aware datetime)."""
         self._options["run_after"] = value
         return self
 
@@ -130,9 +149,11 @@ class TaskBuilder(Generic[T]):
         self._options["max_attempts"] = value
         return self
 
-    def meta(self, **values: Any) -> TaskBuilder[T]:
-        """Attach metadata (JSON-serialisable) kept with the task."""
-        self._options.setdefault("meta", {}).update(values)
+    def meta(self, values: dict[str, Any] | None = None, /, **more: Any) -> TaskBuilder[T]:
+        """Attach metadata (JSON-serialisable) kept with the task: a dict, keywords, or both."""
+        meta = self._options.setdefault("meta", {})
+        meta.update(values or {})
+        meta.update(more)
         return self
 
     def key(self, value: str) -> TaskBuilder[T]:

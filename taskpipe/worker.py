@@ -19,7 +19,6 @@ everything it does.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import traceback
 from collections import deque
@@ -35,6 +34,7 @@ from .errors import BuildError, PipeError
 from .injection import Signature, analyse
 from .layers import RetryPolicy
 from .pool import DaemonThreadPool
+from .signals import graceful_signals
 from .task import Task
 
 __all__ = ["WorkerBuilder", "Worker"]
@@ -44,6 +44,7 @@ log = logging.getLogger("taskpipe.worker")
 EventCallback = Callable[[WorkerContext, events.Event], Any]
 INTERRUPTED_RETRY_DELAY = 1.0
 ACK_DELAY = 0.05  # the longest a finished task waits for its outcome to be written
+HEARTBEAT_JOIN = 1.0  # how long a stopping run waits for its heartbeat thread
 
 
 class WorkerBuilder:
@@ -153,6 +154,7 @@ class Worker:
         self.capacity = concurrency + buffer
         self._ctx: WorkerContext | None = None
         self._lock = threading.Lock()
+        self._stop_requested = 0  # 1: graceful, 2: skip the grace; read when a run starts
 
     def __repr__(self) -> str:
         return f"Worker({self.name!r}, backend={self.backend!r}, concurrency={self.concurrency})"
@@ -162,23 +164,31 @@ class Worker:
         """Run until stopped (``stop()``, ``ctx.stop()``, SIGINT or SIGTERM), then shut
         down gracefully. Signals are handled when called from the main thread; a second
         signal skips the grace period. Raises ``PipeError`` if a piped source failed."""
-        restore = self._install_signals()
-        try:
+        with graceful_signals(self.stop, self._stop_hard, f"worker {self.name}"):
             self._run(until_idle=False)
-        finally:
-            restore()
 
     def run_until_idle(self) -> int:
         """Run every task that is due now (and any that become due while running),
         then return how many tasks were handled. Never sleeps: time-driven tests use a
-        frozen clock and call it again after moving the clock."""
-        return self._run(until_idle=True)
+        frozen clock and call it again after moving the clock. SIGINT/SIGTERM stop it
+        gracefully, as for ``run()``."""
+        with graceful_signals(self.stop, self._stop_hard, f"worker {self.name}"):
+            return self._run(until_idle=True)
 
     def stop(self) -> None:
-        """Ask a running ``run()`` (from another thread) to shut down gracefully."""
+        """Ask ``run()`` (from another thread, a signal or a callback) to shut down
+        gracefully. Asked before a run has started, it stops that run at once."""
+        self._stop_requested = max(self._stop_requested, 1)
         ctx = self._ctx
         if ctx is not None:
             ctx.stop()
+
+    def _stop_hard(self) -> None:
+        """Stop without waiting for the grace period (a second signal)."""
+        self._stop_requested = 2
+        ctx = self._ctx
+        if ctx is not None:
+            ctx._stop_hard()
 
     @property
     def context(self) -> WorkerContext | None:
@@ -191,36 +201,18 @@ class Worker:
             raise RuntimeError(f"worker {self.name!r} is already running")
         run = _Run(self, until_idle)
         self._ctx = run.ctx
+        # A stop asked while the run was being set up is applied now (after the
+        # context is published, so none is lost between the two).
+        if self._stop_requested == 2:
+            run.ctx._stop_hard()
+        elif self._stop_requested:
+            run.ctx.stop()
         try:
             return run.execute()
         finally:
             self._ctx = None
+            self._stop_requested = 0
             self._lock.release()
-
-    def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        received = []
-
-        def handler(signum: int, frame: Any) -> None:
-            received.append(signum)
-            ctx = self._ctx
-            if ctx is None:
-                return
-            if len(received) == 1:
-                log.info("worker %s: signal %s, shutting down (again to skip the grace)", self.name, signum)
-                ctx.stop()
-            else:
-                log.warning("worker %s: second signal, skipping the grace period", self.name)
-                ctx._stop_hard()
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
 
     def _emit(self, ctx: WorkerContext, event: events.Event) -> None:
         for callback in self._callbacks:
@@ -252,7 +244,6 @@ class _Run:
         self.threshold = max(1, worker.capacity // 2)
         self.pool = DaemonThreadPool(max_workers=worker.concurrency, thread_name_prefix=f"taskpipe-{worker.name}")
         self.heartbeat_thread: threading.Thread | None = None
-        self.next_beat = 0.0
 
     def _report(self, error: BaseException) -> None:
         if isinstance(error, PipeError) and self.pipe_error is None:
@@ -276,9 +267,10 @@ class _Run:
         finally:
             self._shutdown()
             ctx.finished.set()
-            if self.heartbeat_thread is not None:
-                self.heartbeat_thread.join(timeout=5)
-            beats.close()
+            if self.heartbeat_thread is None:
+                beats.close()
+            else:  # it closes its own generator; a beat stuck on a lock must not hold us
+                self.heartbeat_thread.join(timeout=HEARTBEAT_JOIN)
             retire = getattr(self.backend, "retire", None)
             if retire is not None:
                 retire(ctx)
@@ -306,8 +298,8 @@ class _Run:
             while not self.ctx.finished.wait(interval):
                 interval = self._beat(beats)
         finally:
+            beats.close()
             close_thread_connection(self.backend)
-
 
     def _fetch_loop(self, beats: Any) -> None:
         ctx = self.ctx
@@ -468,23 +460,37 @@ class _Run:
             worker._emit(ctx, events.Retry(task.id, task.attempt, run_at))
 
     # Shutdown -----------------------------------------------------------------------------
-    def _shutdown(self) -> None:
-        ctx = self.ctx
-        with self.cond:  # claimed but never started: straight back, no attempt counted
+    def _release_unstarted(self) -> None:
+        """Claimed but never started: straight back to Pending, no attempt counted."""
+        with self.cond:
+            if not self.queued:
+                return
             unstarted, self.queued = list(self.queued), deque()
-            ctx.in_flight -= len(unstarted)
+            self.ctx.in_flight -= len(unstarted)
             self.outcomes.extend(Outcome(task, OutcomeKind.RELEASE) for task in unstarted)
-        self._flush()
-        deadline = clock.real_monotonic() + (0 if self.until_idle and not ctx.stopping else self.worker.grace)
+
+    def _shutdown(self) -> None:
+        """Finish the run. Not stopping (the backend ran dry, or ``run_until_idle``
+        found nothing more): let every claimed task run. Stopping: hand unstarted
+        tasks straight back, give running ones the grace (counted from the stop), then
+        hand back what still runs."""
+        ctx = self.ctx
         while True:
+            if ctx.stopping:
+                self._release_unstarted()
+            self._flush()
             with self.cond:
                 if ctx.in_flight == 0 or ctx._hard_stop:
                     break
-                remaining = deadline - clock.real_monotonic()
-                if remaining <= 0 and not self.until_idle:
-                    break
-                self.cond.wait(min(max(remaining, 0.01), 0.25) if not self.until_idle else 0.25)
-            self._flush()
+                timeout = 0.25
+                if ctx.stopping:
+                    remaining = ctx.stopped_at + self.worker.grace - clock.real_monotonic()
+                    if remaining <= 0:
+                        break
+                    timeout = min(remaining, timeout)
+                if not ctx._woken:
+                    self.cond.wait(timeout)
+                ctx._woken = False
         self._flush()
         with self.cond:
             leftover = list(self.active.values())

@@ -108,6 +108,18 @@ def test_parse_duration_rejects(text):
         parse_duration(text)
 
 
+@pytest.mark.parametrize(
+    "text, words",
+    [("nan", "finite"), ("inf", "finite"), ("-inf", "finite"), (float("inf"), "finite"),
+     ("1e20", "100 years"), ("36600d", "100 years"), (1e300, "100 years"),
+     (timedelta(days=40000), "100 years"), ("-1", "negative")],
+)
+def test_parse_duration_rejects_non_finite_and_absurd_durations(text, words):
+    with pytest.raises(ValueError, match=words):
+        parse_duration(text)
+    assert parse_duration("36500d") == 36500 * 86400  # 100 years (less a few leap days) is fine
+
+
 def test_parse_duration_takes_timedeltas_and_numbers():
     assert parse_duration(timedelta(minutes=2)) == 120 and parse_duration(3) == 3.0
 
@@ -221,6 +233,42 @@ def test_setup_in_a_missing_directory(invoke, tmp_path):
 
 
 # push -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["push", "1", "--run-after", "inf"], ["--run-after", "finite"]),
+        (["push", "1", "--run-after", "nan"], ["--run-after", "finite"]),
+        (["push", "1", "--run-after", "1e20"], ["--run-after", "100 years"]),
+        (["push", "1", "--run-after", "10x"], ["--run-after", "not a duration"]),
+        (["push", "1", "--priority", "99999999999999999999"], ["--priority", "out of range"]),
+        (["push", "1", "--priority", "-9223372036854775809"], ["--priority", "out of range"]),
+        (["push", "1", "--max-attempts", "9223372036854775808"], ["--max-attempts", "out of range"]),
+        (["show", "99999999999999999999"], ["task id", "out of range"]),
+        (["retry", "99999999999999999999"], ["task id", "out of range"]),
+        (["kill", "99999999999999999999"], ["task id", "out of range"]),
+        (["tasks", "--limit", "99999999999999999999"], ["--limit", "out of range"]),
+        (["tasks", "--offset", "99999999999999999999"], ["--offset", "out of range"]),
+        (["purge", "done", "--older-than", "inf"], ["--older-than", "finite"]),
+    ],
+)
+def test_out_of_range_numbers_are_bad_input(invoke, dbfile, storage, args, words):
+    bad_input(invoke(*args, "--db", dbfile), *words)  # not an OverflowError traceback
+    assert storage.stats()["pending"] == 0
+
+
+def test_the_largest_numbers_sqlite_takes_are_accepted(invoke, dbfile, storage):
+    result = invoke(
+        "push", "1", "--priority", "-9223372036854775808", "--max-attempts", "9223372036854775807",
+        "--db", dbfile,
+    )
+    assert result.exit_code == 0, result.output
+    info = storage.fetch_by_id(1)
+    assert (info.priority, info.max_attempts) == (-(2**63), 2**63 - 1)
+    result = invoke("tasks", "--limit", "9223372036854775806", "--offset", "9223372036854775807", "--db", dbfile)
+    assert result.exit_code == 0, result.output
+    bad_input(invoke("show", "9223372036854775807", "--db", dbfile), "no task with id")
+
+
 def test_push_json_args(invoke, dbfile, storage):
     result = invoke("push", '{"to": "a@example.com"}', "--db", dbfile)
     assert result.exit_code == 0 and result.stdout.strip() == "pushed task 1 to queue default"

@@ -8,6 +8,7 @@ tests' bounded waits (10-20 s) was found by a wake-up, not by polling.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 from taskpipe import Task, WorkerBuilder, WorkerContext
 from taskpipe.sql import hooks
+from taskpipe.sql.queries import Queries
 from taskpipe.sqlite import Config, IntervalStrategy, SqliteStorage, connect
 
 LONG = Config(poll_interval=IntervalStrategy(60))
@@ -312,6 +314,36 @@ def test_the_probe_wakes_only_queues_with_something_due(db_path, db):
         assert waiter.wait(0) is True
     finally:
         conn.close()
+
+
+def test_a_nudge_after_the_watch_closed_writes_nowhere(tmp_path):
+    # unregister() nudges the probe from another thread while the probe may be closing
+    # its watch: the nudge must not write to the closed pipe's fd, which by then may be
+    # an unrelated file's.
+    watch = hooks._Inotify.open(str(tmp_path / "jobs.db"))
+    if watch is None:
+        pytest.skip("inotify is not available here")
+    watch.close()
+    unrelated = tmp_path / "unrelated.txt"
+    fd = os.open(unrelated, os.O_WRONLY | os.O_CREAT)
+    reused = watch._w
+    try:
+        if fd != reused:  # give the unrelated file the pipe's old fd number, if still free
+            with pytest.raises(OSError):
+                os.fstat(reused)
+            os.dup2(fd, reused)
+        watch.nudge()
+        watch.close()  # a second close leaves the reused fd alone
+        os.fstat(reused)
+    finally:
+        os.close(fd)
+        if fd != reused:
+            os.close(reused)
+    assert unrelated.read_bytes() == b""
+
+
+def test_the_probe_checks_with_the_stores_statement():
+    assert hooks._DUE == Queries().anything_due
 
 
 def test_one_probe_per_database_and_it_stops_with_the_last_hooked_worker(db_path, db):

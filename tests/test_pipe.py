@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -257,6 +258,38 @@ def test_stopping_the_worker_stops_a_feeder_of_an_endless_source(storage):
     )
     assert run_with_safety(worker)
     assert len(seen) >= 5
+    assert feeder_threads() == []
+
+
+def test_a_feeder_blocked_in_its_source_does_not_delay_the_stop(storage):
+    # The source waits for its next item (a socket, a queue.get()…) while the handler
+    # runs past the grace: run() returns about the grace after stop(), not later.
+    release = threading.Event()
+    started = threading.Event()
+
+    def source():
+        yield 1
+        release.wait(30)
+
+    def handler(item: int) -> None:
+        started.set()
+        release.wait(30)
+
+    worker = WorkerBuilder("blocked-source").backend(pipe_to(source(), storage)).shutdown_grace(0.5).build(handler)
+    thread = threading.Thread(target=run_with_safety, args=(worker, 20))
+    thread.start()
+    try:
+        assert started.wait(10)
+        began = time.monotonic()
+        worker.stop()
+        thread.join(10)
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert not thread.is_alive()
+    assert took < 0.5 + 1.0, took
+    for feeder in feeder_threads():  # released now: it ends on its own
+        feeder.join(5)
     assert feeder_threads() == []
 
 

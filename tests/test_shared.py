@@ -12,7 +12,16 @@ from collections import Counter
 
 import pytest
 
-from taskpipe import BuildError, Monitor, Task, WorkerBuilder, WorkerContext, run_all
+from taskpipe import (
+    BuildError,
+    Monitor,
+    StorageError,
+    Task,
+    WorkerBuilder,
+    WorkerContext,
+    events,
+    run_all,
+)
 from taskpipe.sql import hooks
 from taskpipe.sqlite import Config, IntervalStrategy, SharedSqliteStorage, SqliteStorage
 
@@ -191,6 +200,46 @@ def test_a_push_from_another_process_wakes_the_shared_poller(db_path, db):
         code = "import sys; from taskpipe.sqlite import *; SqliteStorage(connect(sys.argv[1]), queue='ints').push(5)"
         subprocess.run([sys.executable, "-c", code, db_path], check=True, timeout=60)
         assert done.wait(20)
+
+
+def test_a_storage_error_does_not_kill_the_shared_poller(db_path):
+    # The worker starts before setup(): the poller's claim fails with a raw sqlite3
+    # error ("no such table"); it is reported and the poller keeps serving.
+    shared = SharedSqliteStorage(db_path, Config(poll_interval=IntervalStrategy(0.05)))
+    ints = shared.make_shared("ints")
+    real_claim = ints._claim
+    failures: list[BaseException] = []
+    failed_twice = threading.Event()
+
+    def claim(ctx, limit, check_first):
+        try:
+            return real_claim(ctx, limit, check_first)
+        except BaseException as exc:
+            failures.append(exc)
+            if len(failures) >= 2:
+                failed_twice.set()
+            raise
+
+    ints._claim = claim
+    errors: list = []
+    done = threading.Event()
+
+    def on_event(ctx, event) -> None:
+        if isinstance(event, events.Error):
+            errors.append(event.error)
+
+    worker = WorkerBuilder("ints").backend(ints).on_event(on_event).build(lambda item: done.set())
+    try:
+        with Running(worker):
+            assert failed_twice.wait(10)  # the poller claimed again after a failure
+            assert any(isinstance(e, StorageError) and "setup" in str(e) for e in errors)
+            SqliteStorage.setup(shared)
+            ints.push(1)
+            assert done.wait(10)
+        assert not any("poller stopped" in str(e) for e in errors)
+    finally:
+        if not shared.db.is_closed():
+            shared.db.close()
 
 
 def test_run_until_idle_on_a_shared_queue(db):

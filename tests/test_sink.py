@@ -288,3 +288,14 @@ def test_memory_backend_with_maxsize_blocks_the_producer_until_a_worker_drains()
 def test_memory_backend_rejects_bad_maxsize():
     with pytest.raises(ValueError, match="maxsize"):
         memory.backend(maxsize=0)
+
+
+def test_memory_backend_rejects_a_duplicate_id_and_keeps_its_room():
+    from taskpipe import PushError, Task, memory
+
+    backend = memory.backend(maxsize=2)
+    backend.push_task(Task("a", id=5))
+    with pytest.raises(PushError, match="already exists"):
+        backend.push_task(Task("b", id=5))
+    assert len(backend) == 1
+    assert backend.push("c") != 5  # generated ids skip the explicit one

@@ -55,8 +55,22 @@ class TestTaskValidation:
             Task.builder(1).run_after(naive).build()
 
     def test_run_after_of_another_type_is_rejected(self):
-        with pytest.raises(TypeError, match="run_after must be a timedelta or an aware datetime"):
-            Task(1, run_after=30)
+        with pytest.raises(TypeError, match="run_after must be a timedelta, seconds or an aware datetime"):
+            Task(1, run_after="30")
+
+    def test_run_after_in_seconds_is_a_delay(self):
+        assert Task(1, run_after=30).run_after == timedelta(seconds=30)
+        assert Task.builder(1).run_after(1.5).build().run_after == timedelta(seconds=1.5)
+        with pytest.raises(ValueError, match="negative"):
+            Task(1, run_after=-1)
+
+    def test_builder_meta_takes_a_dict_or_keywords(self):
+        assert Task.builder(1).meta({"a": 1}, b=2).meta(c=3).build().meta == {"a": 1, "b": 2, "c": 3}
+
+    @pytest.mark.parametrize("field", ["priority", "id", "max_attempts"])
+    def test_integers_must_fit_in_64_bits(self, field):
+        with pytest.raises(ValueError, match="64-bit"):
+            Task(1, **{field: 2**63})
 
     @pytest.mark.parametrize("bad", [0, -1, 1.0, "3"])
     def test_max_attempts_must_be_positive(self, bad):
@@ -318,3 +332,19 @@ class TestEncodeFailureWritesNothing:
             bytes(p) for (p,) in db.execute_sql("SELECT payload FROM taskpipe_jobs ORDER BY id")
         ]
         assert payloads == [str(i).encode() for i in range(20)]
+
+
+def test_task_ids_and_attempts_encode_as_plain_ints(storage):
+    """A TaskId is an int subclass: it can be pushed, and returned as a result."""
+    first = storage.push("first")
+    second = storage.push({"parent": first})
+    results = {}
+
+    def handler(args: object, task_id: TaskId, attempt: Attempt) -> dict:
+        results[task_id] = args
+        return {"id": task_id, "attempt": attempt}
+
+    WorkerBuilder("ids").backend(storage).build(handler).run_until_idle()
+    assert results[second] == {"parent": int(first)}
+    row = storage.db.execute_sql("SELECT result FROM taskpipe_jobs WHERE id = ?", (second,)).fetchone()
+    assert JsonCodec().decode(row[0]) == {"id": int(second), "attempt": 1}

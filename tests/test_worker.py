@@ -431,3 +431,69 @@ def test_memory_backend_worker_retries_and_dies():
     assert attempts == [1, 2, 3]
     assert len(dead) == 1 and dead[0].error == "RuntimeError: no"
     assert len(backend) == 0
+
+
+def test_a_stop_asked_before_the_run_starts_is_not_lost(storage):
+    storage.push_bulk(range(3))
+    worker = WorkerBuilder("early").backend(storage).build(lambda x: x)
+    worker.stop()  # e.g. a signal that arrives while the process is still starting
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (worker.run(), done.set()))
+    thread.start()
+    assert done.wait(10), "run() ignored a stop asked before it started"
+    thread.join()
+    statuses = [s for (s,) in storage.db.execute_sql("SELECT status FROM taskpipe_jobs")]
+    assert statuses == ["pending"] * 3  # nothing was started
+    assert worker.run_until_idle() == 3  # the request was used up by that run
+
+
+def test_run_until_idle_honours_the_grace_after_a_stop(storage):
+    from taskpipe import clock
+
+    task_id = storage.push(1)
+    started, release = threading.Event(), threading.Event()
+
+    def hang(x: int) -> None:
+        started.set()
+        release.wait(30)
+
+    worker = WorkerBuilder("grace").backend(storage).shutdown_grace(0.5).build(hang)
+    stopper = threading.Thread(target=lambda: started.wait(10) and worker.stop())
+    stopper.start()
+    begin = clock.real_monotonic()
+    try:
+        worker.run_until_idle()
+        elapsed = clock.real_monotonic() - begin
+    finally:
+        release.set()
+        stopper.join()
+    assert elapsed < 0.5 + 1.0, f"run_until_idle took {elapsed:.2f}s with a 0.5 s grace"
+    info = storage.fetch_by_id(task_id)
+    assert info.status == "pending" and info.errors[-1].error == "interrupted by shutdown"
+
+
+def test_a_finite_backend_runs_every_task_it_handed_out():
+    """A poll generator that ends is not a stop: the tasks already handed to the pool run."""
+    from taskpipe.backend import OutcomeKind
+
+    acks = []
+
+    class Finite:
+        codec = None
+
+        def poll(self, ctx):
+            for i in range(10):
+                yield Task(i, id=TaskId(i + 1), attempt=1)
+
+        def heartbeat(self, ctx):
+            while True:
+                yield 5.0
+
+        def ack(self, outcomes):
+            acks.extend((o.task.id, o.kind) for o in outcomes)
+
+    ran = []
+    worker = WorkerBuilder("finite").backend(Finite()).concurrency(2).build(ran.append)
+    assert worker.run_until_idle() == 10
+    assert sorted(ran) == list(range(10))
+    assert all(kind is OutcomeKind.DONE for _, kind in acks) and len(acks) == 10

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import peewee as pw
 
 from .. import clock
-from .schema import JOBS
+from .queries import Queries
 
 __all__ = ["ChangeProbe", "Waiter", "WakeRegistry", "database_path", "registry_for"]
 
@@ -56,7 +56,8 @@ LOCAL_PUSH_QUIET = 0.002
 # Set False to use data_version polling even where inotify works (tests use it).
 USE_INOTIFY = True
 
-_DUE = f"SELECT 1 FROM {JOBS} WHERE status IN ('pending', 'failed') AND queue = ? AND run_at <= ? LIMIT 1"
+# The stores' own "anything due in this queue?" (qmark style: the probe uses sqlite3).
+_DUE = Queries().anything_due
 
 
 class Waker(Protocol):
@@ -344,6 +345,10 @@ class _Inotify:
     def __init__(self, fd: int, prefix: bytes):
         self.fd = fd
         self.prefix = prefix
+        # nudge() comes from other threads: it must never write to the pipe once close()
+        # has run (its fd number may belong to another file by then).
+        self._lock = threading.Lock()
+        self._closed = False
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -408,14 +413,23 @@ class _Inotify:
                     seen = True
 
     def nudge(self) -> None:
-        try:
-            os.write(self._w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        """Interrupt ``wait()``/``pause()``; from any thread, a no-op once closed."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._w, b"x")  # non-blocking: never holds the lock long
+            except OSError:  # BlockingIOError: the pipe is full, a nudge is pending anyway
+                pass
 
     def close(self) -> None:
-        for fd in (self.fd, self._r, self._w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Close the inotify descriptor and the nudge pipe (once)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self.fd, self._r, self._w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

@@ -92,6 +92,7 @@ class Models:
     Schema: type[SchemaModel]
 
     def all(self) -> list[type[pw.Model]]:
+        """The four models (jobs, errors, workers, schema version): what ``setup`` creates."""
         return [self.Job, self.Error, self.Worker, self.Schema]
 
 

@@ -32,9 +32,11 @@ from typing import Any
 import peewee as pw
 
 from .. import clock
+from ..backend import close_thread_connection
 from ..config import Config
 from ..errors import BuildError
 from ..task import Task
+from .driver_errors import DATABASE_ERRORS
 from .hooks import Waiter, registry_for
 from .sqlite import SqliteStorage, connect
 
@@ -162,8 +164,10 @@ class SharedSqliteStorage:
             for lane in lanes:
                 lane.ctx.report(RuntimeError("the shared poller stopped; restart the workers"))
         finally:
-            if getattr(self.db, "taskpipe_lock", None) is None and not self.db.is_closed():
-                self.db.close()  # this thread's connection
+            with self._lock:
+                storages = list(self._storages.values())
+            if storages:  # all on self.db: any one closes this thread's connection
+                close_thread_connection(storages[0])
 
     def _serve(self, lane: _Lane) -> bool:
         """Claim for one lane if it has room and it is time; True if tasks came."""
@@ -181,7 +185,7 @@ class SharedSqliteStorage:
             tasks: list[Task] = []
             try:
                 tasks = storage._retrying(storage._claim, ctx, min(room, storage.config.claim_batch), not lane.backlog)
-            except pw.DatabaseError as exc:
+            except DATABASE_ERRORS as exc:  # raw sqlite3 errors too: the poller keeps serving
                 ctx.report(storage._storage_error(exc))
             with lane.buffer_lock:
                 lane.buffer.extend(tasks)

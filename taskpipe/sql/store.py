@@ -154,16 +154,6 @@ class SqlStorage(SqlExpose, TaskSink):
     def _row_for_args(self, args: Any, now: float) -> tuple:
         return (None, self.queue, self.codec.encode(args), 0, now, None, None, None, now)
 
-    def push(self, args: Any) -> TaskId:
-        """Encode ``args`` and enqueue it as one task; return its id once committed."""
-        row = self._row_for_args(args, clock.timestamp())
-        try:
-            task_id = TaskId(self._retrying(self._insert_one, row))
-        except DATABASE_ERRORS as exc:
-            raise self._push_error(exc) from exc
-        self._after_push()
-        return task_id
-
     def _after_push(self) -> None:
         """Wake workers once the push is committed: now, or when the caller's own
         transaction commits."""
@@ -172,10 +162,9 @@ class SqlStorage(SqlExpose, TaskSink):
         else:
             self._notify_pushed()
 
-    def _insert_one(self, row: tuple) -> int:
-        return self._execute(self.queries.insert, row).lastrowid
-
     def _push_error(self, exc: Exception) -> PushError:
+        if isinstance(exc, OverflowError):
+            return PushError(f"push rejected: a number does not fit in the store ({exc})")
         if isinstance(exc, INTEGRITY_ERRORS):
             return PushError(f"push rejected by the store (duplicate id?): {exc}")
         return PushError(f"push failed: {self._storage_error(exc)}")
@@ -183,7 +172,7 @@ class SqlStorage(SqlExpose, TaskSink):
     def _insert(self, rows: list[tuple]) -> list[TaskId]:
         try:
             ids = self._retrying(self._insert_once, rows)
-        except DATABASE_ERRORS as exc:
+        except (*DATABASE_ERRORS, OverflowError) as exc:
             raise self._push_error(exc) from exc
         self._after_push()
         return ids
@@ -346,14 +335,14 @@ class SqlStorage(SqlExpose, TaskSink):
         now = clock.timestamp()
         with self._write_tx():
             self._execute(q.beat, (ctx.run_id, ctx.name, self.queue, self._hostname, os.getpid(), now, now))
+            self._forget_dead_local_runs(ctx)
             if first:
-                self._forget_dead_local_runs(ctx)
                 self._execute(q.forget_stale_workers, (now - STALE_WORKER_ROWS_AFTER,))
             self._recover_orphans(now)
 
     def _forget_dead_local_runs(self, ctx: Any) -> None:
-        """A run on this host whose process is gone holds nothing: forget it now, so a
-        restart does not wait ``reenqueue_orphaned_after`` for its tasks."""
+        """A run on this host whose process is gone holds nothing: forget it at the next
+        beat, so its tasks need not wait ``reenqueue_orphaned_after``."""
         for run_id, pid in self._execute(self.queries.same_host_runs, (self._hostname, ctx.run_id)).fetchall():
             if not _process_alive(pid):
                 self._execute(self.queries.forget_worker, (run_id,))
