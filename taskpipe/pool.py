@@ -17,9 +17,8 @@ from concurrent.futures import thread as _cf_thread
 
 __all__ = ["DaemonThreadPool"]
 
-_HAS_INTERNALS = all(hasattr(_cf_thread, name) for name in ("_worker",)) and hasattr(
-    ThreadPoolExecutor, "_adjust_thread_count"
-)
+# The override below mirrors CPython 3.9–3.13; elsewhere the stock behaviour is kept.
+_HAS_INTERNALS = hasattr(_cf_thread, "_worker") and hasattr(ThreadPoolExecutor, "_adjust_thread_count")
 
 
 class DaemonThreadPool(ThreadPoolExecutor):
