@@ -399,15 +399,24 @@ def check_handed_back(db, ids, hung) -> None:
     assert db.execute_sql("SELECT count(*) FROM taskpipe_workers").fetchone()[0] == 0
 
 
-def test_sigterm_with_a_hanging_handler(tmp_path, db, db_path, storage):
-    ids = storage.push_bulk(range(5))
+def start_hanger(tmp_path: Path, db_path: str, grace: float) -> tuple[Child, TaskId]:
+    """A worker process whose handler hangs; returns it once the handler has started,
+    with the id of the hung task."""
     marker = tmp_path / "marker"
     script = write_script(tmp_path, "hanger.py", HANGER)
-    child = Child(tmp_path, script, db_path, marker, 1, tag="hanger")
+    child = Child(tmp_path, script, db_path, marker, grace, tag="hanger")
     try:
-        hung = TaskId(
-            int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child))
-        )
+        hung = TaskId(int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child)))
+    except BaseException:
+        child.kill()
+        raise
+    return child, hung
+
+
+def test_sigterm_with_a_hanging_handler(tmp_path, db, db_path, storage):
+    ids = storage.push_bulk(range(5))
+    child, hung = start_hanger(tmp_path, db_path, 1)
+    try:
         signalled = time.monotonic()
         child.proc.send_signal(signal.SIGTERM)
         code = child.wait(timeout=15)
@@ -423,13 +432,8 @@ def test_sigterm_with_a_hanging_handler(tmp_path, db, db_path, storage):
 
 def test_a_second_sigterm_skips_the_grace(tmp_path, db, db_path, storage):
     ids = storage.push_bulk(range(3))
-    marker = tmp_path / "marker"
-    script = write_script(tmp_path, "hanger.py", HANGER)
-    child = Child(tmp_path, script, db_path, marker, 30, tag="hanger")
+    child, hung = start_hanger(tmp_path, db_path, 30)
     try:
-        hung = TaskId(
-            int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child))
-        )
         child.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "shutting down" in child.stderr, 10, "the first signal's log", child)
         signalled = time.monotonic()

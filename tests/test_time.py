@@ -248,15 +248,20 @@ def test_task_max_attempts_without_a_worker_policy(frozen, storage, db):
 ORPHAN_CONFIG = Config(keep_alive=1, reenqueue_orphaned_after=10)
 
 
+def beat_once(storage, ctx) -> None:
+    """One heartbeat of ``ctx``'s run: it registers the run and recovers orphans."""
+    beats = storage.heartbeat(ctx)
+    next(beats)
+    beats.close()
+
+
 class Zombie:
     """A worker run that beats once, claims, and is never heard from again."""
 
     def __init__(self, storage, name: str = "zombie"):
         self.reported: list[BaseException] = []
         self.ctx = WorkerContext(name, capacity=1, report=self.reported.append)
-        beats = storage.heartbeat(self.ctx)
-        next(beats)
-        beats.close()
+        beat_once(storage, self.ctx)
         poll = storage.poll(self.ctx)
         self.task = next(poll)
         poll.close()
@@ -394,9 +399,7 @@ def test_zombie_late_ack_is_rejected(frozen, db):
     frozen.tick(timedelta(seconds=11))
 
     # re-enqueued but not yet claimed again: the zombie's ack changes nothing
-    beats = storage.heartbeat(WorkerContext("recoverer", capacity=1, report=lambda e: None))
-    next(beats)
-    beats.close()
+    beat_once(storage, WorkerContext("recoverer", capacity=1, report=lambda e: None))
     before = row(db, tid)
     assert before["status"] == "pending"
     for kind in (OutcomeKind.DONE, OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.RELEASE):
@@ -427,15 +430,11 @@ def test_a_good_ack_in_the_same_batch_as_a_zombie_ack_is_accepted(frozen, db):
     stale_id = storage.push("stale")
     zombie = Zombie(storage)
     frozen.tick(timedelta(seconds=11))
-    beats = storage.heartbeat(WorkerContext("recoverer", capacity=1, report=lambda e: None))
-    next(beats)
-    beats.close()
+    beat_once(storage, WorkerContext("recoverer", capacity=1, report=lambda e: None))
     fresh_id = storage.push("fresh")
     # a live claimer takes both the recovered task and the new one
     live = WorkerContext("live", capacity=2, report=lambda e: None)
-    beats = storage.heartbeat(live)
-    next(beats)
-    beats.close()
+    beat_once(storage, live)
     poll = storage.poll(live)
     claimed = [next(poll), next(poll)]
     poll.close()

@@ -225,8 +225,6 @@ class ChangeProbe(threading.Thread):
         self.registry = registry
         self.path = registry.path
         self.mode = "starting"
-        self.checks = 0  # due checks run (for tests and curiosity)
-        self.wakeups = 0  # times the watch woke the probe
         self._watch: _Inotify | _Ticker | None = None
 
     def nudge(self) -> None:
@@ -261,7 +259,6 @@ class ChangeProbe(threading.Thread):
                     if hinted and clock.real_monotonic() < self.registry.last_push + LOCAL_PUSH_QUIET:
                         cooling = True
                         continue
-                self.wakeups += 1
                 current = self._version(conn)
                 if current is not None and current != version:
                     version = current
@@ -287,7 +284,6 @@ class ChangeProbe(threading.Thread):
 
     def _check(self, conn: sqlite3.Connection) -> None:
         """Wake the watched queues that have a task due now."""
-        self.checks += 1
         now = clock.timestamp()
         for queue in self.registry.watched_queues():
             try:

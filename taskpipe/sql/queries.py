@@ -1,13 +1,12 @@
 """The hot-path SQL, written once as constant strings (no per-call compilation).
 
-Statements use ``?`` placeholders; a dialect whose driver wants ``%s`` converts the
-whole set once (``Queries.with_paramstyle``). Dialects override only what differs:
-the claim and the insert-if-new.
+Statements use ``?`` placeholders (a dialect whose driver wants ``%s`` converts the
+set once); dialects override only what differs: the claim and the insert-if-new.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from .schema import ERRORS, JOBS, WORKERS
 
@@ -80,7 +79,3 @@ class Queries:
         f"(SELECT run_id FROM {WORKERS} WHERE last_seen >= ?)) "
         "RETURNING id, status, recoveries, attempts"
     )
-
-    def with_paramstyle(self, placeholder: str) -> Queries:
-        """The same statements with ``?`` replaced by the driver's placeholder."""
-        return replace(self, **{f.name: getattr(self, f.name).replace("?", placeholder) for f in fields(self)})
