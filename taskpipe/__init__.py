@@ -8,18 +8,19 @@ worker runs them on a thread pool with a heartbeat beside it::
 
     db = connect("jobs.db")
     SqliteStorage.setup(db)
-    storage = SqliteStorage(db)
+    storage = SqliteStorage(db)      # or taskpipe.open_storage("jobs.db", queue="emails")
     storage.push({"to": "a@example.com"})
     WorkerBuilder("emails").backend(storage).build(send_email).run_until_idle()
 """
 
 from . import clock, events, memory
-from .backend import Backend, Outcome, OutcomeKind, TaskSink
 from .codec import Codec, JsonCodec, MsgPackCodec, PickleCodec
 from .config import Config
+from .connection import connect, open_storage
 from .context import WorkerContext
 from .errors import (
     BuildError,
+    CapabilityError,
     CodecError,
     PipeError,
     PushError,
@@ -38,7 +39,8 @@ from .layers import RetryPolicy
 from .monitor import Monitor, run_all
 from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
-from .task import Attempt, AttemptError, Status, Task, TaskBuilder, TaskId, TaskInfo
+from .store import Capabilities, Claim, Outcome, OutcomeKind, Store, TaskSink
+from .task import Attempt, AttemptError, Recovery, Status, Task, TaskBuilder, TaskId, TaskInfo
 from .worker import Worker, WorkerBuilder
 
 __version__ = "0.1.0"
@@ -46,9 +48,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Attempt",
     "AttemptError",
-    "Backend",
     "BackoffStrategy",
     "BuildError",
+    "Capabilities",
+    "CapabilityError",
+    "Claim",
     "Codec",
     "CodecError",
     "Config",
@@ -66,10 +70,12 @@ __all__ = [
     "PipeError",
     "PushError",
     "QueueInfo",
+    "Recovery",
     "RetryPolicy",
     "SetupError",
     "Status",
     "StorageError",
+    "Store",
     "StrategyBuilder",
     "Task",
     "TaskBuilder",
@@ -86,8 +92,10 @@ __all__ = [
     "WorkerContext",
     "WorkerInfo",
     "clock",
+    "connect",
     "events",
     "memory",
+    "open_storage",
     "pipe_to",
     "run_all",
 ]

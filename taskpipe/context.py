@@ -1,9 +1,9 @@
-"""``WorkerContext``: what a running worker shares with its backend and handlers.
+"""``WorkerContext``: what a running worker shares with its store and handlers.
 
 Handlers receive it by annotation (``ctx: WorkerContext``) to read the worker's name
-or call ``ctx.stop()``. Backends use the rest: ``free_slots()`` to size a claim,
-``wait()`` to idle until woken, ``new_lease()`` for lease tokens, ``report()`` to
-surface an error without dying.
+or call ``ctx.stop()``. Stores use ``run_id`` and ``new_lease()`` when they claim and
+beat, and ``in_flight`` to know whether the run holds anything; the worker uses the
+rest (``wait``/``wake`` to idle until a push, ``report`` to surface an error).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
 
 from . import clock
 
@@ -21,19 +21,25 @@ __all__ = ["WorkerContext"]
 class WorkerContext:
     """The live state of one worker run (one ``run()`` or ``run_until_idle()`` call)."""
 
-    def __init__(self, name: str, *, capacity: int, report: Any):
+    def __init__(self, name: str, *, capacity: int, report: Callable[[BaseException], None]):
         self.name = name
         self.run_id = f"{name}:{uuid.uuid4().hex[:12]}"
         self.capacity = capacity
         self._report = report
-        self._cond = threading.Condition()
+        self.lock = threading.Lock()  # guards the run's state; shared with the pool
+        self._cond = threading.Condition(self.lock)
         self._leases = itertools.count(1)
         self._woken = False
         self._stopping = False
         self._hard_stop = False
+        #: Tasks claimed by this run and not yet finished (queued or running).
         self.in_flight = 0
+        #: True under ``run_until_idle()``: nothing may sleep.
         self.until_idle = False
+        #: Seconds between heartbeats (the store's ``Config.keep_alive``).
         self.beat_interval = 5.0
+        #: How many heartbeats this run has made.
+        self.beats = 0
         self.finished = threading.Event()
         self.stopped_at = 0.0  # real monotonic time of the first stop request
 
@@ -56,7 +62,7 @@ class WorkerContext:
         """True once a stop was asked for."""
         return self._stopping
 
-    # For backends -------------------------------------------------------------------
+    # For stores and the worker ----------------------------------------------------------
     def free_slots(self) -> int:
         """How many more tasks this worker can take now (threads plus buffer)."""
         return max(0, self.capacity - self.in_flight)
@@ -67,13 +73,8 @@ class WorkerContext:
 
     def wait(self, timeout: float | None) -> bool:
         """Idle up to ``timeout`` seconds, returning early when woken (a push, a finished
-        task, a stop); True when woken. A wake-up that came before the wait is not lost.
-        Under ``run_until_idle`` it returns at once when nothing is running."""
+        task, a stop); True when woken. A wake-up that came before the wait is not lost."""
         with self._cond:
-            if self.until_idle:
-                if self.in_flight == 0:
-                    return False
-                timeout = self.beat_interval
             if not self._woken and not self._stopping:
                 self._cond.wait(timeout)
             woken, self._woken = self._woken or self._stopping, False
@@ -89,7 +90,6 @@ class WorkerContext:
         """Surface an error (as an ``Error`` event with no task id) and carry on."""
         self._report(error)
 
-    # For the worker -------------------------------------------------------------------
     def _stop_hard(self) -> None:
         with self._cond:
             if not self._stopping:

@@ -53,12 +53,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .backend import Outcome, TaskSink
-from .errors import BuildError, PushError, StorageError
-from .polling import as_strategy
-from .task import Task, TaskId
+import msgspec
 
-__all__ = ["BackendBuilder", "CustomBackend"]
+from . import clock
+from .config import Config
+from .context import WorkerContext
+from .errors import BuildError, CodecError, PushError, StorageError
+from .polling import as_strategy
+from .store import Capabilities, Claim, Outcome, Row, Store
+from .task import Task, TaskId
+from .wakeups import WakeRegistry
+
+__all__ = ["BackendBuilder", "CustomBackend", "ValueCodec"]
 
 log = logging.getLogger("taskpipe.custom")
 
@@ -148,10 +154,28 @@ class BackendBuilder:
         )
 
 
-class CustomBackend(TaskSink):
-    """A backend over your own store, made by ``BackendBuilder`` (see the module docstring)."""
+class ValueCodec:
+    """The "codec" of a custom backend: values stay your own Python objects; a
+    handler's annotation converts plain data (a dict into its dataclass…)."""
 
-    codec = None  # args stay your own Python values
+    name = "values"
+
+    def encode(self, value: Any) -> Any:
+        """``value`` itself."""
+        return value
+
+    def decode(self, data: Any, type: Any = Any) -> Any:
+        """``data`` converted to ``type`` (dataclasses, lists, dicts…); as is for ``Any``."""
+        if type is Any:
+            return data
+        try:
+            return msgspec.convert(data, type, strict=False, from_attributes=True)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise CodecError(f"cannot convert {data!r} into {type!r}: {exc}") from exc
+
+
+class CustomBackend(Store):
+    """A backend over your own store, made by ``BackendBuilder`` (see the module docstring)."""
 
     def __init__(
         self,
@@ -159,36 +183,34 @@ class CustomBackend(TaskSink):
         db: Any,
         config: Any,
         fetcher: Fetcher,
-        persist: Callable[[Task], Any],
+        persist: Callable[[Task[Any]], Any],
         on_outcome: Callable[[Outcome], Any] | None = None,
         poll_interval: Any = None,
         queue: str = "default",
     ):
         self.db = db
-        self.config = config
-        self.queue = queue
+        self.settings = config
+        self._init_store(queue, ValueCodec(), Config(queue=queue, poll_interval=poll_interval))
+        self.capabilities = Capabilities(outcomes=on_outcome is not None)
+        self.wakeups = WakeRegistry()
         self._fetcher = fetcher
         self._persist = persist
         self._on_outcome = on_outcome
-        self._strategy = as_strategy(poll_interval)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._waiting: set[Any] = set()
+        self._iterators: dict[str, Iterator[Any]] = {}
 
     def __repr__(self) -> str:
         return f"CustomBackend(db={self.db!r}, queue={self.queue!r})"
 
     # Pushing -------------------------------------------------------------------------------
-    def _row(self, task: Task, now: float) -> Task:
-        return task
-
-    def _row_for_args(self, args: Any, now: float) -> Task:
-        return Task(args)
-
-    def _insert(self, rows: list[Task]) -> list[TaskId]:
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """Hand each row to your sink, as a ``Task`` of your own values; as atomic as
+        your store makes it."""
         ids: list[TaskId] = []
         try:
-            for task in rows:
+            for row in rows:
+                task = _task_from_row(row)
                 result = self._persist(task)
                 if isinstance(result, int) and not isinstance(result, bool):
                     ids.append(TaskId(result))
@@ -198,65 +220,63 @@ class CustomBackend(TaskSink):
             raise PushError(f"the custom sink could not persist a task ({len(ids)} of {len(rows)} were): {exc}") from exc
         finally:
             if ids:
-                self._wake_workers()
+                self._after_push()
         return ids
 
-    def _wake_workers(self) -> None:
-        with self._lock:
-            waiting = list(self._waiting)
-        for ctx in waiting:
-            ctx.wake()
+    def _insert_rows(self, rows: list[Row]) -> list[TaskId]:
+        return self.insert(rows)  # insert() wakes the workers, even after a partial failure
 
     # Worker side ------------------------------------------------------------------------------
-    def poll(self, ctx: Any) -> Iterator[Task | None]:
-        """Yield the fetcher's tasks; on None wait the polling interval (or until a push)."""
-        strategy = self._strategy.start()
+    def close_run(self, ctx: WorkerContext) -> None:
+        """Forget the run's fetcher iterator."""
         with self._lock:
-            self._waiting.add(ctx)
+            items = self._iterators.pop(ctx.run_id, None)
+        close = getattr(items, "close", None)  # generators have close(); other iterators not
+        if close is not None:
+            close()
+
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim] | None:
+        """Ask the run's fetcher iterator for up to ``limit`` tasks, stopping at the
+        first None; None when the fetcher ran dry. A fetcher that raises is reported
+        and called again at the next claim."""
+        items = self._iterators.get(ctx.run_id)
+        claims: list[Claim] = []
         try:
-            items: Iterator[Any] | None = None
-            while not ctx.stopping:
-                try:
-                    if items is None:
-                        items = iter(self._fetcher(self.db, self.config, ctx))
-                    item = next(items)
-                except StopIteration:  # the fetcher ran dry: the run ends once its tasks are done
-                    while ctx.in_flight and not ctx.stopping:
-                        ctx.wait(1.0)
-                        yield None
-                    return
-                except Exception as exc:
-                    error = StorageError(f"the custom fetcher raised {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    ctx.report(error)
-                    items = None  # call the fetcher again after a pause
-                    item = None
+            if items is None:
+                items = self._iterators[ctx.run_id] = iter(self._fetcher(self.db, self.settings, ctx))
+            while len(claims) < limit:
+                item = next(items)
                 if item is None:
-                    ctx.wait(strategy.next_delay())
-                    yield None
-                    continue
+                    break
                 if not isinstance(item, Task):
                     ctx.report(TypeError(f"the custom fetcher must yield Task or None, got {item!r}"))
                     continue
-                strategy.reset()
-                yield self._prepare(item, ctx)
-        finally:
-            with self._lock:
-                self._waiting.discard(ctx)
+                claims.append(self._claim_of(item, ctx))
+        except StopIteration:
+            self._iterators.pop(ctx.run_id, None)
+            return claims or None
+        except Exception as exc:
+            self._iterators.pop(ctx.run_id, None)  # call the fetcher again next time
+            error = StorageError(f"the custom fetcher raised {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            ctx.report(error)
+        return claims
 
-    def _prepare(self, task: Task, ctx: Any) -> Task:
-        return replace(
-            task,
+    def _claim_of(self, task: Task[Any], ctx: WorkerContext) -> Claim:
+        return Claim(
             id=task.id if task.id is not None else TaskId(next(self._ids)),
-            attempt=max(task.attempt, 1),
             queue=task.queue or self.queue,
+            payload=task.args,
+            attempt=max(task.attempt, 1),
             lease=ctx.new_lease(),
+            priority=task.priority,
+            max_attempts=task.max_attempts,
+            meta=dict(task.meta),
         )
 
-    def heartbeat(self, ctx: Any) -> Iterator[None]:
-        """Nothing to renew: a custom store has no leases (None: the worker's interval)."""
-        while True:
-            yield None
+    def next_due(self) -> float | None:
+        """Unknown: your fetcher decides what is due (the polling strategy paces it)."""
+        return None
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Hand each outcome to ``on_outcome`` (if given); nothing else is recorded."""
@@ -267,5 +287,17 @@ class CustomBackend(TaskSink):
                 self._on_outcome(outcome)
             except Exception as exc:
                 raise StorageError(
-                    f"on_outcome failed for task {outcome.task.id} ({outcome.kind.value}): {type(exc).__name__}: {exc}"
+                    f"on_outcome failed for task {outcome.task_id} ({outcome.kind.value}): {type(exc).__name__}: {exc}"
                 ) from exc
+
+
+def _task_from_row(row: Row) -> Task[Any]:
+    return Task(
+        row.payload,
+        id=None if row.id is None else TaskId(row.id),
+        priority=row.priority,
+        run_after=clock.from_timestamp(row.run_at) if row.run_at != row.created_at else None,
+        max_attempts=row.max_attempts,
+        meta=msgspec.json.decode(row.meta) if row.meta else {},
+        key=row.key,
+    )

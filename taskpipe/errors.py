@@ -7,6 +7,7 @@
     ├── StorageError           the store is unusable (missing tables, bad schema, closed)
     │   └── SetupError         setup() was not run, or the schema is newer than this code
     ├── BuildError             a worker or backend was assembled wrongly (at build time)
+    │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
     ├── PipeError              a piped source failed (its exception is the __cause__)
     ├── TaskNotFound           no task has that id
     ├── TaskFailed             wait_for(): the task ended Dead; carries its last error
@@ -23,6 +24,7 @@ __all__ = [
     "StorageError",
     "SetupError",
     "BuildError",
+    "CapabilityError",
     "PipeError",
     "TaskNotFound",
     "TaskFailed",
@@ -56,6 +58,11 @@ class SetupError(StorageError):
 
 class BuildError(TaskpipeError):
     """A worker or backend was put together wrongly; raised at build time."""
+
+
+class CapabilityError(BuildError):
+    """The store does not declare a capability that this use needs (see
+    ``taskpipe.store.Capabilities``)."""
 
 
 class PipeError(TaskpipeError):

@@ -34,6 +34,8 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
+
 from . import clock
 from .errors import TaskFailed, TaskNotFound, WaitTimeout
 from .task import AttemptError, Status, TaskId, TaskInfo
@@ -245,27 +247,37 @@ class MemoryExpose(ExposeMixin):
         return record
 
     def _info(self, record: Any) -> TaskInfo:
-        task = record.task
+        row = record.row
         return TaskInfo(
-            id=TaskId(task.id),
+            id=TaskId(record.id),
             queue=self.queue,
             status=record.status,
-            args=task.args,
-            priority=task.priority,
+            args=self._decoded(row.payload),
+            priority=row.priority,
             run_at=clock.from_timestamp(record.run_at),
             attempts=record.attempts,
-            max_attempts=task.max_attempts,
-            result=record.result,
+            max_attempts=row.max_attempts,
+            result=self._decoded(record.result),
             errors=tuple(
-                AttemptError(attempt, error, tb, clock.from_timestamp(at))
+                AttemptError(attempt, error, tb, clock.from_timestamp(at))  # type: ignore[arg-type]
                 for attempt, error, tb, at in record.errors
             ),
-            created_at=clock.from_timestamp(record.created_at),
+            created_at=clock.from_timestamp(row.created_at),
             started_at=clock.from_timestamp(record.started_at),
             done_at=clock.from_timestamp(record.done_at),
             worker=record.worker,
-            meta=dict(task.meta),
+            meta=msgspec.json.decode(row.meta) if row.meta else {},
         )
+
+    def _decoded(self, data: Any) -> Any:
+        """A stored payload or result decoded with the store's codec (untyped), or the
+        raw bytes when it cannot be."""
+        if data is None:
+            return None
+        try:
+            return self.codec.decode(data)
+        except Exception:
+            return data
 
     def list_tasks(
         self, queue: str | None = None, status: Any = None, limit: int = 50, offset: int = 0
@@ -278,7 +290,7 @@ class MemoryExpose(ExposeMixin):
             return []
         with self._cond:
             matching = (r for r in self._all_records() if statuses is None or r.status in statuses)
-            page = heapq.nlargest(offset + limit, matching, key=lambda r: int(r.task.id))[offset:]
+            page = heapq.nlargest(offset + limit, matching, key=lambda r: r.id)[offset:]
             return [self._info(r) for r in page]
 
     def fetch_by_id(self, task_id: int) -> TaskInfo:
@@ -295,7 +307,7 @@ class MemoryExpose(ExposeMixin):
             for record in self._records.values():
                 if record.status is Status.RUNNING and record.worker:
                     held[record.worker] = held.get(record.worker, 0) + 1
-            contexts = sorted(self._waiting, key=lambda c: c.run_id)[:limit]
+            contexts = sorted(self._runs.values(), key=lambda c: c.run_id)[:limit]
             return [
                 WorkerInfo(
                     name=ctx.name,
@@ -354,11 +366,11 @@ class MemoryExpose(ExposeMixin):
             if record.status not in RETRYABLE:
                 return False
             self._requeue(record, clock.timestamp())
-            self._wake_workers()
+        self._after_push()
         return True
 
     def _requeue(self, record: Any, now: float) -> None:
-        task_id = int(record.task.id)
+        task_id = record.id
         if self._finished.pop(task_id, None) is not None:
             self._records[task_id] = record
             self._unfinished += 1
@@ -370,7 +382,7 @@ class MemoryExpose(ExposeMixin):
         record.started_at = None
         record.lease = None
         record.worker = None
-        heapq.heappush(self._heap, (-record.task.priority, record.run_at, task_id))
+        self._schedule(record)
 
     def retry_dead(self, queue: str | None = None) -> int:
         """``retry`` every Dead task (of ``queue``, or all); returns how many."""
@@ -381,8 +393,8 @@ class MemoryExpose(ExposeMixin):
             dead = [r for r in self._finished.values() if r.status is Status.DEAD]
             for record in dead:
                 self._requeue(record, now)
-            if dead:
-                self._wake_workers()
+        if dead:
+            self._after_push()
         return len(dead)
 
     def kill(self, task_id: int) -> bool:
@@ -397,7 +409,6 @@ class MemoryExpose(ExposeMixin):
             record.errors.append((record.attempts, KILLED, None, now))
             record.status, record.done_at, record.lease = Status.DEAD, now, None
             self._finish(record)
-            self._wake_workers()
         return True
 
     def purge(self, status: Any, older_than: timedelta | float, *, queue: str | None = None) -> int:

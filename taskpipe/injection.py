@@ -46,6 +46,7 @@ class Signature:
 
     args_type: Any
     injections: tuple[tuple[str, str, Any], ...]  # (parameter, kind, data value)
+    is_async: bool = False
 
     def kwargs(self, task: Task, ctx: WorkerContext) -> dict[str, Any]:
         """The keyword arguments for one call."""

@@ -1,10 +1,14 @@
-"""An in-memory backend (the seeds' ``dequeue::backend``): no persistence, for tests,
+"""An in-memory store (the seeds' ``dequeue::backend``): no persistence, for tests,
 short scripts and as a bounded buffer behind ``pipe_to``.
 
-``memory.backend(poll_interval=…, maxsize=None)``. With ``maxsize`` the queue holds at
-most that many unfinished tasks and a push blocks until there is room, which is the
-backpressure a pipe's feeder relies on. Finished tasks are kept for introspection up
-to ``keep_finished`` (oldest forgotten first).
+``memory.backend(poll_interval=…, maxsize=None, codec=None)``. It behaves like the
+other stores to a handler: args are encoded with its codec (JSON by default) when
+pushed and decoded into the handler's annotated type when run, so a test against it
+fails where production would; a push is all or nothing. With ``maxsize`` the queue
+holds at most that many unfinished tasks and a push blocks until there is room,
+which is the backpressure a pipe's feeder relies on (a batch larger than
+``maxsize`` goes in as room frees). Finished tasks are kept for introspection up to
+``keep_finished`` (oldest forgotten first).
 """
 
 from __future__ import annotations
@@ -13,41 +17,59 @@ import heapq
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import msgspec
+
 from . import clock
-from .backend import Outcome, OutcomeKind, TaskSink
 from .config import Config
+from .context import WorkerContext
 from .errors import PushError
 from .expose import MemoryExpose
-from .task import Status, Task, TaskId
+from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store
+from .task import Status, TaskId
+from .wakeups import WakeRegistry
 
 __all__ = ["MemoryBackend", "backend"]
 
+_WAITING = (Status.PENDING, Status.FAILED)
+
 
 class _Record:
-    __slots__ = ("task", "status", "run_at", "attempts", "result", "errors", "created_at", "lease", "done_at", "worker", "started_at")
+    __slots__ = (
+        "row",
+        "id",
+        "status",
+        "run_at",
+        "attempts",
+        "result",
+        "errors",
+        "lease",
+        "done_at",
+        "worker",
+        "started_at",
+    )
 
-    def __init__(self, task: Task, run_at: float, now: float):
-        self.task = task
+    def __init__(self, row: Row, task_id: int):
+        self.row = row
+        self.id = task_id
         self.status = Status.PENDING
-        self.run_at = run_at
+        self.run_at = row.run_at
         self.attempts = 0
-        self.result: Any = None
+        self.result: Any = None  # encoded, as a SQL store keeps it
         self.errors: list[tuple[int, str, str | None, float]] = []
-        self.created_at = now
         self.done_at: float | None = None
         self.started_at: float | None = None
         self.lease: str | None = None
         self.worker: str | None = None
 
 
-class MemoryBackend(MemoryExpose, TaskSink):
-    """Tasks in a heap in this process: priority, then due time, then age."""
+class MemoryBackend(MemoryExpose, Store):
+    """Tasks in heaps in this process: claimed by priority, then due time, then age."""
 
-    codec = None  # args stay Python objects
+    capabilities = Capabilities(introspection=True, keys=True, follow_ups=True, bounded=True)
 
     def __init__(
         self,
@@ -55,21 +77,24 @@ class MemoryBackend(MemoryExpose, TaskSink):
         maxsize: int | None = None,
         *,
         queue: str = "default",
+        codec: Any = None,
         keep_finished: int = 10_000,
     ):
-        if maxsize is not None and maxsize < 1:
+        if maxsize is not None and (not isinstance(maxsize, int) or maxsize < 1):
             raise ValueError(f"maxsize must be a positive int or None, got {maxsize!r}")
-        self.config = Config(queue=queue, poll_interval=poll_interval)
-        self.queue = queue
+        self._init_store(queue, codec, Config(queue=queue, poll_interval=poll_interval))
         self.maxsize = maxsize
         self.keep_finished = keep_finished
+        self.wakeups = WakeRegistry()
         self._cond = threading.Condition()
-        self._heap: list[tuple[int, float, int]] = []
+        self._heap: list[tuple[int, float, int]] = []  # (-priority, run_at, id): claims
+        self._due: list[tuple[float, int]] = []  # (run_at, id): next_due()
         self._records: dict[int, _Record] = {}
         self._finished: OrderedDict[int, _Record] = OrderedDict()
+        self._keys: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._unfinished = 0
-        self._waiting: set[Any] = set()
+        self._runs: dict[str, WorkerContext] = {}
 
     def __repr__(self) -> str:
         return f"MemoryBackend(queue={self.queue!r}, maxsize={self.maxsize})"
@@ -79,32 +104,53 @@ class MemoryBackend(MemoryExpose, TaskSink):
         return self._unfinished
 
     # Pushing -------------------------------------------------------------------------
-    def _row(self, task: Task, now: float) -> _Record:
-        return _Record(task, task.run_at(now), now)
-
-    def _row_for_args(self, args: Any, now: float) -> _Record:
-        return _Record(Task(args), now, now)
-
-    def _insert(self, rows: list[_Record]) -> list[TaskId]:
-        ids = []
-        for record in rows:
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """Store ``rows``: all or nothing (every id and key is checked first); blocks
+        while the store is full."""
+        with self._cond:
+            self._check_ids(rows)
+        ids: list[TaskId] = []
+        for start in range(0, len(rows), self.maxsize or len(rows) or 1):
+            chunk = rows[start : start + (self.maxsize or len(rows))]
             with self._cond:
-                while self.maxsize is not None and self._unfinished >= self.maxsize:
-                    self._cond.wait()
-                task_id = record.task.id
-                if task_id is None:
-                    task_id = next(self._ids)
-                    while self._known(task_id):  # skip ids given explicitly before
-                        task_id = next(self._ids)
-                elif self._known(task_id):
-                    raise PushError(f"push rejected: a task with id {int(task_id)} already exists")
-                record.task.id = TaskId(task_id)
-                self._records[task_id] = record
-                self._unfinished += 1
-                heapq.heappush(self._heap, (-record.task.priority, record.run_at, task_id))
-                self._wake_workers()
-            ids.append(TaskId(task_id))
+                if self.maxsize is not None:
+                    self._cond.wait_for(lambda n=len(chunk): self._unfinished + n <= self.maxsize)  # type: ignore[operator]
+                ids.extend(self._add(row) for row in chunk)
         return ids
+
+    def _check_ids(self, rows: Sequence[Row]) -> None:
+        seen: set[int] = set()
+        for row in rows:
+            if row.id is None:
+                continue
+            if row.id in seen or self._known(row.id):
+                raise PushError(f"push rejected: a task with id {row.id} already exists")
+            seen.add(row.id)
+
+    def _add(self, row: Row) -> TaskId:
+        """Store one row (the caller holds the lock and checked its id)."""
+        if row.key is not None and row.key in self._keys:
+            return TaskId(self._keys[row.key])
+        task_id = row.id
+        if task_id is None:
+            task_id = next(self._ids)
+            while self._known(task_id):  # skip ids given explicitly before
+                task_id = next(self._ids)
+        record = _Record(row, task_id)
+        self._records[task_id] = record
+        if row.key is not None:
+            self._keys[row.key] = task_id
+        self._unfinished += 1
+        self._schedule(record)
+        return TaskId(task_id)
+
+    def _schedule(self, record: _Record) -> None:
+        heapq.heappush(self._heap, (-record.row.priority, record.run_at, record.id))
+        heapq.heappush(self._due, (record.run_at, record.id))
+        self._cond.notify_all()
+
+    def _after_push(self) -> None:
+        self.wakeups.notify(self.queue)
 
     def wait_for_room(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: as long as it takes) until a push would
@@ -112,44 +158,41 @@ class MemoryBackend(MemoryExpose, TaskSink):
         if self.maxsize is None:
             return True
         with self._cond:
-            return self._cond.wait_for(lambda: self._unfinished < self.maxsize, timeout)
+            return self._cond.wait_for(lambda: self._unfinished < self.maxsize, timeout)  # type: ignore[operator]
 
     def _known(self, task_id: int) -> bool:
         return task_id in self._records or task_id in self._finished
 
-    def _wake_workers(self) -> None:
-        for ctx in list(self._waiting):
-            ctx.wake()
-        self._cond.notify_all()
+    def _waiting(self, record: _Record | None, run_at: float) -> bool:
+        """True when a heap entry for ``run_at`` still describes a waiting ``record``."""
+        return record is not None and record.status in _WAITING and record.run_at == run_at
+
+    def last_key(self, prefix: str) -> str | None:
+        """The greatest stored key starting with ``prefix``, or None."""
+        with self._cond:
+            return max((key for key in self._keys if key.startswith(prefix)), default=None)
 
     # Worker side -----------------------------------------------------------------------
-    def poll(self, ctx: Any) -> Iterator[Task | None]:
-        """Hand out due tasks, highest priority first; wait when none is due."""
-        strategy = self.config.strategy.start()
+    def open_run(self, ctx: WorkerContext) -> None:
+        """Remember the run (``list_workers``)."""
         with self._cond:
-            self._waiting.add(ctx)
-        try:
-            while not ctx.stopping:
-                tasks = self._claim(ctx, ctx.free_slots())
-                if tasks:
-                    strategy.reset()
-                    yield from tasks
-                    continue
-                ctx.wait(strategy.next_delay())
-                yield None
-        finally:
-            with self._cond:
-                self._waiting.discard(ctx)
+            self._runs[ctx.run_id] = ctx
 
-    def _claim(self, ctx: Any, limit: int) -> list[Task]:
+    def close_run(self, ctx: WorkerContext) -> None:
+        """Forget the run."""
+        with self._cond:
+            self._runs.pop(ctx.run_id, None)
+
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        """Take up to ``limit`` due tasks, highest priority first, under one lock."""
         now = clock.timestamp()
-        out: list[Task] = []
+        out: list[Claim] = []
         lease = ctx.new_lease()
         with self._cond:
             while self._heap and len(out) < limit:
                 _, run_at, task_id = self._heap[0]
                 record = self._records.get(task_id)
-                if record is None or record.status not in (Status.PENDING, Status.FAILED) or record.run_at != run_at:
+                if record is None or not self._waiting(record, run_at):
                     heapq.heappop(self._heap)  # stale entry
                     continue
                 if run_at > now:
@@ -160,68 +203,79 @@ class MemoryBackend(MemoryExpose, TaskSink):
                 record.lease = lease
                 record.worker = ctx.run_id
                 record.started_at = now
-                src = record.task
+                row = record.row
                 out.append(
-                    Task(
-                        src.args,
-                        id=src.id,
-                        priority=src.priority,
-                        max_attempts=src.max_attempts,
-                        meta=dict(src.meta),
-                        attempt=record.attempts,
+                    Claim(
+                        id=TaskId(task_id),
                         queue=self.queue,
+                        payload=row.payload,
+                        attempt=record.attempts,
                         lease=lease,
+                        priority=row.priority,
+                        max_attempts=row.max_attempts,
+                        meta=msgspec.json.decode(row.meta) if row.meta else {},
                     )
                 )
         return out
 
-    def heartbeat(self, ctx: Any) -> Iterator[float]:
-        """Nothing to renew in memory: a worker's tasks die with its process."""
-        while True:
-            yield self.config.keep_alive
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` of a waiting task, or None."""
+        with self._cond:
+            while self._due:
+                run_at, task_id = self._due[0]
+                if self._waiting(self._records.get(task_id), run_at):
+                    return run_at
+                heapq.heappop(self._due)
+            return None
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
-        """Record outcomes; a stale lease is rejected."""
+        """Record outcomes and their follow-ups; a stale lease is rejected."""
         now = clock.timestamp()
         with self._cond:
             for o in outcomes:
-                record = self._records.get(o.task.id)
-                if record is None or record.status is not Status.RUNNING or record.lease != o.task.lease:
+                record = self._records.get(o.claim.id)
+                if record is None or record.status is not Status.RUNNING or record.lease != o.claim.lease:
                     o.accepted = False
                     continue
                 self._apply(record, o, now)
-            self._wake_workers()
+                for row in o.follow_ups:
+                    self._add(row)
+        self.wakeups.notify(self.queue)
 
     def _apply(self, record: _Record, o: Outcome, now: float) -> None:
         kind = o.kind
         record.lease = None
-        if kind is OutcomeKind.DONE:
-            record.status, record.result, record.done_at = Status.DONE, o.result, now
+        if kind == OutcomeKind.DONE:
+            record.status, record.result, record.done_at = Status.DONE, o.encoded_result, now
             self._finish(record)
             return
-        if kind is OutcomeKind.RELEASE:
+        if kind == OutcomeKind.RELEASE:
             record.status = Status.PENDING
             record.attempts -= 1
-        elif kind is OutcomeKind.DEAD:
-            record.errors.append((o.task.attempt, o.error or "", o.traceback, now))
+            record.worker = record.started_at = None
+        elif kind == OutcomeKind.DEAD:
+            record.errors.append((o.claim.attempt, o.error or "", o.traceback, now))
             record.status, record.done_at = Status.DEAD, now
             self._finish(record)
             return
         else:  # RETRY / INTERRUPTED
-            record.errors.append((o.task.attempt, o.error or "", o.traceback, now))
-            record.status = Status.FAILED if kind is OutcomeKind.RETRY else Status.PENDING
+            record.errors.append((o.claim.attempt, o.error or "", o.traceback, now))
+            record.status = Status.FAILED if kind == OutcomeKind.RETRY else Status.PENDING
             record.run_at = now + o.delay
-        heapq.heappush(self._heap, (-record.task.priority, record.run_at, int(record.task.id)))
+        self._schedule(record)
 
     def _finish(self, record: _Record) -> None:
-        task_id = int(record.task.id)
-        self._records.pop(task_id, None)
+        self._records.pop(record.id, None)
         self._unfinished -= 1
-        self._finished[task_id] = record
+        self._finished[record.id] = record
         while len(self._finished) > self.keep_finished:
-            self._finished.popitem(last=False)
+            _, gone = self._finished.popitem(last=False)
+            if gone.row.key is not None:
+                self._keys.pop(gone.row.key, None)
+        self._cond.notify_all()
 
 
 def backend(poll_interval: timedelta | float | Any = None, maxsize: int | None = None, **options: Any) -> MemoryBackend:
-    """An in-memory backend; ``maxsize`` bounds it so that pushes block when full."""
+    """An in-memory store; ``maxsize`` bounds it so that pushes block when full;
+    ``queue``, ``codec`` and ``keep_finished`` are keyword options."""
     return MemoryBackend(poll_interval=poll_interval, maxsize=maxsize, **options)

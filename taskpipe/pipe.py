@@ -6,11 +6,11 @@
     backend = pipe_to(CronStream("@daily"), SqliteStorage(db))   # or CronStream(...).pipe_to(...)
     WorkerBuilder("w").backend(backend).build(handler).run()
 
-A ``Pipe`` is itself a backend. When a worker polls it, the pipe feeds the source
+A ``Pipe`` is itself a store. While a worker runs it, the pipe feeds the source
 into the sink (``push`` for plain values, ``push_task`` for ``Task`` items, so the
-sink's codec encodes them) while the worker reads the sink's own ``poll``.
-Everything else (``heartbeat``, ``ack``, ``retire``, ``codec``, ``config``,
-``list_tasks()``…) is the sink's.
+sink's codec encodes them) while the worker claims from the sink. Everything else
+(``ack``, ``beat``, ``codec``, ``config``, ``capabilities``, ``list_tasks()``…) is the
+sink's.
 
 Under ``run()`` a feeder thread drains the source, one item at a time:
 
@@ -47,9 +47,12 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .backend import close_thread_connection
+from collections.abc import Sequence
+
+from .context import WorkerContext
 from .errors import BuildError, PipeError
-from .task import Task
+from .store import Claim, Outcome, Row, Store
+from .task import Task, TaskId
 
 __all__ = ["pipe_to", "Pipe", "PipeSource", "PipeError"]
 
@@ -88,31 +91,34 @@ def pipe_to(iterable: Iterable[Any] | PipeSource, sink: Any) -> Pipe:
     return Pipe(iterable, sink)
 
 
-class Pipe:
-    """A backend made of a source and a sink (see the module docstring).
+class Pipe(Store):
+    """A store made of a source and a sink (see the module docstring).
 
     Attribute access falls through to the sink: ``pipe.list_tasks()``, ``pipe.push(x)``,
     ``pipe.db``. ``error`` holds the ``PipeError`` that stopped the source, if any;
     after it, later runs only read the sink.
     """
 
-    def __init__(self, source: Iterable[Any] | PipeSource, sink: Any):
-        missing = [m for m in ("poll", "heartbeat", "ack", "push", "push_task") if not callable(getattr(sink, m, None))]
-        if missing:
+    def __init__(self, source: Iterable[Any] | PipeSource, sink: Store):
+        if not isinstance(sink, Store):
             raise BuildError(
-                f"pipe_to() needs a store to push into and poll from; {sink!r} has no "
-                + ", ".join(f"{m}()" for m in missing)
+                f"pipe_to() needs a taskpipe store to push into and claim from (a SqliteStorage, "
+                f"memory.backend()…), got {sink!r}"
             )
         if not isinstance(source, PipeSource) and not hasattr(source, "__iter__"):
             raise BuildError(f"pipe_to() takes an iterable (or a CronStream) as its source, got {source!r}")
         self.source = source
         self.sink = sink
+        self.capabilities = sink.capabilities
+        self.queue, self.config, self.codec, self.wakeups = sink.queue, sink.config, sink.codec, sink.wakeups
         self.error: PipeError | None = None
         self._paced = isinstance(source, PipeSource)
         self._endless = bool(getattr(source, "endless", False))
         self._iterator: Iterator[Any] | None = None
         self._iterator_lock = threading.RLock()  # one reader of a plain source at a time
         self._ended = False  # ran dry or failed: nothing more to feed
+        self._feeders: dict[str, tuple[threading.Event, threading.Thread | None]] = {}
+        self._looked_again: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Pipe({self.source!r} -> {self.sink!r})"
@@ -122,70 +128,89 @@ class Pipe:
             raise AttributeError(name)
         return getattr(self.sink, name)
 
-    @property
-    def codec(self) -> Any:
-        """The sink's codec (the worker decodes with it)."""
-        return getattr(self.sink, "codec", None)
+    # The store: the sink's, with the source fed in ---------------------------------------
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """The sink's insert."""
+        return self.sink.insert(rows)
 
-    @property
-    def config(self) -> Any:
-        """The sink's config (buffer size, keep-alive)."""
-        return getattr(self.sink, "config", None)
+    def _insert_rows(self, rows: list[Row]) -> list[TaskId]:
+        return self.sink._insert_rows(rows)
 
-    # Backend ---------------------------------------------------------------------------
-    def poll(self, ctx: Any) -> Iterator[Task | None]:
-        """Feed the source into the sink and yield the sink's tasks (see the module
-        docstring for ``run()`` versus ``run_until_idle()``)."""
-        if getattr(ctx, "until_idle", False):
-            return self._poll_until_idle(ctx)
-        return self._poll_live(ctx)
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim] | None:
+        """Claim from the sink. Under ``run_until_idle`` first push what the source has
+        ready; after the source failed, None once the run holds nothing more."""
+        if ctx.until_idle:
+            self._fill(ctx)
+        claims = self.sink.claim(ctx, limit)
+        if claims is None:
+            return None
+        if claims or self.error is None or ctx.in_flight:
+            self._looked_again.discard(ctx.run_id)
+            return claims
+        # The source failed: finish what was pushed, then end the run. One more look
+        # first, so that a claim begun before the last push is not taken for "empty".
+        if ctx.run_id in self._looked_again:
+            return None
+        self._looked_again.add(ctx.run_id)
+        ctx.wake()
+        return claims
 
-    def heartbeat(self, ctx: Any) -> Iterator[Any]:
-        """The sink's heartbeat."""
-        return self.sink.heartbeat(ctx)
+    def next_due(self) -> float | None:
+        """The sink's next due time."""
+        return self.sink.next_due()
 
-    def ack(self, outcomes: Any) -> None:
+    def ack(self, outcomes: Sequence[Outcome]) -> None:
         """The sink records the outcomes."""
         self.sink.ack(outcomes)
 
-    # run(): a feeder thread --------------------------------------------------------------
-    def _poll_live(self, ctx: Any) -> Iterator[Task | None]:
-        stop, failed = threading.Event(), threading.Event()
-        feeder = self._start_feeder(ctx, stop, failed)
-        inner = self.sink.poll(ctx)
-        looked_again = False
-        try:
-            for task in inner:
-                if task is None and failed.is_set() and ctx.in_flight == 0:
-                    # The source failed: finish what was pushed, then end the run. One
-                    # more look first, so that a claim begun before the last push is not
-                    # taken for "empty".
-                    if looked_again:
-                        return
-                    looked_again = True
-                    ctx.wake()
-                    continue
-                if task is not None:
-                    looked_again = False
-                yield task
-        finally:
-            stop.set()
-            inner.close()
-            if feeder is not None:
-                feeder.join(JOIN_TIMEOUT)
-                if feeder.is_alive():
-                    log.debug("pipe %r: the feeder is still blocked in its source or a push; it ends on its own", self)
+    def beat(self, ctx: WorkerContext) -> None:
+        """The sink's heartbeat."""
+        self.sink.beat(ctx)
 
-    def _start_feeder(self, ctx: Any, stop: threading.Event, failed: threading.Event) -> threading.Thread | None:
+    def retire(self, ctx: WorkerContext) -> None:
+        """The sink forgets the run."""
+        self.sink.retire(ctx)
+
+    def check_setup(self) -> None:
+        """The sink's set-up check."""
+        self.sink.check_setup()
+
+    def close_thread_connection(self) -> None:
+        """The sink's connection for this thread."""
+        self.sink.close_thread_connection()
+
+    def encode_result(self, value: Any) -> Any:
+        """The sink encodes results."""
+        return self.sink.encode_result(value)
+
+    def open_run(self, ctx: WorkerContext) -> None:
+        """Under ``run()``, start the feeder thread."""
+        self.sink.open_run(ctx)
+        if not ctx.until_idle:
+            stop = threading.Event()
+            self._feeders[ctx.run_id] = (stop, self._start_feeder(ctx, stop))
+
+    def close_run(self, ctx: WorkerContext) -> None:
+        """Stop the run's feeder (without waiting long for one blocked in its source)."""
+        stop, feeder = self._feeders.pop(ctx.run_id, (None, None))
+        self._looked_again.discard(ctx.run_id)
+        if stop is not None:
+            stop.set()
+        if feeder is not None:
+            feeder.join(JOIN_TIMEOUT)
+            if feeder.is_alive():
+                log.debug("pipe %r: the feeder is still blocked in its source or a push; it ends on its own", self)
+        self.sink.close_run(ctx)
+
+    # run(): a feeder thread --------------------------------------------------------------
+    def _start_feeder(self, ctx: WorkerContext, stop: threading.Event) -> threading.Thread | None:
         if self._ended:
             return None
-        thread = threading.Thread(
-            target=self._feed, args=(ctx, stop, failed), name=f"taskpipe-{ctx.name}-pipe", daemon=True
-        )
+        thread = threading.Thread(target=self._feed, args=(ctx, stop), name=f"taskpipe-{ctx.name}-pipe", daemon=True)
         thread.start()
         return thread
 
-    def _feed(self, ctx: Any, stop: threading.Event, failed: threading.Event) -> None:
+    def _feed(self, ctx: WorkerContext, stop: threading.Event) -> None:
         items: Iterator[Any] | None = None
         try:
             items = self.source.stream(self.sink, stop) if self._paced else self._shared_iterator()
@@ -198,25 +223,25 @@ class Pipe:
                     item = next(items)
                 except StopIteration:
                     if not stop.is_set():
-                        self._source_ended(ctx, failed)
+                        self._source_ended(ctx)
                     break
                 except Exception as exc:
-                    self._fail(ctx, self._source_error(exc), failed)
+                    self._fail(ctx, self._source_error(exc))
                     break
                 finally:
                     if not self._paced:
                         self._iterator_lock.release()
                 # Taken from the source: push it even if the worker is stopping meanwhile.
-                if not self._push_one(ctx, item, failed):
+                if not self._push_one(ctx, item):
                     break
         except Exception as exc:  # the source could not even start (iter() or stream() raised)
-            self._fail(ctx, self._source_error(exc), failed)
+            self._fail(ctx, self._source_error(exc))
         finally:
             if self._paced and items is not None:
                 close = getattr(items, "close", None)
                 if close is not None:
                     close()
-            close_thread_connection(self.sink)
+            self.sink.close_thread_connection()
 
     def _lock_source(self, stop: threading.Event) -> bool:
         """Take the plain source's lock (another run may be reading it); False on stop."""
@@ -226,9 +251,9 @@ class Pipe:
         return False
 
     def _wait_for_room(self, stop: threading.Event) -> bool:
-        wait = getattr(self.sink, "wait_for_room", None)
-        if wait is None:
+        if not self.sink.capabilities.bounded:
             return True
+        wait = self.sink.wait_for_room  # type: ignore[attr-defined]
         while not stop.is_set():
             if wait(ROOM_SLICE):
                 return True
@@ -236,21 +261,6 @@ class Pipe:
 
 
     # run_until_idle(): in the caller's thread --------------------------------------------
-    def _poll_until_idle(self, ctx: Any) -> Iterator[Task | None]:
-        self._fill(ctx)
-        inner = self.sink.poll(ctx)
-        try:
-            for task in inner:
-                if task is None:
-                    if self._fill(ctx):
-                        continue  # the sink has new tasks: look again
-                    yield None
-                    continue
-                yield task
-                self._fill(ctx)  # top a bounded sink up as room frees
-        finally:
-            inner.close()
-
     def _fill(self, ctx: Any) -> bool:
         """Push what the source has ready (as much as the sink has room for); return
         True if anything may have been pushed."""
@@ -265,10 +275,10 @@ class Pipe:
         try:
             items = make_items()
         except Exception as exc:
-            self._fail(ctx, self._source_error(exc), None)
+            self._fail(ctx, self._source_error(exc))
             return False
         try:
-            if callable(getattr(self.sink, "wait_for_room", None)):
+            if self.sink.capabilities.bounded:
                 return self._fill_bounded(ctx, items)
             return self._fill_unbounded(ctx, items)
         finally:
@@ -279,17 +289,17 @@ class Pipe:
 
     def _fill_bounded(self, ctx: Any, items: Iterator[Any]) -> bool:
         pushed = False
-        while self.sink.wait_for_room(0):
+        while self.sink.wait_for_room(0):  # type: ignore[attr-defined]
             try:
                 item = next(items)
             except StopIteration:
                 if not self._paced:
-                    self._source_ended(ctx, None)
+                    self._source_ended(ctx)
                 break
             except Exception as exc:
-                self._fail(ctx, self._source_error(exc), None)
+                self._fail(ctx, self._source_error(exc))
                 break
-            if not self._push_one(ctx, item, None):
+            if not self._push_one(ctx, item):
                 break
             pushed = True
         return pushed
@@ -310,22 +320,16 @@ class Pipe:
                     return
                 yield item if isinstance(item, Task) else Task(item)
 
-        push_all = getattr(self.sink, "push_all", None)
         count = 0
         try:
-            if push_all is not None:
-                count = push_all(guarded())  # batched transactions, bounded memory
-            else:
-                for task in guarded():
-                    self.sink.push_task(task)
-                    count += 1
+            count = self.sink.push_all(guarded())  # batched transactions, bounded memory
         except Exception as exc:  # earlier batches may be committed: let the sink look again
-            self._fail(ctx, self._push_error(exc), None)
+            self._fail(ctx, self._push_error(exc))
             return True
         if failure:
-            self._fail(ctx, self._source_error(failure[0]), None)
+            self._fail(ctx, self._source_error(failure[0]))
         elif finished and not self._paced:
-            self._source_ended(ctx, None)
+            self._source_ended(ctx)
         return count > 0
 
     # Shared ------------------------------------------------------------------------------
@@ -335,21 +339,21 @@ class Pipe:
                 self._iterator = iter(self.source)
             return self._iterator
 
-    def _push_one(self, ctx: Any, item: Any, failed: threading.Event | None) -> bool:
+    def _push_one(self, ctx: WorkerContext, item: Any) -> bool:
         try:
             if isinstance(item, Task):
                 self.sink.push_task(item)
             else:
                 self.sink.push(item)
         except Exception as exc:
-            self._fail(ctx, self._push_error(exc), failed)
+            self._fail(ctx, self._push_error(exc))
             return False
         return True
 
-    def _source_ended(self, ctx: Any, failed: threading.Event | None) -> None:
+    def _source_ended(self, ctx: WorkerContext) -> None:
         self._ended = True
         if self._endless:
-            self._fail(ctx, PipeError(f"EmptyStream: the endless source {self.source!r} ended"), failed)
+            self._fail(ctx, PipeError(f"EmptyStream: the endless source {self.source!r} ended"))
 
     def _source_error(self, exc: BaseException) -> PipeError:
         if isinstance(exc, PipeError):
@@ -363,13 +367,11 @@ class Pipe:
         error.__cause__ = exc
         return error
 
-    def _fail(self, ctx: Any, error: PipeError, failed: threading.Event | None) -> None:
+    def _fail(self, ctx: WorkerContext, error: PipeError) -> None:
         self._ended = True
         self.error = error
         if ctx.finished.is_set():  # the run is over: nobody to tell but the log
             log.error("pipe %r: %s (after its worker stopped)", self, error)
         else:
             ctx.report(error)
-        if failed is not None:
-            failed.set()
         ctx.wake()

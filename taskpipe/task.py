@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from . import clock
 
-__all__ = ["Task", "TaskBuilder", "TaskId", "Status", "Attempt", "TaskInfo", "AttemptError"]
+__all__ = ["Task", "TaskBuilder", "TaskId", "Status", "Attempt", "TaskInfo", "AttemptError", "Recovery"]
 
 T = TypeVar("T")
 
@@ -76,12 +76,9 @@ class Task(Generic[T]):
     max_attempts: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     key: str | None = None
-    # Filled in by a store when the task is handed to a worker: the attempt being
-    # run, the queue, the lease token acks must carry, and the still-encoded args.
+    # Filled in when the task is handed to a handler: the attempt being run, the queue.
     attempt: int = 0
     queue: str | None = None
-    lease: str | None = field(default=None, repr=False, compare=False)
-    payload: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.priority, int) or isinstance(self.priority, bool):
@@ -177,6 +174,19 @@ class AttemptError:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """A re-enqueue after the task's worker stopped beating: which run (``worker``),
+    when it was last seen, when the task was re-enqueued (``at``), and whether it
+    counted towards ``max_recoveries`` (a task that ran beside others when its worker
+    died is not blamed: it runs alone next time)."""
+
+    worker: str | None
+    last_seen: datetime | None
+    at: datetime
+    counted: bool
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """A task as stored: what introspection (``fetch_by_id``, ``list_tasks``) returns."""
 
@@ -195,3 +205,4 @@ class TaskInfo:
     done_at: datetime | None
     worker: str | None
     meta: dict[str, Any]
+    recoveries: tuple[Recovery, ...] = ()

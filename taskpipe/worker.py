@@ -1,15 +1,19 @@
-"""``WorkerBuilder`` and ``Worker``: run a handler over the tasks of a backend.
+"""``WorkerBuilder`` and ``Worker``: run a handler over the tasks of a store.
 
-One worker run has three kinds of threads:
+The worker owns the loops, for every store (the store only provides the primitives
+of ``taskpipe.store``). One worker run has three kinds of threads:
 
-- the **fetch loop** (the thread that called ``run()``): claims tasks from the
-  backend's ``poll`` generator, hands them to the pool, and writes the pool's
-  outcomes back in batches (one transaction per batch, one writer);
-- the **pool** (``concurrency`` threads): decodes each task's args, calls the
-  handler with its injected parameters, and turns the return or the exception into
-  an outcome (done, retry after a backoff, or dead);
-- the **heartbeat** thread: renews this run's leases and re-enqueues the tasks of
-  workers that stopped beating.
+- the **fetch loop** (the thread that called ``run()``): claims up to the free room
+  (``Store.claim``), hands the tasks to the pool, and writes the pool's outcomes
+  back in batches (``Store.ack``: one transaction per batch, one writer). With
+  nothing to claim it waits until woken (a push in this process, or another
+  process's push for a store with ``wakeups``), until the earliest due ``run_at``
+  (``Store.next_due``), or the polling strategy's delay, whichever comes first;
+- the **pool** (``concurrency`` daemon threads): decodes each task's args, calls
+  the handler with its injected parameters (an ``async def`` handler runs on an
+  event loop the run keeps in a thread of its own), and turns the return or the
+  exception into an outcome (done, retry after a backoff, or dead);
+- the **heartbeat** thread: ``Store.beat`` every ``keep_alive`` seconds.
 
 ``run_until_idle()`` does the same but never sleeps and returns when nothing is due
 and nothing is running; it beats from the calling thread, so a frozen clock governs
@@ -24,18 +28,18 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import clock, events
-from .backend import Outcome, OutcomeKind, close_thread_connection
-from .codec import CodecError
 from .context import WorkerContext
 from .errors import BuildError, PipeError
 from .injection import Signature, analyse
 from .layers import RetryPolicy
-from .pool import DaemonThreadPool
 from .signals import graceful_signals
-from .task import Task
+from .store import Claim, Outcome, OutcomeKind, Store, safe_text
+
+if TYPE_CHECKING:
+    from .asyncrun import EventLoopThread
 
 __all__ = ["WorkerBuilder", "Worker"]
 
@@ -58,14 +62,14 @@ class WorkerBuilder:
         if not isinstance(name, str) or not name:
             raise BuildError(f"a worker needs a non-empty name, got {name!r}")
         self._name = name
-        self._backend: Any = None
+        self._backend: Store | None = None
         self._concurrency = 1
         self._data: dict[type, Any] = {}
         self._retry = RetryPolicy()
         self._callbacks: list[EventCallback] = []
         self._grace = 30.0
 
-    def backend(self, backend: Any) -> WorkerBuilder:
+    def backend(self, backend: Store) -> WorkerBuilder:
         """The store (or pipe, or custom backend) to take tasks from."""
         self._backend = backend
         return self
@@ -105,9 +109,17 @@ class WorkerBuilder:
         """Check everything and return the ``Worker``; raises ``BuildError`` on mistakes."""
         if self._backend is None:
             raise BuildError(f"worker {self._name!r} has no backend: call .backend(storage) before .build()")
-        for method in ("poll", "heartbeat", "ack"):
-            if not callable(getattr(self._backend, method, None)):
-                raise BuildError(f"{self._backend!r} is not a backend: it has no {method}()")
+        if not isinstance(self._backend, Store):
+            raise BuildError(
+                f"{self._backend!r} is not a taskpipe store: use a SqliteStorage, memory.backend(), "
+                "pipe_to(...) or BackendBuilder(...).build()"
+            )
+        if self._retry.max_attempts > 1 and not self._backend.capabilities.outcomes:
+            raise BuildError(
+                f"{self._backend!r} cannot record outcomes, so .retry({self._retry!r}) would do nothing: "
+                "give the backend an outcome callback (BackendBuilder(...).on_outcome(fn)) that makes "
+                "a retried task due again, or drop .retry()"
+            )
         if not callable(handler):
             raise BuildError(f"build() takes the handler function, got {handler!r}")
         signature = analyse(handler, self._data)
@@ -130,7 +142,7 @@ class Worker:
         self,
         *,
         name: str,
-        backend: Any,
+        backend: Store,
         handler: Callable[..., Any],
         signature: Signature,
         concurrency: int,
@@ -146,11 +158,10 @@ class Worker:
         self.retry_policy = retry
         self.grace = grace
         self._callbacks = callbacks
-        self._codec = getattr(backend, "codec", None)
-        config = getattr(backend, "config", None)
-        buffer = getattr(config, "buffer_size", None)
+        config = backend.config
+        buffer = config.buffer_size
         if buffer is None:  # enough prefetch to claim and ack in full batches
-            buffer = max(concurrency, getattr(config, "claim_batch", concurrency))
+            buffer = max(concurrency, config.claim_batch)
         self.capacity = concurrency + buffer
         self._ctx: WorkerContext | None = None
         self._lock = threading.Lock()
@@ -199,6 +210,11 @@ class Worker:
     def _run(self, until_idle: bool) -> int:
         if not self._lock.acquire(blocking=False):
             raise RuntimeError(f"worker {self.name!r} is already running")
+        try:
+            self.backend.check_setup()  # never set up: fail now, saying what to run
+        except BaseException:
+            self._lock.release()
+            raise
         run = _Run(self, until_idle)
         self._ctx = run.ctx
         # A stop asked while the run was being set up is applied now (after the
@@ -227,22 +243,26 @@ class _Run:
 
     def __init__(self, worker: Worker, until_idle: bool):
         self.worker = worker
-        self.backend = worker.backend
+        self.store = worker.backend
+        self.config = self.store.config
         self.until_idle = until_idle
         self.ctx = WorkerContext(worker.name, capacity=worker.capacity, report=self._report)
         self.ctx.until_idle = until_idle
-        config = getattr(self.backend, "config", None)
-        self.ctx.beat_interval = float(getattr(config, "keep_alive", 5.0))
-        self.cond = self.ctx._cond
+        self.ctx.beat_interval = float(self.config.keep_alive)
+        self.cond = self.ctx._cond  # the fetch loop waits on it (wake-ups, finished tasks)
+        self.work = threading.Condition(self.ctx.lock)  # the pool threads wait on it
         self.outcomes: list[Outcome] = []
         self.first_outcome_at = 0.0
-        self.queued: deque[Task] = deque()  # handed to the pool, not started yet
-        self.active: dict[Any, Task] = {}  # running in a pool thread
-        self.runners = 0  # pool threads currently taking tasks from ``queued``
+        self.queued: deque[Claim] = deque()  # handed to the pool, not started yet
+        self.active: dict[int, Claim] = {}  # running in a pool thread
+        self.threads = 0  # pool threads started
+        self.idle_threads = 0  # pool threads waiting for a task
+        self.isolated = 0  # claimed tasks that must run alone
+        self.closing = False  # the pool threads should end
         self.handled = 0
         self.pipe_error: PipeError | None = None
         self.threshold = max(1, worker.capacity // 2)
-        self.pool = DaemonThreadPool(max_workers=worker.concurrency, thread_name_prefix=f"taskpipe-{worker.name}")
+        self.loop: EventLoopThread | None = None  # for async handlers, made on first use
         self.heartbeat_thread: threading.Thread | None = None
 
     def _report(self, error: BaseException) -> None:
@@ -253,87 +273,124 @@ class _Run:
 
     # Orchestration ------------------------------------------------------------------------
     def execute(self) -> int:
-        ctx = self.ctx
-        beats = self.backend.heartbeat(ctx)
+        ctx, store = self.ctx, self.store
         self.worker._emit(ctx, events.Start())  # first: a HeartBeat or Error never precedes Start
-        self._beat(beats)  # registers this run before it claims anything
-        if not self.until_idle:
-            self.heartbeat_thread = threading.Thread(
-                target=self._heartbeat_loop, args=(beats,), name=f"taskpipe-{self.worker.name}-heartbeat", daemon=True
-            )
-            self.heartbeat_thread.start()
+        cross_process = store.capabilities.wakeups and not self.until_idle
+        # Registered for the whole run, not just while waiting: a push between an empty
+        # claim and the wait sets the context's pending flag, so the wait returns at once.
+        store.wakeups.register(store.queue, ctx, cross_process=cross_process)
         try:
-            self._fetch_loop(beats)
+            store.open_run(ctx)
+            self._beat()  # registers this run before it claims anything
+            if not self.until_idle:
+                self.heartbeat_thread = threading.Thread(
+                    target=self._heartbeat_loop, name=f"taskpipe-{self.worker.name}-heartbeat", daemon=True
+                )
+                self.heartbeat_thread.start()
+            try:
+                self._fetch_loop()
+            finally:
+                self._shutdown()
         finally:
-            self._shutdown()
+            store.wakeups.unregister(store.queue, ctx)
             ctx.finished.set()
-            if self.heartbeat_thread is None:
-                beats.close()
-            else:  # it closes its own generator; a beat stuck on a lock must not hold us
+            if self.heartbeat_thread is not None:  # a beat stuck on a lock must not hold us
                 self.heartbeat_thread.join(timeout=HEARTBEAT_JOIN)
-            retire = getattr(self.backend, "retire", None)
-            if retire is not None:
-                retire(ctx)
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            close_thread_connection(self.backend)
+            self._close_pool()
+            self._call(store.retire, ctx)
+            store.close_thread_connection()
             self.worker._emit(ctx, events.Stop())
         if self.pipe_error is not None:
             raise self.pipe_error
         return self.handled
 
-    def _beat(self, beats: Any) -> float:
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a store primitive; an error becomes an ``Error`` event (None returned)."""
         try:
-            interval = next(beats)
-        except StopIteration:
-            return float("inf")
-        except Exception as exc:  # a backend's heartbeat must not kill the worker
+            return fn(*args)
+        except Exception as exc:
             self._report(exc)
-            return self.ctx.beat_interval
+            return None
+
+    def _beat(self) -> None:
+        try:
+            self.store.beat(self.ctx)
+        except Exception as exc:  # a store's heartbeat must not kill the worker
+            self._report(exc)
+            return
+        self.ctx.beats += 1
         self.worker._emit(self.ctx, events.HeartBeat())
-        return float(interval if interval is not None else self.ctx.beat_interval)
 
-    def _heartbeat_loop(self, beats: Any) -> None:
+    def _heartbeat_loop(self) -> None:
         try:
-            interval = self.ctx.beat_interval
-            while not self.ctx.finished.wait(interval):
-                interval = self._beat(beats)
+            while not self.ctx.finished.wait(self.ctx.beat_interval):
+                self._beat()
         finally:
-            beats.close()
-            close_thread_connection(self.backend)
+            self.store.close_thread_connection()
 
-    def _fetch_loop(self, beats: Any) -> None:
-        ctx = self.ctx
-        tasks = self.backend.poll(ctx)
+    # The poll loop --------------------------------------------------------------------------
+    def _fetch_loop(self) -> None:
+        ctx, store = self.ctx, self.store
+        strategy = self.config.strategy.start()
         idle_sent = False
-        busy = False  # the last step handed out a task: let outcomes gather into a batch
+        busy = False  # the last step handed out tasks: let outcomes gather into a batch
+        check_first = False  # after a silent wait: look with a cheap read before claiming
         next_beat = clock.real_monotonic() + ctx.beat_interval
-        try:
-            while not ctx.stopping:
-                if self._ack_due(busy):
-                    self._flush()
-                if self.until_idle and clock.real_monotonic() >= next_beat:
-                    next_beat = clock.real_monotonic() + self._beat(beats)
-                if not self._has_room():
-                    self._wait_for_room()
-                    continue
-                task = next(tasks, StopIteration)
-                if task is StopIteration:
-                    break  # a finite backend ran dry
-                busy = task is not None
-                if task is None:
-                    with self.cond:
-                        nothing_running = ctx.in_flight == 0 and not self.outcomes
-                    if nothing_running:
-                        if self.until_idle:
-                            break
-                        if not idle_sent:
-                            idle_sent = True
-                            self.worker._emit(ctx, events.Idle())
-                    continue
-                idle_sent = False
-                self._submit(task)
-        finally:
-            tasks.close()
+        while not ctx.stopping:
+            if self._ack_due(busy):
+                self._flush()
+            if self.until_idle and clock.real_monotonic() >= next_beat:
+                self._beat()
+                next_beat = clock.real_monotonic() + ctx.beat_interval
+            if not self._has_room():
+                self._wait_for_room()
+                continue
+            due: float | None = None
+            looked = False
+            claims: list[Claim] | None = []
+            if check_first:
+                due, looked = self._call(store.next_due), True
+                may_claim = due is not None and due <= clock.timestamp()
+            else:
+                may_claim = True
+            if may_claim:
+                with self.cond:
+                    room = min(ctx.free_slots(), self.config.claim_batch)
+                try:
+                    claims = store.claim(ctx, room)
+                except Exception as exc:
+                    self._report(exc)
+                    claims = []
+                if claims is None:
+                    break  # a finite store ran dry: finish what it gave
+            check_first = False
+            if claims:
+                strategy.reset()
+                idle_sent, busy = False, True
+                for claim in claims:
+                    self._submit(claim)
+                continue
+            busy = False
+            with self.cond:
+                nothing_running = ctx.in_flight == 0 and not self.outcomes
+            if nothing_running and not idle_sent:
+                idle_sent = True
+                self._flush()
+                self._call(store.idle)
+                self.worker._emit(ctx, events.Idle())
+            if self.until_idle:
+                if nothing_running:
+                    break
+                self._wait_for_room()
+                continue
+            delay = strategy.next_delay()
+            if not looked:
+                due = self._call(store.next_due)
+            if due is not None:
+                until_due = due - clock.timestamp()
+                if until_due > 0 or not may_claim:
+                    delay = min(delay, max(0.0, until_due))
+            check_first = not ctx.wait(delay)
 
     def _ack_due(self, busy: bool) -> bool:
         """Write outcomes in batches: at once when idle, else when half the capacity
@@ -348,12 +405,14 @@ class _Run:
 
     def _has_room(self) -> bool:
         with self.cond:
+            if self.isolated:  # a task that must run alone: nothing else until it ends
+                return self.ctx.in_flight == 0
             return self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold
 
     def _wait_for_room(self) -> None:
         with self.cond:
             if self.outcomes:
-                timeout = max(0.0, self.first_outcome_at + ACK_DELAY - clock.real_monotonic())
+                timeout: float | None = max(0.0, self.first_outcome_at + ACK_DELAY - clock.real_monotonic())
             else:
                 timeout = self.ctx.beat_interval if self.until_idle else None
             if not self.ctx._woken and not self.ctx.stopping:
@@ -361,62 +420,95 @@ class _Run:
             self.ctx._woken = False
 
     # Pool side --------------------------------------------------------------------------
-    # Tasks wait in ``queued``; up to ``concurrency`` runners (one ThreadPoolExecutor job
-    # each) take them one after another, so a task costs one lock round trip, not a
-    # Future and a thread wake-up, and an unstarted task is simply still in the deque.
-    def _submit(self, task: Task) -> None:
+    # Tasks wait in ``queued``; up to ``concurrency`` daemon threads take them one after
+    # another, so a task costs one lock round trip, and an unstarted task is simply still
+    # in the deque. Daemon threads: a hung handler never holds the process open (its
+    # lease is handed back when the shutdown grace ends).
+    def _submit(self, claim: Claim) -> None:
         with self.cond:
             self.ctx.in_flight += 1
-            self.queued.append(task)
-            start_runner = self.runners < self.worker.concurrency
-            if start_runner:
-                self.runners += 1
-        if start_runner:
-            self.pool.submit(self._runner)
+            if claim.isolated:
+                self.isolated += 1
+            self.queued.append(claim)
+            if self.idle_threads:
+                self.work.notify()
+            start = len(self.queued) > self.idle_threads and self.threads < self.worker.concurrency
+            if start:
+                self.threads += 1
+        if start:
+            threading.Thread(
+                target=self._pool_thread, name=f"taskpipe-{self.worker.name}-{self.threads}", daemon=True
+            ).start()
 
-    def _runner(self) -> None:
-        task: Task | None = None
+    def _pool_thread(self) -> None:
+        claim: Claim | None = None
         outcome: Outcome | None = None
-        while True:
+        try:
+            while True:
+                with self.cond:
+                    if claim is not None and outcome is not None:
+                        self._finish_locked(claim, outcome)
+                        claim = outcome = None
+                    while not self.queued and not self.closing:
+                        self.idle_threads += 1
+                        self.work.wait()
+                        self.idle_threads -= 1
+                    if not self.queued or self.ctx.stopping:
+                        return
+                    claim = self.queued.popleft()
+                    self.active[claim.id] = claim
+                try:
+                    outcome = self._execute(claim)
+                except BaseException as exc:  # never leave a task without an outcome
+                    outcome = Outcome(claim, OutcomeKind.DEAD, error=safe_text(f"worker error: {exc!r}"))
+        finally:
             with self.cond:
-                if task is not None:
-                    self._finish_locked(task, outcome)
-                if not self.queued or self.ctx.stopping:
-                    self.runners -= 1
-                    return
-                task = self.queued.popleft()
-                self.active[task.id] = task
-            try:
-                outcome = self._execute(task)
-            except BaseException as exc:  # never leave a task without an outcome
-                outcome = Outcome(task, OutcomeKind.DEAD, error=f"worker error: {exc!r}")
+                self.threads -= 1
+            self.store.close_thread_connection()
 
-    def _execute(self, task: Task) -> Outcome:
-        worker = self.worker
+    def _execute(self, claim: Claim) -> Outcome:
+        worker, store = self.worker, self.store
+        if claim.defect is not None:
+            return Outcome(claim, OutcomeKind.DEAD, error=safe_text(claim.defect))
         try:
-            if self.worker._codec is not None:
-                task.args = self.worker._codec.decode(task.payload, worker.signature.args_type)
-        except CodecError as exc:
-            return Outcome(task, OutcomeKind.DEAD, error=f"cannot decode the task's payload: {exc}")
+            args = store.codec.decode(claim.payload, worker.signature.args_type)
+        except Exception as exc:
+            return Outcome(claim, OutcomeKind.DEAD, error=safe_text(f"cannot decode the task's payload: {exc}"))
+        task = claim.to_task(args)
         try:
-            result = worker.handler(task.args, **worker.signature.kwargs(task, self.ctx))
+            result = worker.handler(args, **worker.signature.kwargs(task, self.ctx))
+            if worker.signature.is_async:
+                result = self._event_loop().run(result)
         except BaseException as exc:
-            return self._failure(task, exc)
-        return Outcome(task, OutcomeKind.DONE, result=result)
+            return self._failure(claim, task, exc)
+        return Outcome(claim, OutcomeKind.DONE, result=result, encoded_result=store.encode_result(result), task=task)
 
-    def _failure(self, task: Task, exc: BaseException) -> Outcome:
-        error = f"{type(exc).__name__}: {exc}"
-        tb = "".join(traceback.format_exception(exc))
-        max_attempts = task.max_attempts or self.worker.retry_policy.max_attempts
-        if task.attempt < max_attempts:
-            delay = self.worker.retry_policy.delay(task.attempt)
-            return Outcome(task, OutcomeKind.RETRY, error=error, traceback=tb, delay=delay)
-        return Outcome(task, OutcomeKind.DEAD, error=error, traceback=tb)
+    def _event_loop(self) -> EventLoopThread:
+        from .asyncrun import EventLoopThread  # only runs with async handlers use it
 
-    def _finish_locked(self, task: Task, outcome: Outcome) -> None:
+        with self.cond:
+            if self.loop is None:
+                self.loop = EventLoopThread(name=f"taskpipe-{self.worker.name}-asyncio")
+            return self.loop
+
+    def _failure(self, claim: Claim, task: Any, exc: BaseException) -> Outcome:
+        error = safe_text(_describe(exc))
+        try:
+            tb = safe_text("".join(traceback.format_exception(exc)))
+        except Exception:  # a traceback that cannot be formatted is not worth a task
+            tb = None
+        max_attempts = claim.max_attempts or self.worker.retry_policy.max_attempts
+        if claim.attempt < max_attempts:
+            delay = self.worker.retry_policy.delay(claim.attempt)
+            return Outcome(claim, OutcomeKind.RETRY, error=error, traceback=tb, delay=delay, task=task)
+        return Outcome(claim, OutcomeKind.DEAD, error=error, traceback=tb, task=task)
+
+    def _finish_locked(self, claim: Claim, outcome: Outcome) -> None:
         """Record a finished task (the caller holds ``self.cond``)."""
-        self.active.pop(task.id, None)
+        self.active.pop(claim.id, None)
         self.ctx.in_flight -= 1
+        if claim.isolated:
+            self.isolated -= 1
         if not self.outcomes:
             self.first_outcome_at = clock.real_monotonic()
         self.outcomes.append(outcome)
@@ -424,40 +516,74 @@ class _Run:
             self.ctx._woken = True
             self.cond.notify_all()
 
+    def _close_pool(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.work.notify_all()
+        if self.loop is not None:
+            self.loop.close()
+
     # Writing outcomes ---------------------------------------------------------------------
     def _flush(self) -> None:
         with self.cond:
             if not self.outcomes:
                 return
             batch, self.outcomes = self.outcomes, []
-        try:
-            self.backend.ack(batch)
-        except Exception as exc:
-            self._report(exc)
+        if not self._ack(batch):
             with self.cond:  # keep them: the next flush tries again
                 self.outcomes[:0] = batch
             return
         for outcome in batch:
             self._announce(outcome)
 
+    def _ack(self, batch: list[Outcome]) -> bool:
+        """Write ``batch``; True when every outcome was written. If the batch cannot be
+        written, each outcome is tried alone, and one that still fails is written as
+        Dead with the reason, so that one bad outcome never blocks the others."""
+        try:
+            self.store.ack(batch)
+            return True
+        except Exception as exc:
+            self._report(exc)
+            if len(batch) == 1 and batch[0].kind == OutcomeKind.DEAD and not batch[0].follow_ups:
+                return False  # even the plainest outcome failed: the store is down
+        written = True
+        for index, outcome in enumerate(batch):
+            try:
+                self.store.ack([outcome])
+                continue
+            except Exception as exc:
+                reason = safe_text(f"the outcome could not be stored: {_describe(exc)}", 2000)
+            fallback = Outcome(outcome.claim, OutcomeKind.DEAD, error=reason, task=outcome.task)
+            try:
+                self.store.ack([fallback])
+            except Exception as exc:
+                self._report(exc)
+                written = False
+                continue
+            outcome.accepted = False
+            batch[index] = fallback
+        return written
+
     def _announce(self, outcome: Outcome) -> None:
-        worker, ctx, task = self.worker, self.ctx, outcome.task
+        worker, ctx = self.worker, self.ctx
+        task_id = outcome.task_id
         if not outcome.accepted:
-            log.warning("task %s: outcome %s rejected (its lease was taken back)", task.id, outcome.kind.value)
+            log.warning("task %s: outcome %s rejected (its lease was taken back)", task_id, outcome.kind.value)
             return
         kind = outcome.kind
-        if kind is OutcomeKind.RELEASE:
+        if kind == OutcomeKind.RELEASE:
             return
         self.handled += 1
-        if kind is OutcomeKind.DONE:
-            worker._emit(ctx, events.Success(task.id, outcome.result))
+        if kind == OutcomeKind.DONE:
+            worker._emit(ctx, events.Success(task_id, outcome.result))
             return
-        worker._emit(ctx, events.Error(task.id, outcome.error))
-        if kind is OutcomeKind.DEAD:
-            worker._emit(ctx, events.Dead(task.id, outcome.error or ""))
+        worker._emit(ctx, events.Error(task_id, outcome.error))
+        if kind == OutcomeKind.DEAD:
+            worker._emit(ctx, events.Dead(task_id, outcome.error or ""))
         else:
             run_at = clock.from_timestamp(clock.timestamp() + outcome.delay)
-            worker._emit(ctx, events.Retry(task.id, task.attempt, run_at))
+            worker._emit(ctx, events.Retry(task_id, outcome.claim.attempt, run_at))
 
     # Shutdown -----------------------------------------------------------------------------
     def _release_unstarted(self) -> None:
@@ -467,14 +593,16 @@ class _Run:
                 return
             unstarted, self.queued = list(self.queued), deque()
             self.ctx.in_flight -= len(unstarted)
-            self.outcomes.extend(Outcome(task, OutcomeKind.RELEASE) for task in unstarted)
+            self.isolated -= sum(1 for claim in unstarted if claim.isolated)
+            self.outcomes.extend(Outcome(claim, OutcomeKind.RELEASE) for claim in unstarted)
 
     def _shutdown(self) -> None:
-        """Finish the run. Not stopping (the backend ran dry, or ``run_until_idle``
+        """Finish the run. Not stopping (the store ran dry, or ``run_until_idle``
         found nothing more): let every claimed task run. Stopping: hand unstarted
         tasks straight back, give running ones the grace (counted from the stop), then
         hand back what still runs."""
         ctx = self.ctx
+        self._call(self.store.close_run, ctx)
         while True:
             if ctx.stopping:
                 self._release_unstarted()
@@ -491,17 +619,28 @@ class _Run:
                 if not ctx._woken:
                     self.cond.wait(timeout)
                 ctx._woken = False
+        self._release_unstarted()  # a hard stop leaves no time to start them
         self._flush()
         with self.cond:
             leftover = list(self.active.values())
             self.active.clear()
         if leftover:
-            log.warning("worker %s: %d task(s) still running after the grace: handing them back", self.worker.name, len(leftover))
+            log.warning(
+                "worker %s: %d task(s) still running after the grace: handing them back",
+                self.worker.name,
+                len(leftover),
+            )
             interrupted = [
-                Outcome(t, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=INTERRUPTED_RETRY_DELAY)
-                for t in leftover
+                Outcome(claim, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=INTERRUPTED_RETRY_DELAY)
+                for claim in leftover
             ]
-            try:
-                self.backend.ack(interrupted)
-            except Exception as exc:
-                self._report(exc)
+            self._call(self.store.ack, interrupted)
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ValueError: bad"``, even for an exception whose ``str()`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<unprintable {type(exc).__name__} object>"
+    return f"{type(exc).__name__}: {text}"

@@ -31,7 +31,7 @@ from taskpipe import (
     WorkerInfo,
     memory,
 )
-from taskpipe.backend import Outcome, OutcomeKind
+from taskpipe.store import Outcome, OutcomeKind
 from taskpipe.expose import STATS_KEYS, jsonable
 from taskpipe.sql import expose as sql_expose
 from taskpipe.sqlite import SqliteStorage

@@ -474,7 +474,7 @@ def test_run_until_idle_honours_the_grace_after_a_stop(storage):
 
 def test_a_finite_backend_runs_every_task_it_handed_out():
     """A poll generator that ends is not a stop: the tasks already handed to the pool run."""
-    from taskpipe.backend import OutcomeKind
+    from taskpipe.store import OutcomeKind
 
     acks = []
 

@@ -28,8 +28,7 @@ from ..expose import (
     WorkerInfo,
     _empty_stats,
 )
-from ..task import AttemptError, Status, TaskId, TaskInfo
-from .driver_errors import DATABASE_ERRORS
+from ..task import AttemptError, Recovery, Status, TaskId, TaskInfo
 
 __all__ = ["SqlExpose", "BATCH"]
 
@@ -42,18 +41,17 @@ def _values(statuses: tuple[Status, ...]) -> list[str]:
 
 class SqlExpose(ExposeMixin):
     """``list_tasks``, ``fetch_by_id``, ``stats``, ``retry``, ``kill``, ``purge``… on the
-    tables of a ``SqlStorage`` (which provides ``db``, ``models``, ``codec``,
-    ``_retrying``, ``_write_tx`` and ``_storage_error``)."""
+    tables of a ``SqlStorage`` (which provides ``db``, ``models``, ``codec``, ``_run``,
+    ``_write_tx`` and ``_after_push``)."""
+
+    db: Any
+    models: Any
+    codec: Any
+    _run: Callable[..., Any]
+    _write_tx: Callable[[], Any]
+    _after_push: Callable[[], None]
 
     # Plumbing ------------------------------------------------------------------------
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` waiting out locks; driver errors become ``StorageError``
-        (``SetupError`` when the tables are missing)."""
-        try:
-            return self._retrying(fn, *args)
-        except DATABASE_ERRORS as exc:
-            raise self._storage_error(exc) from exc
-
     def _in_batches(self, batch: Callable[[], int]) -> int:
         """Call ``batch`` (one short transaction of at most ``BATCH`` rows) until a call
         does fewer rows than that; return the total."""
@@ -63,6 +61,7 @@ class SqlExpose(ExposeMixin):
             total += count
             if count < BATCH:
                 return total
+
     def _decode(self, data: Any) -> Any:
         if data is None:
             return None
@@ -72,7 +71,9 @@ class SqlExpose(ExposeMixin):
         except CodecError:
             return data
 
-    def _info(self, row: dict[str, Any], errors: tuple[AttemptError, ...]) -> TaskInfo:
+    def _info(
+        self, row: dict[str, Any], errors: tuple[AttemptError, ...], recoveries: tuple[Recovery, ...]
+    ) -> TaskInfo:
         meta = row["meta"]
         try:
             meta = msgspec.json.decode(meta) if meta else {}
@@ -94,6 +95,7 @@ class SqlExpose(ExposeMixin):
             done_at=clock.from_timestamp(row["done_at"]),
             worker=row["worker"],
             meta=meta,
+            recoveries=recoveries,
         )
 
     def _errors_for(self, ids: list[int]) -> dict[int, tuple[AttemptError, ...]]:
@@ -111,10 +113,27 @@ class SqlExpose(ExposeMixin):
             found.setdefault(job_id, []).append(AttemptError(attempt, error, tb, clock.from_timestamp(at)))
         return {job_id: tuple(errors) for job_id, errors in found.items()}
 
+    def _recoveries_for(self, ids: list[int]) -> dict[int, tuple[Recovery, ...]]:
+        if not ids:
+            return {}
+        R = self.models.Recovery
+        rows = (
+            R.select(R.job_id, R.worker, R.last_seen, R.at, R.counted)
+            .where(R.job_id.in_(ids))
+            .order_by(R.job_id, R.id)
+            .tuples()
+        )
+        found: dict[int, list[Recovery]] = {}
+        for job_id, worker, last_seen, at, counted in rows:
+            recovery = Recovery(worker, clock.from_timestamp(last_seen), clock.from_timestamp(at), bool(counted))  # type: ignore[arg-type]
+            found.setdefault(job_id, []).append(recovery)
+        return {job_id: tuple(items) for job_id, items in found.items()}
+
     def _infos(self, query: pw.Select) -> list[TaskInfo]:
         rows = list(query.dicts())
-        errors = self._errors_for([row["id"] for row in rows])
-        return [self._info(row, errors.get(row["id"], ())) for row in rows]
+        ids = [row["id"] for row in rows]
+        errors, recoveries = self._errors_for(ids), self._recoveries_for(ids)
+        return [self._info(row, errors.get(row["id"], ()), recoveries.get(row["id"], ())) for row in rows]
 
     # Reading -----------------------------------------------------------------------------
     def list_tasks(
@@ -291,7 +310,7 @@ class SqlExpose(ExposeMixin):
 
         retried = self._run(once)
         if retried:
-            self._notify_pushed()
+            self._after_push()
         return retried
 
     def retry_dead(self, queue: str | None = None) -> int:
@@ -311,7 +330,7 @@ class SqlExpose(ExposeMixin):
 
         total = self._in_batches(batch)
         if total:
-            self._notify_pushed()
+            self._after_push()
         return total
 
     def kill(self, task_id: int) -> bool:
@@ -345,7 +364,7 @@ class SqlExpose(ExposeMixin):
         Pending, Running and Failed tasks are refused (``ValueError``). Returns how many."""
         statuses = self._purgeable(status)
         cutoff = clock.timestamp() - clock.seconds(older_than, name="older_than")
-        Job, Error = self.models.Job, self.models.Error
+        Job, Error, Recovery = self.models.Job, self.models.Error, self.models.Recovery
 
         def batch() -> int:
             with self._write_tx():
@@ -357,6 +376,7 @@ class SqlExpose(ExposeMixin):
                 ids = [row[0] for row in ids.limit(BATCH).tuples()]
                 if ids:
                     Error.delete().where(Error.job_id.in_(ids)).execute()
+                    Recovery.delete().where(Recovery.job_id.in_(ids)).execute()
                     Job.delete().where(Job.id.in_(ids)).execute()
                 return len(ids)
 

@@ -1,4 +1,4 @@
-"""Waking idle workers: in-process wake-ups and the cross-process change probe.
+"""SQLite's cross-process wake-ups: the change probe, and one registry per file.
 
 Every SQL store shares one ``WakeRegistry`` per database (per file, for SQLite: two
 ``connect()`` calls on the same path share it). A worker registers its
@@ -30,14 +30,15 @@ import struct
 import sys
 import threading
 import weakref
-from typing import Any, Protocol
+from typing import Any
 
 import peewee as pw
 
 from .. import clock
+from ..wakeups import Waiter, WakeRegistry
 from .queries import Queries
 
-__all__ = ["ChangeProbe", "Waiter", "WakeRegistry", "database_path", "registry_for"]
+__all__ = ["ChangeProbe", "Waiter", "WakeRegistry", "database_path", "registry_for"]  # Waiter, WakeRegistry: re-exported
 
 log = logging.getLogger("taskpipe.hooks")
 
@@ -58,110 +59,6 @@ USE_INOTIFY = True
 
 # The stores' own "anything due in this queue?" (qmark style: the probe uses sqlite3).
 _DUE = Queries().anything_due
-
-
-class Waker(Protocol):
-    """Anything a push can wake: a ``WorkerContext``, a shared poller's lane."""
-
-    def wake(self) -> None:
-        """Interrupt the owner's wait, or make its next wait return at once."""
-        ...
-
-
-class Waiter:
-    """A wake-up flag under a Condition: a ``wake()`` that comes before ``wait()`` is
-    not lost (the wait returns at once)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._woken = False
-
-    def wake(self) -> None:
-        """Interrupt ``wait()``, or make the next one return at once."""
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
-
-    def wait(self, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` seconds for a wake-up; True if woken."""
-        with self._cond:
-            if not self._woken:
-                self._cond.wait(timeout)
-            woken, self._woken = self._woken, False
-            return woken
-
-
-class WakeRegistry:
-    """The workers (or pollers) of one database waiting for tasks, by queue."""
-
-    def __init__(self, path: str | None):
-        self.path = path  # the database file, when other processes can write to it
-        self._lock = threading.Lock()
-        self._wakers: dict[str, dict[Any, bool]] = {}  # queue -> {waker: cross_process}
-        self._probe: ChangeProbe | None = None
-        self.last_push = 0.0  # real_monotonic() of the last notify from this process
-
-    def __repr__(self) -> str:
-        return f"WakeRegistry({self.path!r}, queues={sorted(self._wakers)})"
-
-    def register(self, queue: str, waker: Waker, *, cross_process: bool = False) -> None:
-        """Wake ``waker`` on every push to ``queue`` until ``unregister``. With
-        ``cross_process``, pushes from other processes wake it too (the probe)."""
-        with self._lock:
-            self._wakers.setdefault(queue, {})[waker] = cross_process
-            if cross_process and self.path is not None and self._probe is None:
-                self._probe = ChangeProbe(self)
-                self._probe.start()
-
-    def unregister(self, queue: str, waker: Waker) -> None:
-        """Stop waking ``waker`` for ``queue`` (the probe ends with its last user)."""
-        with self._lock:
-            wakers = self._wakers.get(queue)
-            if wakers is not None:
-                wakers.pop(waker, None)
-                if not wakers:
-                    del self._wakers[queue]
-            probe = self._probe
-        if probe is not None:
-            probe.nudge()
-
-    def notify(self, queue: str) -> None:
-        """Wake everything registered for ``queue`` (called after a push commits)."""
-        self.last_push = clock.real_monotonic()
-        self._wake(queue)
-
-    def _wake(self, queue: str) -> None:
-        with self._lock:
-            wakers = self._wakers.get(queue)
-            if not wakers:
-                return
-            targets = list(wakers)
-        for waker in targets:
-            waker.wake()
-
-    def waiting(self, queue: str) -> int:
-        """How many wakers are registered for ``queue``."""
-        with self._lock:
-            return len(self._wakers.get(queue, ()))
-
-    def watched_queues(self) -> list[str]:
-        """The queues with at least one cross-process waker."""
-        with self._lock:
-            return [q for q, wakers in self._wakers.items() if any(wakers.values())]
-
-    @property
-    def probe(self) -> ChangeProbe | None:
-        """The running change probe, if any."""
-        return self._probe
-
-    def _probe_may_stop(self, probe: ChangeProbe) -> bool:
-        """Called by the probe: True (and forgotten) when nobody needs it any more."""
-        with self._lock:
-            if any(any(wakers.values()) for wakers in self._wakers.values()):
-                return False
-            if self._probe is probe:
-                self._probe = None
-            return True
 
 
 _lock = threading.Lock()
@@ -197,7 +94,7 @@ def registry_for(db: Any) -> WakeRegistry:
             else:
                 registry = _by_path.get(path)
                 if registry is None:
-                    registry = _by_path[path] = WakeRegistry(path)
+                    registry = _by_path[path] = WakeRegistry(path, probe=ChangeProbe)
             _by_db[db] = registry
         return registry
 
@@ -246,7 +143,7 @@ class ChangeProbe(threading.Thread):
             version = self._version(conn)
             self._check(conn)  # a commit just before the first read is not missed
             cooling = False  # files were just written: pause before listening again
-            while not self.registry._probe_may_stop(self):
+            while not self.registry.probe_may_stop(self):
                 if cooling:
                     # One commit is several writes (and a claim and an ack follow a push):
                     # let them gather, then look once. After this process's own push,
@@ -266,9 +163,7 @@ class ChangeProbe(threading.Thread):
                 cooling = hinted
         except Exception:  # pragma: no cover - the polling strategy is still there
             log.exception("taskpipe change probe on %s failed; workers fall back to polling", self.path)
-            with self.registry._lock:
-                if self.registry._probe is self:
-                    self.registry._probe = None
+            self.registry.probe_failed(self)
         finally:
             self._watch = None
             watch.close()
@@ -292,7 +187,7 @@ class ChangeProbe(threading.Thread):
                 log.debug("probe: due check on %r failed: %s", queue, exc)
                 continue
             if due:
-                self.registry._wake(queue)
+                self.registry.wake_queue(queue)
 
 
 class _Ticker:

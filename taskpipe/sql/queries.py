@@ -1,81 +1,139 @@
 """The hot-path SQL, written once as constant strings (no per-call compilation).
 
-Statements use ``?`` placeholders (a dialect whose driver wants ``%s`` converts the
-set once); dialects override only what differs: the claim and the insert-if-new.
+Status values come from ``Status`` (never spelled here), and the partial-index
+predicates in ``schema.py`` are built from the same constants, so the planner sees
+the literal text it indexed. Statements use ``?`` placeholders; a dialect whose
+driver wants ``%s`` converts the whole set once (``Queries.with_paramstyle``), and
+overrides only what its engine spells differently (the claim, insert-if-new,
+upserts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
-from .schema import ERRORS, JOBS, WORKERS
+from ..task import Status
+from .schema import ERRORS, JOBS, RECOVERIES, WORKERS
 
-__all__ = ["Queries"]
+__all__ = ["Queries", "sql_in", "WAITING", "FINISHED"]
 
-_RETURNING = "id, payload, priority, run_at, attempts, max_attempts, meta"
+
+def sql_in(*statuses: Status) -> str:
+    """``('pending', 'failed')``: a literal list for ``status IN …``."""
+    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
+
+
+#: Tasks a claim may take (when due): Pending, or Failed and waiting for its retry.
+WAITING = sql_in(Status.PENDING, Status.FAILED)
+#: Tasks that will not run again unless retried by hand.
+FINISHED = sql_in(Status.DONE, Status.DEAD)
+RUNNING = f"'{Status.RUNNING.value}'"
+PENDING = f"'{Status.PENDING.value}'"
+DONE = f"'{Status.DONE.value}'"
+DEAD = f"'{Status.DEAD.value}'"
+
+_COLUMNS = "id, queue, status, payload, priority, run_at, max_attempts, meta, key, created_at"
+_VALUES = f"?, ?, {PENDING}, ?, ?, ?, ?, ?, ?, ?"
+#: What a claim returns, by name.
+CLAIMED = "id, payload, priority, run_at, attempts, max_attempts, CAST(meta AS BLOB) AS meta, isolate"
 
 
 @dataclass(frozen=True)
 class Queries:
-    """Every statement the stores run on their hot paths."""
+    """Every statement the SQL stores run on their hot paths."""
 
-    insert: str = (
-        f"INSERT INTO {JOBS} (id, queue, status, payload, priority, run_at, max_attempts, meta, key, created_at) "
-        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
-    )
+    # (id, queue, payload, priority, run_at, max_attempts, meta, key, created_at): a Row
+    insert: str = f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES ({_VALUES})"
     insert_keyed: str = (
-        f"INSERT INTO {JOBS} (id, queue, status, payload, priority, run_at, max_attempts, meta, key, created_at) "
-        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"
+        f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"
     )
     id_for_key: str = f"SELECT id FROM {JOBS} WHERE key = ?"
-    anything_due: str = (
-        f"SELECT 1 FROM {JOBS} WHERE status IN ('pending', 'failed') AND queue = ? AND run_at <= ? LIMIT 1"
-    )
-    # (lease, worker, started_at, queue, now, limit)
+    # (queue, now)
+    anything_due: str = f"SELECT 1 FROM {JOBS} WHERE status IN {WAITING} AND queue = ? AND run_at <= ? LIMIT 1"
+    # (queue,)
+    next_due: str = f"SELECT MIN(run_at) FROM {JOBS} WHERE status IN {WAITING} AND queue = ?"
+    # (lease, worker, started_at, queue, now, limit). Tasks marked ``isolate`` (they
+    # were running beside others when a worker died) are claimed alone, below.
     claim: str = (
-        f"UPDATE {JOBS} SET status = 'running', attempts = attempts + 1, lease = ?, worker = ?, started_at = ? "
-        f"WHERE id IN (SELECT id FROM {JOBS} WHERE status IN ('pending', 'failed') AND queue = ? "
-        "AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT ?) "
-        f"RETURNING {_RETURNING}"
+        f"UPDATE {JOBS} SET status = {RUNNING}, attempts = attempts + 1, lease = ?, worker = ?, started_at = ? "
+        f"WHERE id IN (SELECT id FROM {JOBS} WHERE status IN {WAITING} AND queue = ? "
+        "AND run_at <= ? AND isolate = 0 ORDER BY priority DESC, run_at, id LIMIT ?) "
+        f"RETURNING {CLAIMED}"
     )
+    # (lease, worker, started_at, queue, now)
+    claim_isolated: str = (
+        f"UPDATE {JOBS} SET status = {RUNNING}, attempts = attempts + 1, lease = ?, worker = ?, started_at = ? "
+        f"WHERE id IN (SELECT id FROM {JOBS} WHERE status IN {WAITING} AND queue = ? "
+        "AND run_at <= ? AND isolate = 1 ORDER BY priority DESC, run_at, id LIMIT 1) "
+        f"RETURNING {CLAIMED}"
+    )
+    # (queue,)
+    any_isolated: str = f"SELECT 1 FROM {JOBS} WHERE status IN {WAITING} AND queue = ? AND isolate = 1 LIMIT 1"
     # Acks only touch a row still running under the same lease: a zombie's late ack,
     # or an ack for a task killed meanwhile, changes nothing.
+    # (result, done_at, id, lease)
     ack_done: str = (
-        f"UPDATE {JOBS} SET status = 'done', result = ?, done_at = ? "
-        "WHERE id = ? AND lease = ? AND status = 'running'"
+        f"UPDATE {JOBS} SET status = {DONE}, result = ?, done_at = ?, isolate = 0 "
+        f"WHERE id = ? AND lease = ? AND status = {RUNNING}"
     )
-    ack_accepted: str = f"SELECT 1 FROM {JOBS} WHERE id = ? AND lease = ? AND status = 'done' AND done_at = ?"
+    # (id, lease, done_at): was this DONE outcome the one that was written?
+    ack_accepted: str = f"SELECT 1 FROM {JOBS} WHERE id = ? AND lease = ? AND status = {DONE} AND done_at = ?"
+    # (status, run_at, done_at, id, lease)
     ack_failed: str = (
-        f"UPDATE {JOBS} SET status = ?, run_at = ?, done_at = ? "
-        "WHERE id = ? AND lease = ? AND status = 'running'"
+        f"UPDATE {JOBS} SET status = ?, run_at = ?, done_at = ?, isolate = 0 "
+        f"WHERE id = ? AND lease = ? AND status = {RUNNING}"
     )
+    # (id, lease)
     ack_release: str = (
-        f"UPDATE {JOBS} SET status = 'pending', attempts = attempts - 1, started_at = NULL, worker = NULL, lease = NULL "
-        "WHERE id = ? AND lease = ? AND status = 'running'"
+        f"UPDATE {JOBS} SET status = {PENDING}, attempts = attempts - 1, started_at = NULL, worker = NULL, "
+        f"lease = NULL WHERE id = ? AND lease = ? AND status = {RUNNING}"
     )
+    # (run_at, id, lease)
     ack_interrupted: str = (
-        f"UPDATE {JOBS} SET status = 'pending', run_at = ?, worker = NULL, lease = NULL "
-        "WHERE id = ? AND lease = ? AND status = 'running'"
+        f"UPDATE {JOBS} SET status = {PENDING}, run_at = ?, worker = NULL, lease = NULL "
+        f"WHERE id = ? AND lease = ? AND status = {RUNNING}"
     )
+    # (job_id, attempt, error, traceback, at)
     insert_error: str = f"INSERT INTO {ERRORS} (job_id, attempt, error, traceback, at) VALUES (?, ?, ?, ?, ?)"
     # (run_id, name, queues, hostname, pid, started_at, last_seen)
     beat: str = (
         f"INSERT INTO {WORKERS} (run_id, name, queues, hostname, pid, started_at, last_seen) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET last_seen = excluded.last_seen"
     )
-    same_host_runs: str = f"SELECT run_id, pid FROM {WORKERS} WHERE hostname = ? AND run_id <> ?"
     forget_worker: str = f"DELETE FROM {WORKERS} WHERE run_id = ?"
+    # (older_than,)
     forget_stale_workers: str = (
         f"DELETE FROM {WORKERS} WHERE last_seen < ? AND run_id NOT IN "
-        f"(SELECT worker FROM {JOBS} WHERE status = 'running' AND worker IS NOT NULL)"
+        f"(SELECT worker FROM {JOBS} WHERE status = {RUNNING} AND worker IS NOT NULL)"
     )
-    # (max_recoveries, max_recoveries, now, alive_since)
-    recover_orphans: str = (
+    # Running tasks with the run holding them, as the workers table knows it (NULLs:
+    # the run's row is gone). (no parameters)
+    running_with_runs: str = (
+        f"SELECT j.id, j.worker, w.hostname, w.pid, w.last_seen FROM {JOBS} j "
+        f"LEFT JOIN {WORKERS} w ON w.run_id = j.worker WHERE j.status = {RUNNING}"
+    )
+    # (max_recoveries, max_recoveries, now, id, worker): back to the queue, a recovery
+    # counted, the attempt taken back, claimed alone from now on; Dead after too many.
+    recover: str = (
         f"UPDATE {JOBS} SET "
-        "status = CASE WHEN recoveries + 1 >= ? THEN 'dead' ELSE 'pending' END, "
+        f"status = CASE WHEN recoveries + 1 >= ? THEN {DEAD} ELSE {PENDING} END, "
         "done_at = CASE WHEN recoveries + 1 >= ? THEN ? ELSE NULL END, "
-        "recoveries = recoveries + 1, attempts = attempts - 1, worker = NULL, started_at = NULL "
-        "WHERE status = 'running' AND (worker IS NULL OR worker NOT IN "
-        f"(SELECT run_id FROM {WORKERS} WHERE last_seen >= ?)) "
-        "RETURNING id, status, recoveries, attempts"
+        "recoveries = recoveries + 1, attempts = attempts - 1, worker = NULL, started_at = NULL, "
+        f"lease = NULL, isolate = 1 WHERE id = ? AND status = {RUNNING} AND worker IS ?"
     )
+    # (id, worker): back to the queue without counting (it ran beside others when its
+    # worker died, so it may be innocent): to be claimed alone, to find out.
+    isolate: str = (
+        f"UPDATE {JOBS} SET status = {PENDING}, attempts = attempts - 1, worker = NULL, started_at = NULL, "
+        f"lease = NULL, isolate = 1 WHERE id = ? AND status = {RUNNING} AND worker IS ?"
+    )
+    # (id,)
+    recovered_state: str = f"SELECT status, recoveries, attempts FROM {JOBS} WHERE id = ?"
+    # (job_id, worker, last_seen, counted, at)
+    insert_recovery: str = (
+        f"INSERT INTO {RECOVERIES} (job_id, worker, last_seen, counted, at) VALUES (?, ?, ?, ?, ?)"
+    )
+
+    def with_paramstyle(self, placeholder: str) -> Queries:
+        """The same statements with ``?`` replaced by ``placeholder`` (e.g. ``%s``)."""
+        return replace(self, **{f.name: getattr(self, f.name).replace("?", placeholder) for f in fields(self)})

@@ -16,13 +16,26 @@ from dataclasses import dataclass
 import peewee as pw
 
 from ..errors import SetupError
+from ..task import Status
 
-__all__ = ["SCHEMA_VERSION", "Models", "models_for", "setup", "check_schema", "JOBS", "ERRORS", "WORKERS"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Models",
+    "models_for",
+    "setup",
+    "check_schema",
+    "JOBS",
+    "ERRORS",
+    "WORKERS",
+    "RECOVERIES",
+]
 
-SCHEMA_VERSION = 1
+#: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
+SCHEMA_VERSION = 2
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
+RECOVERIES = "taskpipe_recoveries"
 META = "taskpipe_schema"
 
 
@@ -36,13 +49,16 @@ class JobModel(_Base):
 
     id = pw.AutoField()
     queue = pw.TextField()
-    status = pw.TextField(default="pending", constraints=[pw.SQL("DEFAULT 'pending'")])
+    status = pw.TextField(default=Status.PENDING.value, constraints=[pw.SQL(f"DEFAULT '{Status.PENDING.value}'")])
     payload = pw.BlobField(null=True)
     priority = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
     run_at = pw.DoubleField()
     attempts = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
     max_attempts = pw.IntegerField(null=True)
     recoveries = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
+    # 1: re-enqueued after its worker died while other tasks ran beside it: claimed
+    # alone next time, so that a crash can be blamed on the right task.
+    isolate = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
     lease = pw.TextField(null=True)
     worker = pw.TextField(null=True)
     result = pw.BlobField(null=True)
@@ -61,6 +77,18 @@ class ErrorModel(_Base):
     attempt = pw.IntegerField()
     error = pw.TextField()
     traceback = pw.TextField(null=True)
+    at = pw.DoubleField()
+
+
+class RecoveryModel(_Base):
+    """One re-enqueue of a task whose worker stopped beating: which run, when it was
+    last seen, and whether it counted towards ``max_recoveries``."""
+
+    id = pw.AutoField()
+    job_id = pw.IntegerField(index=True)
+    worker = pw.TextField(null=True)
+    last_seen = pw.DoubleField(null=True)
+    counted = pw.IntegerField()
     at = pw.DoubleField()
 
 
@@ -90,10 +118,12 @@ class Models:
     Error: type[ErrorModel]
     Worker: type[WorkerModel]
     Schema: type[SchemaModel]
+    Recovery: type[RecoveryModel]
 
     def all(self) -> list[type[pw.Model]]:
-        """The four models (jobs, errors, workers, schema version): what ``setup`` creates."""
-        return [self.Job, self.Error, self.Worker, self.Schema]
+        """Every model (jobs, errors, workers, schema version, recoveries): what
+        ``setup`` creates."""
+        return [self.Job, self.Error, self.Worker, self.Schema, self.Recovery]
 
 
 _bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -114,24 +144,42 @@ def models_for(db: pw.Database) -> Models:
                 Error=bind(ErrorModel, ERRORS),
                 Worker=bind(WorkerModel, WORKERS),
                 Schema=bind(SchemaModel, META),
+                Recovery=bind(RecoveryModel, RECOVERIES),
             )
             _bound[db] = models
         return models
 
 
-def _claim_index_sql(db: pw.Database) -> list[str]:
+def _index_sql() -> list[str]:
     # Partial indexes keep finished rows out of the claim path entirely, so the claim
-    # costs the same at 10k or 1M done rows. The literal statuses must match the claim
-    # query's text for the planner to use them (a bound parameter would not).
+    # costs the same at 10k or 1M done rows. The literal statuses must match the
+    # queries' text for the planner to use them (a bound parameter would not): both
+    # come from ``queries.WAITING``.
+    from .queries import WAITING, sql_in
+
+    attention = sql_in(Status.RUNNING, Status.FAILED, Status.DEAD)
+
     return [
         f"CREATE INDEX IF NOT EXISTS {JOBS}_claim ON {JOBS} "
-        f"(queue, priority DESC, run_at, id) WHERE status IN ('pending', 'failed')",
+        f"(queue, priority DESC, run_at, id) WHERE status IN {WAITING}",
+        # next_due(): the earliest run_at of a queue, whatever the priority.
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_due ON {JOBS} (queue, run_at) WHERE status IN {WAITING}",
         # Rows a person looks for (running, waiting to retry, dead) without putting an
         # index entry on every push: pending and done rows are found by id order.
         f"CREATE INDEX IF NOT EXISTS {JOBS}_attention ON {JOBS} (status, queue, id) "
-        f"WHERE status IN ('running', 'failed', 'dead')",
+        f"WHERE status IN {attention}",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_key ON {JOBS} (key) WHERE key IS NOT NULL",
     ]
+
+
+def _migrate(db: pw.Database, models: Models, version: int) -> None:
+    """Bring a database at ``version`` up to ``SCHEMA_VERSION`` (inside setup's
+    transaction). Tables that did not exist yet were just created whole."""
+    if version < 2:  # 0.1.0 -> 2: the isolate flag (the recoveries table is new)
+        columns = {c.name for c in db.get_columns(JOBS)}
+        if "isolate" not in columns:
+            db.execute_sql(f"ALTER TABLE {JOBS} ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0")
+    models.Schema.update(version=SCHEMA_VERSION).execute()
 
 
 def setup(db: pw.Database) -> None:
@@ -139,8 +187,6 @@ def setup(db: pw.Database) -> None:
     models = models_for(db)
     with db.atomic():
         db.create_tables(models.all(), safe=True)
-        for sql in _claim_index_sql(db):
-            db.execute_sql(sql)
         row = models.Schema.select().first()
         if row is None:
             models.Schema.create(version=SCHEMA_VERSION)
@@ -149,14 +195,24 @@ def setup(db: pw.Database) -> None:
                 f"this database is at taskpipe schema version {row.version}, newer than this "
                 f"taskpipe ({SCHEMA_VERSION}): upgrade taskpipe"
             )
-        elif row.version < SCHEMA_VERSION:  # pragma: no cover - no older versions yet
-            models.Schema.update(version=SCHEMA_VERSION).execute()
+        elif row.version < SCHEMA_VERSION:
+            _migrate(db, models, row.version)
+        for sql in _index_sql():
+            db.execute_sql(sql)
 
 
 def check_schema(db: pw.Database) -> None:
-    """Raise ``SetupError`` with the fix when taskpipe's tables are missing."""
+    """Raise ``SetupError`` with the fix when taskpipe's tables are missing or older
+    than this code."""
     if not db.table_exists(JOBS):
         raise SetupError(
             f"SqliteStorage.setup(db) was not called: table {JOBS} is missing "
             "(or run `taskpipe setup`)"
+        )
+    row = models_for(db).Schema.select().first()
+    version = 0 if row is None else row.version
+    if version < SCHEMA_VERSION:
+        raise SetupError(
+            f"this database is at taskpipe schema version {version}; this taskpipe needs "
+            f"{SCHEMA_VERSION}: run SqliteStorage.setup(db) (or `taskpipe setup`) to migrate it"
         )

@@ -1,4 +1,4 @@
-"""``SharedSqliteStorage``: many queues over one connection and one poller thread.
+"""``SharedSqliteStorage``: many queues on one database, claimed for in one round.
 
 ::
 
@@ -10,14 +10,15 @@
             WorkerBuilder("ints").backend(ints).build(on_int))
 
 Each ``make_shared(queue)`` returns a ``SharedQueueStorage``: a ``SqliteStorage`` for
-that queue (push, ack, heartbeat and introspection as usual), whose worker does not
-claim for itself. One poller thread, on one connection, claims for every queue whose
-worker has room (up to that room: a slow queue whose worker is full is skipped, it
-never holds up the others) and routes the tasks into that queue's buffer, waking its
-worker. Each queue keeps its own polling strategy; a push in this process wakes the
-poller at once, and with ``hook=True`` (the default) so does a push from another
-process (see ``hooks``). Under ``run_until_idle()`` a queue's worker claims for itself
-in its own thread, so frozen-clock tests behave as with a ``SqliteStorage``.
+that queue (push, ack, heartbeat and introspection as usual). When one queue's
+worker claims, it claims for every shared queue whose worker has room (up to that
+room: a slow queue whose worker is full is skipped, it never holds up the others)
+under one lock, and routes each queue's tasks into that queue's buffer, waking its
+worker; a worker takes its buffered tasks before it claims again. So the database
+sees one round of claims for all the queues, not one poll loop per queue. A push
+from another process wakes the workers at once (``hook=True``, the default: see
+``hooks``). Under ``run_until_idle()`` a queue's worker claims for itself alone, so
+frozen-clock tests behave as with a ``SqliteStorage``.
 """
 
 from __future__ import annotations
@@ -26,32 +27,24 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import peewee as pw
 
-from .. import clock
-from ..backend import close_thread_connection
 from ..config import Config
+from ..context import WorkerContext
 from ..errors import BuildError
-from ..task import Task
-from .driver_errors import DATABASE_ERRORS
-from .hooks import Waiter, registry_for
+from ..store import Claim, Outcome, OutcomeKind
 from .sqlite import SqliteStorage, connect
 
 __all__ = ["SharedQueueStorage", "SharedSqliteStorage"]
 
 log = logging.getLogger("taskpipe.shared")
 
-# The longest the poller sleeps without being woken (it is woken for every push,
-# freed room and stop; this only bounds a surprise).
-MAX_POLLER_SLEEP = 1.0
-
 
 class SharedSqliteStorage:
-    """Many queues over one SQLite connection: one poller thread claims for each
-    queue with free capacity and routes tasks to that queue's worker.
+    """Many queues on one SQLite database whose claims go in one round (see the
+    module docstring).
 
     ``SharedSqliteStorage(path_or_db, config=None, *, codec=None, hook=True)``; call
     ``SqliteStorage.setup(shared)`` once, then ``make_shared(queue)`` per queue.
@@ -74,11 +67,9 @@ class SharedSqliteStorage:
         self.config = config or Config()
         self.codec = codec
         self.hooked = hook
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the lanes; claims for all queues go under it
         self._storages: dict[str, SharedQueueStorage] = {}
         self._lanes: dict[str, _Lane] = {}
-        self._waiter = Waiter()
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"SharedSqliteStorage({self.db.database!r}, queues={self.queues})"
@@ -90,8 +81,8 @@ class SharedSqliteStorage:
             return list(self._storages)
 
     def make_shared(self, queue: str, config: Config | None = None, *, codec: Any = None) -> SharedQueueStorage:
-        """A storage for ``queue`` fed by this poller; once per queue (a second call
-        for the same queue raises ``BuildError``). ``config`` defaults to this one's."""
+        """A storage for ``queue`` claimed for with the others; once per queue (a second
+        call for the same queue raises ``BuildError``). ``config`` defaults to this one's."""
         config = (config or self.config).with_queue(queue)
         with self._lock:
             taken = queue in self._storages
@@ -105,183 +96,105 @@ class SharedSqliteStorage:
             )
         return storage
 
-    # Called by a queue's worker --------------------------------------------------------
-    def _attach(self, storage: SharedQueueStorage, ctx: Any) -> _Lane:
-        lane = _Lane(self, storage, ctx)
-        registry = registry_for(self.db)
-        # Listen for pushes before the poller's first look, so none falls in between.
-        registry.register(storage.queue, lane, cross_process=self.hooked)
+    # Called by the queues' storages ---------------------------------------------------
+    def _attach(self, storage: SharedQueueStorage, ctx: WorkerContext) -> None:
         with self._lock:
             other = self._lanes.get(storage.queue)
             if other is None:
-                self._lanes[storage.queue] = lane
-                if self._thread is None or not self._thread.is_alive():  # (not alive: after a fork)
-                    self._thread = threading.Thread(target=self._run, name="taskpipe-shared-poller", daemon=True)
-                    self._thread.start()
+                self._lanes[storage.queue] = _Lane(storage, ctx)
         if other is not None:
-            registry.unregister(storage.queue, lane)
-            raise RuntimeError(
-                f"shared queue {storage.queue!r} is already fed to worker {other.ctx.run_id!r}: "
+            raise BuildError(
+                f"shared queue {storage.queue!r} is already run by worker {other.ctx.run_id!r}: "
                 "one worker per shared queue (raise its concurrency instead)"
             )
-        self._waiter.wake()
-        return lane
 
-    def _detach(self, lane: _Lane) -> None:
-        registry_for(self.db).unregister(lane.queue, lane)
-        with lane.claim_lock:  # waits for a claim in progress for this lane
-            lane.closed = True
-            with lane.buffer_lock:
-                leftovers = list(lane.buffer)
-                lane.buffer.clear()
+    def _detach(self, storage: SharedQueueStorage, ctx: WorkerContext) -> None:
         with self._lock:
-            if self._lanes.get(lane.queue) is lane:
-                del self._lanes[lane.queue]
-        self._waiter.wake()  # the poller ends when no lane is left
+            lane = self._lanes.get(storage.queue)
+            if lane is None or lane.ctx is not ctx:
+                return
+            del self._lanes[storage.queue]
+            leftovers = list(lane.buffer)
         if leftovers:  # routed but never handed to the worker: back to Pending
-            lane.storage._release(leftovers)
+            storage.ack([Outcome(claim, OutcomeKind.RELEASE) for claim in leftovers])
 
-    # The poller thread ----------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    lanes = list(self._lanes.values())
-                    if not lanes:
-                        self._thread = None
-                        return
-                claimed = False
-                for lane in lanes:
-                    claimed = self._serve(lane) or claimed
-                if claimed:
-                    continue  # some queue had work: look again before sleeping
-                self._waiter.wait(self._sleep(lanes))
-        except Exception:  # pragma: no cover - a bug: keep the workers informed
-            log.exception("taskpipe shared poller failed")
-            with self._lock:
-                self._thread = None
-                lanes = list(self._lanes.values())
-            for lane in lanes:
-                lane.ctx.report(RuntimeError("the shared poller stopped; restart the workers"))
-        finally:
-            with self._lock:
-                storages = list(self._storages.values())
-            if storages:  # all on self.db: any one closes this thread's connection
-                close_thread_connection(storages[0])
+    def _claim(self, storage: SharedQueueStorage, ctx: WorkerContext, limit: int) -> list[Claim]:
+        """Claims for ``storage``'s worker: its buffer first; else one round of claims
+        for every queue whose worker has room."""
+        woken: list[WorkerContext] = []
+        with self._lock:
+            mine = self._lanes.get(storage.queue)
+            if mine is None or mine.ctx is not ctx:  # not attached (until_idle): alone
+                return storage._claim_alone(ctx, limit)
+            if not mine.buffer:
+                for lane in self._lanes.values():
+                    room = limit if lane is mine else lane.room()
+                    if room <= 0 or lane.ctx.stopping:
+                        continue
+                    claims = lane.storage._claim_alone(lane.ctx, min(room, lane.storage.config.claim_batch))
+                    if claims:
+                        lane.buffer.extend(claims)
+                        if lane is not mine:
+                            woken.append(lane.ctx)
+            taken = [mine.buffer.popleft() for _ in range(min(limit, len(mine.buffer)))]
+        for other in woken:
+            other.wake()
+        return taken
 
-    def _serve(self, lane: _Lane) -> bool:
-        """Claim for one lane if it has room and it is time; True if tasks came."""
-        ctx = lane.ctx
-        with lane.claim_lock:
-            if lane.closed or ctx.stopping:
-                return False
-            room = lane.room()
-            with lane.buffer_lock:
-                due = room > 0 and (lane.dirty or clock.real_monotonic() >= lane.next_look)
-                if not due:
-                    return False
-                lane.dirty = False
-            storage = lane.storage
-            tasks: list[Task] = []
-            try:
-                tasks = storage._retrying(storage._claim, ctx, min(room, storage.config.claim_batch), not lane.backlog)
-            except DATABASE_ERRORS as exc:  # raw sqlite3 errors too: the poller keeps serving
-                ctx.report(storage._storage_error(exc))
-            with lane.buffer_lock:
-                lane.buffer.extend(tasks)
-                lane.backlog = bool(tasks)
-                if tasks:
-                    lane.state.reset()
-                    lane.next_look = 0.0
-                else:
-                    lane.next_look = clock.real_monotonic() + lane.state.next_delay()
-        if tasks:
-            ctx.wake()
-        return bool(tasks)
-
-    def _sleep(self, lanes: list[_Lane]) -> float:
-        """How long the poller may sleep: until the soonest look a lane with room needs."""
-        now = clock.real_monotonic()
-        timeout = MAX_POLLER_SLEEP
-        for lane in lanes:
-            if lane.closed or lane.ctx.stopping or lane.room() <= 0:
-                continue  # woken by want() when its worker has room again (or by detach)
-            with lane.buffer_lock:
-                if lane.dirty:
-                    return 0.0
-                timeout = min(timeout, lane.next_look - now)
-        return max(0.0, timeout)
+    def _buffered(self, storage: SharedQueueStorage) -> int:
+        with self._lock:
+            lane = self._lanes.get(storage.queue)
+            return 0 if lane is None else len(lane.buffer)
 
 
 class _Lane:
-    """One queue's place in the poller: its worker, buffer and polling state."""
+    """One queue's place in a shared round: its worker's context and its buffer."""
 
-    def __init__(self, shared: SharedSqliteStorage, storage: SharedQueueStorage, ctx: Any):
+    def __init__(self, storage: SharedQueueStorage, ctx: WorkerContext):
         self.storage = storage
         self.ctx = ctx
-        self.queue = storage.queue
-        self.claim_lock = threading.Lock()  # the poller claims for this lane under it
-        self.buffer_lock = threading.Lock()
-        self.buffer: deque[Task] = deque()
-        self.closed = False
-        self.dirty = True  # look at once: just attached, or a push came
-        self.backlog = False  # the last claim found tasks: there may be more
-        self.state = storage.config.strategy.start()
-        self.next_look = 0.0
-        self.patience = float(getattr(storage.config.strategy, "maximum", 1.0))
-        self._poller = shared._waiter
+        self.buffer: deque[Claim] = deque()
 
     def __repr__(self) -> str:
-        return f"_Lane({self.queue!r}, buffered={len(self.buffer)})"
+        return f"_Lane({self.storage.queue!r}, buffered={len(self.buffer)})"
 
     def room(self) -> int:
         """How many more tasks this lane's worker can take (minus those buffered)."""
         return self.ctx.free_slots() - len(self.buffer)
 
-    def wake(self) -> None:
-        """A push to this queue committed: claim for it at once."""
-        with self.buffer_lock:
-            self.dirty = True
-        self._poller.wake()
-
-    def want(self) -> None:
-        """The worker's buffer is empty and it has room: let the poller reconsider."""
-        self._poller.wake()
-
-    def take(self) -> Task | None:
-        """The next routed task, or None."""
-        with self.buffer_lock:
-            return self.buffer.popleft() if self.buffer else None
-
 
 class SharedQueueStorage(SqliteStorage):
     """One queue of a ``SharedSqliteStorage`` (made by ``make_shared``): pushes, acks,
-    heartbeats and introspection as a ``SqliteStorage``; its worker is fed by the
-    shared poller."""
+    heartbeats and introspection as a ``SqliteStorage``; its claims go in one round
+    with the other shared queues'."""
 
     def __init__(self, shared: SharedSqliteStorage, config: Config, codec: Any = None):
         super().__init__(shared.db, codec=codec, config=config)
         self.shared = shared
-        self.hooked = shared.hooked
+        if shared.hooked:
+            self.with_capabilities(wakeups=True)
 
     def __repr__(self) -> str:
         return f"SharedQueueStorage({self.db.database!r}, queue={self.queue!r})"
 
-    def poll(self, ctx: Any) -> Iterator[Task | None]:
-        """Hand out the tasks the shared poller routed to this queue; wait (until
-        woken) when there are none. Under ``run_until_idle`` claim directly."""
-        if ctx.until_idle:
-            yield from super().poll(ctx)
-            return
-        lane = self.shared._attach(self, ctx)
-        try:
-            while not ctx.stopping:
-                task = lane.take()
-                if task is not None:
-                    yield task
-                    continue
-                lane.want()
-                ctx.wait(lane.patience)
-                yield None
-        finally:
-            self.shared._detach(lane)
+    def open_run(self, ctx: WorkerContext) -> None:
+        """Join the shared round (not under ``run_until_idle``: it claims alone)."""
+        if not ctx.until_idle:
+            self.shared._attach(self, ctx)
+
+    def close_run(self, ctx: WorkerContext) -> None:
+        """Leave the round; tasks routed here and never taken go back to Pending."""
+        self.shared._detach(self, ctx)
+
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        """Buffered tasks first; else a claim round for every shared queue with room."""
+        return self.shared._claim(self, ctx, limit)
+
+    def _claim_alone(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        return SqliteStorage.claim(self, ctx, limit)
+
+    def next_due(self) -> float | None:
+        """Now when tasks wait in this queue's buffer; else the database's answer."""
+        if self.shared._buffered(self):
+            return 0.0
+        return super().next_due()

@@ -10,17 +10,25 @@ any process crash; ``durability="full"`` also survives power loss, at a cost
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
 
 from ..config import Config
+from ..task import TaskId
+from ..wakeups import WakeRegistry
+from . import hooks
+from .dialect import Dialect, ErrorKind
 from .store import SqlStorage
 
-__all__ = ["connect", "SqliteStorage"]
+__all__ = ["connect", "SqliteDialect", "SqliteStorage", "SharedMemoryDatabase"]
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+# sqlite3's primary result codes (the low byte of an extended code).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL, _SQLITE_CONSTRAINT = 5, 6, 13, 19
 
 
 class SharedMemoryDatabase(pw.SqliteDatabase):
@@ -62,6 +70,76 @@ def connect(
     return pw.SqliteDatabase(str(path), pragmas=settings, timeout=timeout, lock_type="IMMEDIATE")
 
 
+class SqliteDialect(Dialect):
+    """SQLite: ``BEGIN IMMEDIATE`` write transactions, ``UPDATE … RETURNING`` claims
+    (one autocommit statement: atomic, and other writers wait on the busy timeout),
+    the change probe as the cross-process waker, and error codes from sqlite3."""
+
+    name = "sqlite"
+    errors = (pw.DatabaseError, sqlite3.DatabaseError)
+
+    def write_tx(self, db: pw.Database) -> Any:
+        return db.atomic(lock_type="IMMEDIATE")
+
+    def execute(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> Any:
+        # The hot path talks to sqlite3 directly: same connection and transaction as
+        # peewee's, without its per-statement bookkeeping.
+        return db.connection().execute(sql, params)
+
+    def executemany(self, db: pw.Database, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        return db.connection().executemany(sql, rows)
+
+    def fetch_named(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cursor = db.connection().cursor()
+        cursor.row_factory = sqlite3.Row
+        return [dict(row) for row in cursor.execute(sql, params).fetchall()]
+
+    def insert_rows(self, db: pw.Database, rows: Sequence[Any]) -> list[TaskId]:
+        if any(row.id is not None or row.key is not None for row in rows):
+            return super().insert_rows(db, rows)
+        # Under the write lock, rowids of one executemany are consecutive (max + 1).
+        conn = db.connection()
+        conn.executemany(self.queries.insert, rows)
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return [TaskId(i) for i in range(last - len(rows) + 1, last + 1)]
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        code = _sqlite_code(exc)
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return ErrorKind.BUSY
+        if code == _SQLITE_FULL:
+            return ErrorKind.FULL
+        if code == _SQLITE_CONSTRAINT or isinstance(exc, (pw.IntegrityError, sqlite3.IntegrityError)):
+            return ErrorKind.INTEGRITY
+        return ErrorKind.OTHER
+
+    def wakeups(self, db: pw.Database) -> WakeRegistry:
+        return hooks.registry_for(db)
+
+    def last_key(self, db: pw.Database, prefix: str) -> str | None:
+        # SQLite compares TEXT with the BINARY collation: a range on the unique key
+        # index is exact ('cron:a:' <= key < 'cron:a;').
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        row = self.execute(
+            db,
+            "SELECT key FROM taskpipe_jobs WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1",
+            (prefix, upper),
+        ).fetchone()
+        return None if row is None else row[0]
+
+
+def _sqlite_code(exc: BaseException | None) -> int | None:
+    """The SQLite primary result code of ``exc`` or of the sqlite3 error it wraps."""
+    seen = 0
+    while exc is not None and seen < 5:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 class SqliteStorage(SqlStorage):
     """A queue in a SQLite database.
 
@@ -72,6 +150,15 @@ class SqliteStorage(SqlStorage):
     queue's idle workers at once. Pushes from other processes are found by polling
     (``Config.poll_interval``: within 1 s by default), or at once with ``with_hook``.
     """
+
+    dialect = SqliteDialect()
+
+    def __init__(self, db: pw.Database, queue: str | None = None, codec: Any = None, config: Config | None = None):
+        if not isinstance(db, pw.SqliteDatabase):
+            raise TypeError(
+                f"SqliteStorage needs a peewee SqliteDatabase (taskpipe.sqlite.connect(path)), got {db!r}"
+            )
+        super().__init__(db, queue=queue, codec=codec, config=config)
 
     @classmethod
     def with_hook(
@@ -86,24 +173,9 @@ class SqliteStorage(SqlStorage):
         milliseconds (a change probe on the file); polling stays as a safety net."""
         db = path_or_db if isinstance(path_or_db, pw.Database) else connect(os.fspath(path_or_db))
         storage = cls(db, queue=queue, codec=codec, config=config)
-        storage.hooked = True
+        storage.with_capabilities(wakeups=hooks.database_path(db) is not None)
         return storage
 
     def __repr__(self) -> str:
         hooked = ", hooked" if self.hooked else ""
         return f"{type(self).__name__}({self.db.database!r}, queue={self.queue!r}{hooked})"
-
-    def __init__(self, db: pw.Database, queue: str | None = None, codec: Any = None, config: Config | None = None):
-        if not isinstance(db, pw.SqliteDatabase):
-            raise TypeError(
-                f"SqliteStorage needs a peewee SqliteDatabase (taskpipe.sqlite.connect(path)), got {db!r}"
-            )
-        super().__init__(db, queue=queue, codec=codec, config=config)
-
-    def _write_tx(self) -> Any:
-        return self.db.atomic(lock_type="IMMEDIATE")
-
-    def _execute(self, sql: str, params: Any = ()) -> Any:
-        # The hot path talks to sqlite3 directly: same connection and transaction
-        # as peewee's, without its per-statement bookkeeping.
-        return self.db.connection().execute(sql, params)

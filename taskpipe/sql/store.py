@@ -1,8 +1,8 @@
-"""What every SQL store shares: push, claim, ack, heartbeat and orphan recovery.
+"""``SqlStorage``: the store contract (``taskpipe/store.py``) on a SQL database, once.
 
-A dialect (``sqlite.py``, later ``postgres.py``) supplies the database, the few
-statements that differ (``Queries``), how to open a write transaction and how to
-recognise "the database is busy". Everything else lives here, once.
+Everything here is dialect-neutral: what an engine spells its own way comes from its
+``Dialect`` (``dialect.py``): the write transaction, inserts returning ids, the claim,
+upserts, error classification, DDL and the cross-process waker.
 """
 
 from __future__ import annotations
@@ -12,41 +12,45 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import msgspec
 import peewee as pw
 
 from .. import clock
-from ..backend import Outcome, OutcomeKind, TaskSink
-from ..codec import resolve_codec
 from ..config import Config
-from ..errors import CodecError, PushError, StorageError
-from ..task import Task, TaskId
-from . import hooks, schema
-from .driver_errors import DATABASE_ERRORS, INTEGRITY_ERRORS, OPERATIONAL_ERRORS
+from ..context import WorkerContext
+from ..errors import PushError, SetupError, StorageError
+from ..store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store, safe_text
+from ..task import Status, TaskId
+from . import schema
+from .dialect import Dialect, ErrorKind
 from .expose import SqlExpose
-from .queries import Queries
 
 __all__ = ["SqlStorage"]
 
 log = logging.getLogger("taskpipe.store")
 
+T = TypeVar("T")
+
 # How long a write keeps retrying through "database is locked" before giving up.
 LOCKED_RETRY_SECONDS = 60.0
 STALE_WORKER_ROWS_AFTER = 24 * 3600.0
+# A run on this host whose process is alive (and not stopped) is alive, even if a busy
+# write lock kept its beat from landing; up to this many orphan windows of silence.
+LIVE_PID_PATIENCE = 10
 
 
-class SqlStorage(SqlExpose, TaskSink):
-    """A queue in a SQL database: the shared logic of ``SqliteStorage`` and friends.
+class SqlStorage(SqlExpose, Store):
+    """A queue in a SQL database: ``SqlStorage(db, queue="default", codec=JsonCodec,
+    config=Config())``. Engines subclass it with their ``dialect``."""
 
-    ``SqlStorage(db, queue="default", codec=JsonCodec, config=Config())``.
-    """
-
-    queries: Queries = Queries()
-    #: True when idle workers also watch for other processes' pushes (``with_hook``).
-    hooked: bool = False
+    capabilities = Capabilities(
+        introspection=True, keys=True, follow_ups=True, outcomes=True, recovery=True
+    )
+    dialect: Dialect = Dialect()
 
     def __init__(
         self,
@@ -56,337 +60,302 @@ class SqlStorage(SqlExpose, TaskSink):
         config: Config | None = None,
     ):
         if not isinstance(db, pw.Database):
-            raise TypeError(f"{type(self).__name__} needs a peewee database (use taskpipe.sqlite.connect(path)), got {db!r}")
-        config = config or Config()
-        if queue is not None:
-            config = config.with_queue(queue)
+            raise TypeError(
+                f"{type(self).__name__} needs a peewee database (taskpipe.connect(url)), got {db!r}"
+            )
+        self._init_store(queue, codec, config)
         self.db = db
-        self.config = config
-        self.queue = config.queue
-        self.codec = resolve_codec(codec)
         self.models = schema.models_for(db)
+        self.wakeups = self.dialect.wakeups(db)
         self._guard = getattr(db, "taskpipe_lock", None) or contextlib.nullcontext()
         self._hostname = socket.gethostname()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.db.database!r}, queue={self.queue!r})"
 
+    @property
+    def hooked(self) -> bool:
+        """True when other processes' pushes wake this store's idle workers."""
+        return self.capabilities.wakeups
+
     # Set-up ------------------------------------------------------------------------
     @classmethod
     def setup(cls, db: Any) -> None:
-        """Create or migrate taskpipe's tables; idempotent, safe at every start.
-        Accepts a database or a store."""
+        """Create or migrate taskpipe's tables; idempotent, safe at every start (and
+        from several processes at once). Accepts a database or a store."""
         db = getattr(db, "db", db)
-        with getattr(db, "taskpipe_lock", None) or contextlib.nullcontext():
-            schema.setup(db)
+        dialect = cls.dialect
+        guard = getattr(db, "taskpipe_lock", None) or contextlib.nullcontext()
 
-    # Dialect hooks -------------------------------------------------------------------
-    def _write_tx(self) -> Any:
-        """A transaction that takes the write lock at once (no upgrade deadlocks)."""
-        return self.db.atomic()
+        def once() -> None:
+            with guard:
+                dialect.setup(db)
 
-    def _is_busy(self, exc: Exception) -> bool:
-        """True when ``exc`` means "another writer holds the lock: try again"."""
-        text = str(exc).lower()
-        return "locked" in text or "busy" in text
+        try:
+            _retry_busy(dialect, once)
+        except dialect.errors as exc:
+            raise SetupError(f"could not set up taskpipe's tables: {type(exc).__name__}: {exc}") from exc
 
-    def _notify_pushed(self) -> None:
-        """Called after a push commits: wake this process's workers waiting on the queue."""
-        hooks.registry_for(self.db).notify(self.queue)
+    def check_setup(self) -> None:
+        """Raise ``SetupError`` (saying what to run) when ``setup()`` was never run."""
+        self._run(self.dialect.check_schema, self.db)
 
     # Plumbing ------------------------------------------------------------------------
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.db.execute_sql(sql, params)
+        return self.dialect.execute(self.db, sql, params)
 
-    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
-        return self.db.cursor().executemany(sql, rows)
+    def _write_tx(self) -> Any:
+        return self.dialect.write_tx(self.db)
 
-    def _retrying(self, fn: Any, *args: Any) -> Any:
+    def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` again while the database is busy: a lock is waited out, not fatal
         (for up to ``LOCKED_RETRY_SECONDS``, on top of the driver's own busy timeout)."""
-        deadline = None
-        delay = 0.005
-        while True:
+
+        def guarded() -> T:
+            with self._guard:
+                return fn(*args)
+
+        return _retry_busy(self.dialect, guarded)
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_retrying``, with driver errors turned into ``StorageError`` (``SetupError``
+        when the tables are missing)."""
+        try:
+            return self._retrying(fn, *args)
+        except self.dialect.errors as exc:
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: BaseException) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        kind = self.dialect.classify(exc)
+        if kind in (ErrorKind.MISSING, ErrorKind.OTHER):
             try:
                 with self._guard:
-                    return fn(*args)
-            except OPERATIONAL_ERRORS as exc:
-                if not self._is_busy(exc):
-                    raise
-                now = clock.real_monotonic()
-                if deadline is None:
-                    deadline = now + LOCKED_RETRY_SECONDS
-                elif now > deadline:
-                    raise
-                log.debug("database busy, retrying in %.3fs: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-
-    def _missing_tables(self, exc: Exception) -> bool:
-        return "no such table" in str(exc).lower() or "does not exist" in str(exc).lower()
-
-    def _storage_error(self, exc: Exception) -> Exception:
-        if self._missing_tables(exc):
-            try:
-                schema.check_schema(self.db)
-            except StorageError as missing:
+                    self.dialect.check_schema(self.db)
+            except SetupError as missing:
                 return missing
+            except self.dialect.errors:
+                pass
+        if kind is ErrorKind.FULL:
+            return StorageError(f"the database or disk is full: {exc}")
         return StorageError(f"{type(exc).__name__}: {exc}")
 
     # Pushing -------------------------------------------------------------------------
-    def _row(self, task: Task, now: float) -> tuple:
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """Write ``rows`` in one transaction (all or nothing), ids in order; a keyed
+        row whose key exists is skipped and its id returned."""
         try:
-            meta = msgspec.json.encode(task.meta).decode() if task.meta else None
-        except (TypeError, ValueError, OverflowError) as exc:  # a CodecError, like the args
-            raise CodecError(f"meta: {exc}") from exc
-        return (
-            task.id,
-            self.queue,
-            self.codec.encode(task.args),
-            task.priority,
-            task.run_at(now),
-            task.max_attempts,
-            meta,
-            task.key,
-            now,
-        )
+            return self._retrying(self._insert_once, rows)
+        except (*self.dialect.errors, OverflowError) as exc:
+            raise self._push_error(exc) from exc
 
-    def _row_for_args(self, args: Any, now: float) -> tuple:
-        return (None, self.queue, self.codec.encode(args), 0, now, None, None, None, now)
+    def _insert_once(self, rows: Sequence[Row]) -> list[TaskId]:
+        if len(rows) == 1 and rows[0].key is None:
+            return [self.dialect.insert_one(self.db, rows[0])]
+        with self._write_tx():
+            return self.dialect.insert_rows(self.db, rows)
 
     def _after_push(self) -> None:
         """Wake workers once the push is committed: now, or when the caller's own
         transaction commits."""
         if self.db.in_transaction():
-            self.db.after_commit(self._notify_pushed)
+            self.db.after_commit(lambda: self.wakeups.notify(self.queue))
         else:
-            self._notify_pushed()
+            self.wakeups.notify(self.queue)
 
-    def _push_error(self, exc: Exception) -> PushError:
+    def _push_error(self, exc: BaseException) -> PushError:
         if isinstance(exc, OverflowError):
             return PushError(f"push rejected: a number does not fit in the store ({exc})")
-        if isinstance(exc, INTEGRITY_ERRORS):
+        kind = self.dialect.classify(exc)
+        if kind is ErrorKind.INTEGRITY:
             return PushError(f"push rejected by the store (duplicate id?): {exc}")
+        if kind is ErrorKind.FULL:
+            return PushError(f"push failed: the database or disk is full ({exc})")
         return PushError(f"push failed: {self._storage_error(exc)}")
 
-    def _insert(self, rows: list[tuple]) -> list[TaskId]:
-        try:
-            ids = self._retrying(self._insert_once, rows)
-        except (*DATABASE_ERRORS, OverflowError) as exc:
-            raise self._push_error(exc) from exc
-        self._after_push()
-        return ids
-
-    def _insert_once(self, rows: list[tuple]) -> list[TaskId]:
-        simple = all(row[0] is None and row[7] is None for row in rows)
-        q = self.queries
-        if simple and len(rows) == 1:
-            return [TaskId(self._execute(q.insert, rows[0]).lastrowid)]
-        with self._write_tx():
-            if simple:
-                self._executemany(q.insert, rows)
-                last = self._execute("SELECT last_insert_rowid()").fetchone()[0]
-                return [TaskId(i) for i in range(last - len(rows) + 1, last + 1)]
-            ids = []
-            for row in rows:
-                if row[7] is None:
-                    ids.append(TaskId(self._execute(q.insert, row).lastrowid))
-                    continue
-                cursor = self._execute(q.insert_keyed, row)
-                if cursor.rowcount == 1:
-                    ids.append(TaskId(cursor.lastrowid))
-                else:
-                    ids.append(TaskId(self._execute(q.id_for_key, (row[7],)).fetchone()[0]))
-            return ids
-
     # Claiming ------------------------------------------------------------------------
-    def poll(self, ctx: Any) -> Iterator[Task | None]:
-        """Claim up to ``ctx.free_slots()`` due tasks at a time, highest priority, then
-        earliest due, then oldest first; one atomic statement per claim. When nothing
-        is due, wait as the polling strategy says (or until woken) and yield None."""
-        strategy = self.config.strategy.start()
-        idle = False
-        claimed: list[Task] = []  # claimed, not yet handed to the worker
-        wakers = hooks.registry_for(self.db)
-        # Registered for the whole run, not just while waiting: a push between an empty
-        # claim and the wait sets the context's pending flag, so the wait returns at once.
-        wakers.register(self.queue, ctx, cross_process=self.hooked and not getattr(ctx, "until_idle", False))
-        try:
-            while not ctx.stopping:
-                wanted = min(ctx.free_slots(), self.config.claim_batch)
-                tasks: list[Task] = []
-                if wanted > 0:
-                    try:
-                        tasks = self._retrying(self._claim, ctx, wanted, idle)
-                    except DATABASE_ERRORS as exc:
-                        ctx.report(self._storage_error(exc))
-                if tasks:
-                    idle = False
-                    strategy.reset()
-                    claimed = tasks[::-1]
-                    while claimed:
-                        yield claimed.pop()
-                    continue
-                # After a wake-up (a push, a finished task) claim at once; after a
-                # silent timeout, look with a cheap read before taking the write lock.
-                idle = not ctx.wait(strategy.next_delay())
-                yield None
-        finally:
-            wakers.unregister(self.queue, ctx)
-            if claimed:  # the worker stopped mid-batch: hand the rest back at once
-                self._release(claimed)
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        """Take up to ``limit`` due tasks (highest priority, then earliest due, then
+        oldest) in one atomic statement. A task marked to run alone is taken only
+        when ``ctx`` runs nothing else, and alone."""
+        return self._run(self._claim, ctx, limit)
 
-    def _release(self, tasks: Sequence[Task]) -> None:
-        """Put claimed tasks that never started back to Pending (attempt not counted)."""
-        try:
-            self.ack([Outcome(task, OutcomeKind.RELEASE) for task in tasks])
-        except DATABASE_ERRORS as exc:
-            log.warning("could not hand back %d claimed task(s): %s", len(tasks), exc)
-
-    def _claim(self, ctx: Any, limit: int, check_first: bool) -> list[Task]:
-        q = self.queries
+    def _claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        q = self.dialect.queries
         now = clock.timestamp()
-        if check_first and self._execute(q.anything_due, (self.queue, now)).fetchone() is None:
-            return []
         lease = ctx.new_lease()
-        rows = self._execute(q.claim, (lease, ctx.run_id, now, self.queue, now, limit)).fetchall()
+        rows: list[dict[str, Any]] = []
+        if ctx.in_flight == 0 and self._execute(q.any_isolated, (self.queue,)).fetchone() is not None:
+            rows = self.dialect.claim(self.db, q.claim_isolated, (lease, ctx.run_id, now, self.queue, now))
+        if not rows:
+            rows = self.dialect.claim(self.db, q.claim, (lease, ctx.run_id, now, self.queue, now, limit))
         if len(rows) > 1:
-            rows.sort(key=lambda r: (-r[2], r[3], r[0]))
-        queue = self.queue
-        return [
-            Task(
-                None,
-                id=TaskId(row[0]),
-                priority=row[2],
-                max_attempts=row[5],
-                meta=msgspec.json.decode(row[6]) if row[6] else {},
-                attempt=row[4],
-                queue=queue,
-                lease=lease,
-                payload=row[1],
-            )
-            for row in rows
-        ]
+            rows.sort(key=lambda r: (-_int_or(r["priority"], 0), r["run_at"] or 0, r["id"]))
+        return [self._to_claim(row, lease) for row in rows]
+
+    def _to_claim(self, row: dict[str, Any], lease: str) -> Claim:
+        """A claimed row as a ``Claim``; a field that cannot be read makes it a
+        ``Claim`` with a ``defect`` (the worker makes that task Dead) instead of failing
+        the whole batch."""
+        claim = Claim(
+            id=TaskId(row["id"]),
+            queue=self.queue,
+            payload=row["payload"],
+            attempt=_int_or(row["attempts"], 1),
+            lease=lease,
+            isolated=bool(row["isolate"]),
+        )
+        try:
+            claim.priority = _field_int(row["priority"], "priority")
+            max_attempts = row["max_attempts"]
+            if max_attempts is not None:
+                max_attempts = _field_int(max_attempts, "max_attempts")
+                if max_attempts < 1:
+                    raise ValueError(f"max_attempts is {max_attempts}; it must be at least 1")
+            claim.max_attempts = max_attempts
+            claim.meta = _meta(row["meta"])
+        except ValueError as exc:
+            claim.defect = f"the stored task is malformed: {exc}"
+        return claim
+
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` of a Pending or Failed task of this queue, or None."""
+        row = self._run(lambda: self._execute(self.dialect.queries.next_due, (self.queue,)).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
 
     # Acknowledging ---------------------------------------------------------------------
     def ack(self, outcomes: Sequence[Outcome]) -> None:
-        """Record a batch of outcomes in one transaction. An outcome whose task is no
-        longer running under its lease (a zombie's, or killed) is marked
-        ``accepted = False`` and changes nothing."""
+        """Record a batch of outcomes in one transaction, with their follow-ups. An
+        outcome whose task is no longer running under its lease (a zombie's, or
+        killed) is marked ``accepted = False`` and changes nothing."""
         if outcomes:
-            self._retrying(self._ack_once, outcomes)
+            self._run(self._ack_once, outcomes)
 
     def _ack_once(self, outcomes: Sequence[Outcome]) -> None:
-        q = self.queries
+        q = self.dialect.queries
         now = clock.timestamp()
-        done = [o for o in outcomes if o.kind is OutcomeKind.DONE]
-        rows = [(self._encode_result(o), now, int(o.task.id), o.task.lease) for o in done]
+        done = [o for o in outcomes if o.kind == OutcomeKind.DONE]
         with self._write_tx():
-            if rows:
-                changed = self._executemany(q.ack_done, rows).rowcount
+            if done:
+                rows = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in done]
+                changed = self.dialect.executemany(self.db, q.ack_done, rows).rowcount
                 if changed != len(rows):
-                    for outcome in done:
-                        found = self._execute(q.ack_accepted, (int(outcome.task.id), outcome.task.lease, now))
-                        outcome.accepted = found.fetchone() is not None
+                    for o in done:
+                        found = self._execute(q.ack_accepted, (int(o.claim.id), o.claim.lease, now))
+                        o.accepted = found.fetchone() is not None
             for o in outcomes:
-                if o.kind is not OutcomeKind.DONE:
+                if o.kind != OutcomeKind.DONE:
                     o.accepted = self._ack_other(o, now)
+            follow_ups = [row for o in outcomes if o.accepted for row in o.follow_ups]
+            if follow_ups:
+                self.dialect.insert_rows(self.db, follow_ups)
+        if follow_ups:
+            self._after_push_to({row.queue for row in follow_ups})
+
+    def _after_push_to(self, queues: set[str]) -> None:
+        for queue in queues:
+            self.wakeups.notify(queue)
 
     def _ack_other(self, o: Outcome, now: float) -> bool:
-        q = self.queries
-        task_id, lease = int(o.task.id), o.task.lease
-        if o.kind is OutcomeKind.RELEASE:
+        q = self.dialect.queries
+        task_id, lease = int(o.claim.id), o.claim.lease
+        if o.kind == OutcomeKind.RELEASE:
             return self._execute(q.ack_release, (task_id, lease)).rowcount == 1
-        if o.kind is OutcomeKind.INTERRUPTED:
+        if o.kind == OutcomeKind.INTERRUPTED:
             changed = self._execute(q.ack_interrupted, (now + o.delay, task_id, lease)).rowcount == 1
-        elif o.kind is OutcomeKind.RETRY:
-            changed = self._execute(q.ack_failed, ("failed", now + o.delay, None, task_id, lease)).rowcount == 1
+        elif o.kind == OutcomeKind.RETRY:
+            params = (Status.FAILED.value, now + o.delay, None, task_id, lease)
+            changed = self._execute(q.ack_failed, params).rowcount == 1
         else:  # DEAD
-            changed = self._execute(q.ack_failed, ("dead", now, now, task_id, lease)).rowcount == 1
+            changed = self._execute(q.ack_failed, (Status.DEAD.value, now, now, task_id, lease)).rowcount == 1
         if changed:
-            self._execute(q.insert_error, (task_id, o.task.attempt, o.error or "", o.traceback, now))
+            error = safe_text(o.error or "")
+            self._execute(q.insert_error, (task_id, o.claim.attempt, error, safe_text(o.traceback), now))
         return changed
 
-    def _encode_result(self, outcome: Outcome) -> bytes | None:
-        if outcome.result is None:
-            return None
-        try:
-            return self.codec.encode(outcome.result)
-        except CodecError as exc:
-            log.warning("task %s: result kept as its repr: %s", outcome.task.id, exc)
-            return self.codec.encode(repr(outcome.result))
-
     # Heartbeat and orphans ---------------------------------------------------------------
-    def heartbeat(self, ctx: Any) -> Iterator[float]:
-        """Each step: record that this worker is alive and re-enqueue the running tasks
-        of workers silent for ``reenqueue_orphaned_after``; then yield the seconds
-        until the next beat is due."""
-        first = True
-        while True:
-            try:
-                self._retrying(self._beat, ctx, first)
-                first = False
-            except DATABASE_ERRORS as exc:
-                ctx.report(self._storage_error(exc))
-            yield self.config.keep_alive
+    def beat(self, ctx: WorkerContext) -> None:
+        """Record that ``ctx``'s run is alive, and re-enqueue the running tasks of runs
+        that stopped beating (see ``_recover``), in one transaction."""
+        self._run(self._beat, ctx)
 
-    def _beat(self, ctx: Any, first: bool) -> None:
-        q = self.queries
+    def _beat(self, ctx: WorkerContext) -> None:
+        q = self.dialect.queries
         now = clock.timestamp()
         with self._write_tx():
-            self._execute(q.beat, (ctx.run_id, ctx.name, self.queue, self._hostname, os.getpid(), now, now))
-            self._forget_dead_local_runs(ctx)
-            if first:
+            params = (ctx.run_id, ctx.name, self.queue, self._hostname, os.getpid(), now, now)
+            self._execute(q.beat, params)
+            if ctx.beats == 0:
                 self._execute(q.forget_stale_workers, (now - STALE_WORKER_ROWS_AFTER,))
-            self._recover_orphans(now)
+            self._recover(ctx, now)
 
-    def _forget_dead_local_runs(self, ctx: Any) -> None:
-        """A run on this host whose process is gone holds nothing: forget it at the next
-        beat, so its tasks need not wait ``reenqueue_orphaned_after``."""
-        for run_id, pid in self._execute(self.queries.same_host_runs, (self._hostname, ctx.run_id)).fetchall():
-            if not _process_alive(pid):
-                self._execute(self.queries.forget_worker, (run_id,))
-
-    def _recover_orphans(self, now: float) -> list[tuple]:
-        q = self.queries
+    def _recover(self, ctx: WorkerContext, now: float) -> None:
+        """Re-enqueue the running tasks of dead runs. A run is dead when it has not
+        beaten for ``reenqueue_orphaned_after`` (and, on this host, its process is gone
+        or stopped), or when its row is gone. A task that was the only one its dead run
+        held is blamed: a recovery counted (Dead after ``max_recoveries``). Tasks that
+        ran beside others are not counted but marked to run alone next time, so that
+        a task that kills its worker is found without taking innocent ones with it."""
+        q = self.dialect.queries
+        by_run: dict[str | None, list[tuple[int, float | None]]] = {}
+        for task_id, worker, hostname, pid, last_seen in self._execute(q.running_with_runs).fetchall():
+            if worker == ctx.run_id or self._alive(hostname, pid, last_seen, now):
+                continue
+            by_run.setdefault(worker, []).append((task_id, last_seen))
         limit = self.config.max_recoveries
-        alive_since = now - self.config.reenqueue_orphaned_after
-        rows = self._execute(q.recover_orphans, (limit, limit, now, alive_since)).fetchall()
-        for task_id, status, recoveries, attempts in rows:
-            if status == "dead":
-                error = f"its worker died {recoveries} times while running it"
-                self._execute(q.insert_error, (task_id, attempts + 1, error, None, now))
-                log.warning("task %s is dead: %s", task_id, error)
-            else:
-                log.info("task %s re-enqueued: its worker stopped beating", task_id)
-        return rows
+        for worker, tasks in by_run.items():
+            counted = len(tasks) == 1
+            for task_id, last_seen in tasks:
+                if counted:
+                    changed = self._execute(q.recover, (limit, limit, now, task_id, worker)).rowcount
+                else:
+                    changed = self._execute(q.isolate, (task_id, worker)).rowcount
+                if not changed:
+                    continue
+                self._execute(q.insert_recovery, (task_id, worker, last_seen, int(counted), now))
+                self._log_recovery(task_id, worker, counted, now)
+
+    def _log_recovery(self, task_id: int, worker: str | None, counted: bool, now: float) -> None:
+        if not counted:
+            log.info("task %s re-enqueued to run alone: its worker %s stopped beating", task_id, worker)
+            return
+        status, recoveries, attempts = self._execute(self.dialect.queries.recovered_state, (task_id,)).fetchone()
+        if status == Status.DEAD.value:
+            error = f"its worker died {recoveries} times while running it"
+            self._execute(self.dialect.queries.insert_error, (task_id, attempts + 1, error, None, now))
+            log.warning("task %s is dead: %s", task_id, error)
+        else:
+            log.info("task %s re-enqueued: its worker %s stopped beating", task_id, worker)
+
+    def _alive(self, hostname: str | None, pid: int | None, last_seen: float | None, now: float) -> bool:
+        if last_seen is None:  # the run's row is gone: it stopped, or was forgotten
+            return False
+        window = self.config.reenqueue_orphaned_after
+        if hostname == self._hostname and pid is not None:
+            # Same host: the process table is the truth. A live process whose beats
+            # wait behind a busy write lock is not taken for dead; a stopped one
+            # (SIGSTOP, a frozen job) or a gone one is.
+            state = _process_state(pid)
+            if state is None or state in "TtXZ":
+                return last_seen >= now - window if state in ("T", "t") else False
+            return last_seen >= now - LIVE_PID_PATIENCE * window
+        return last_seen >= now - window
+
+    def retire(self, ctx: WorkerContext) -> None:
+        """The worker stopped cleanly: forget its run."""
+        try:
+            self._retrying(self._execute, self.dialect.queries.forget_worker, (ctx.run_id,))
+        except self.dialect.errors as exc:
+            log.warning("could not unregister worker %s: %s", ctx.run_id, exc)
 
     # Keyed tasks (cron ticks) -----------------------------------------------------------
     def last_key(self, prefix: str) -> str | None:
-        """The greatest task key that starts with ``prefix`` in this database (any queue,
-        any status), or None: one range lookup on the unique key index. A cron stream
-        finds the last tick it recorded with it."""
+        """The greatest task key that starts with ``prefix`` in this database (any
+        queue, any status), or None. A cron stream finds the last tick it recorded."""
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"last_key() needs a non-empty prefix, got {prefix!r}")
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # 'cron:a:' -> 'cron:a;'
-        job = self.models.Job
-        query = (
-            job.select(job.key)
-            .where((job.key >= prefix) & (job.key < upper))
-            .order_by(job.key.desc())
-            .limit(1)
-        )
-        try:
-            return self._retrying(query.scalar)
-        except DATABASE_ERRORS as exc:
-            raise self._storage_error(exc) from exc
-
-    def retire(self, ctx: Any) -> None:
-        """The worker stopped cleanly: forget its run."""
-        try:
-            self._retrying(self._execute, self.queries.forget_worker, (ctx.run_id,))
-        except DATABASE_ERRORS as exc:
-            log.warning("could not unregister worker %s: %s", ctx.run_id, exc)
+        return self._run(self.dialect.last_key, self.db, prefix)
 
     def close_thread_connection(self) -> None:
         """Close this thread's connection (each thread opens its own)."""
@@ -395,12 +364,67 @@ class SqlStorage(SqlExpose, TaskSink):
         if not self.db.is_closed() and not self.db.in_transaction():
             self.db.close()
 
+    def with_capabilities(self, **changes: bool) -> SqlStorage:
+        """This store, declaring other capabilities (``with_hook`` adds ``wakeups``)."""
+        self.capabilities = replace(self.capabilities, **changes)
+        return self
 
-def _process_alive(pid: int) -> bool:
+
+def _retry_busy(dialect: Dialect, fn: Callable[[], T]) -> T:
+    """Call ``fn`` again while ``dialect`` says its error means "busy" (for up to
+    ``LOCKED_RETRY_SECONDS``), with a growing pause."""
+    deadline = None
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except dialect.errors as exc:
+            if dialect.classify(exc) is not ErrorKind.BUSY:
+                raise
+            now = clock.real_monotonic()
+            if deadline is None:
+                deadline = now + LOCKED_RETRY_SECONDS
+            elif now > deadline:
+                raise
+            log.debug("database busy, retrying in %.3fs: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _field_int(value: Any, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} is {value!r}, not an integer")
+
+
+def _meta(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        meta = msgspec.json.decode(bytes(raw))
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"meta is not valid JSON ({exc}): {bytes(raw)[:60]!r}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
+    return meta
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` ("R", "S", "T" stopped, "Z" zombie…), "?"
+    where /proc cannot tell, or None when there is no such process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:  # pragma: no cover - exists, owned by someone else
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+    except (OSError, ValueError):  # pragma: no cover - no /proc here
+        return "?"

@@ -1,0 +1,120 @@
+"""What a SQL engine spells its own way: one ``Dialect`` object per engine.
+
+``SqlStorage`` (``store.py``) is written once against this interface; a dialect
+(``sqlite.py``, later ``postgres.py`` and ``mysql.py``) supplies:
+
+- ``write_tx(db)``: a transaction that takes the write lock at once (no upgrade
+  deadlocks); ``execute``/``executemany``/``fetch_named``: the hot path (named rows);
+- ``insert_rows(db, rows)``: insert and return the ids, in order;
+- ``queries``: the statements, with the claim and upserts in the engine's spelling;
+- ``classify(exc)``: busy / missing schema / integrity / full / other, from the
+  driver's error class and code (never the message text);
+- ``setup(db)``/``check_schema(db)``: DDL and migrations;
+- ``wakeups(db)``: the ``WakeRegistry`` for this database, whose probe (if any) is
+  the engine's cross-process waker;
+- ``last_key(db, prefix)``: the greatest stored key with a prefix, without string
+  ranges whose order depends on a collation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+import peewee as pw
+
+from ..task import TaskId
+from ..wakeups import WakeRegistry
+from . import schema
+from .queries import Queries
+
+__all__ = ["Dialect", "ErrorKind"]
+
+
+class ErrorKind(enum.Enum):
+    """What a driver error means to a store."""
+
+    BUSY = "busy"  # another writer holds the lock: wait and try again
+    MISSING = "missing"  # the tables are not there: setup() was not run
+    INTEGRITY = "integrity"  # a constraint refused the write (a duplicate id)
+    FULL = "full"  # the disk (or database) is full
+    GONE = "gone"  # the connection was lost: reconnect and try again
+    OTHER = "other"
+
+
+class Dialect:
+    """The SQL every engine shares, with hooks for what differs (module docstring)."""
+
+    name = "sql"
+    queries: Queries = Queries()
+    #: The driver's error classes, as peewee wraps them and raw.
+    errors: tuple[type[BaseException], ...] = (pw.DatabaseError,)
+
+    def write_tx(self, db: pw.Database) -> Any:
+        """A transaction that takes the write lock at once."""
+        return db.atomic()
+
+    def execute(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement on this thread's connection; return the cursor."""
+        return db.execute_sql(sql, params)
+
+    def executemany(self, db: pw.Database, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        """Run one statement for each parameter row; return the cursor."""
+        cursor = db.cursor()
+        cursor.executemany(sql, rows)
+        return cursor
+
+    def fetch_named(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a statement and return its rows as dicts, by column name."""
+        cursor = self.execute(db, sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def insert_one(self, db: pw.Database, row: Any) -> TaskId:
+        """Insert one unkeyed row in a transaction of its own; return its id."""
+        return TaskId(self.execute(db, self.queries.insert, row).lastrowid)
+
+    def claim(self, db: pw.Database, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Run a claim statement (``queries.claim`` or ``claim_isolated``) atomically;
+        return the claimed rows by column name."""
+        return self.fetch_named(db, sql, params)
+
+    def insert_rows(self, db: pw.Database, rows: Sequence[Any]) -> list[TaskId]:
+        """Insert ``rows`` (``store.Row``) inside the caller's write transaction and
+        return their ids in order; keyed rows are inserted if new, else their stored
+        id is returned."""
+        q = self.queries
+        ids = []
+        for row in rows:
+            if row.key is None:
+                ids.append(TaskId(self.execute(db, q.insert, row).lastrowid))
+                continue
+            cursor = self.execute(db, q.insert_keyed, row)
+            if cursor.rowcount == 1:
+                ids.append(TaskId(cursor.lastrowid))
+            else:
+                ids.append(TaskId(self.execute(db, q.id_for_key, (row.key,)).fetchone()[0]))
+        return ids
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        """What ``exc`` (a driver error) means; see ``ErrorKind``."""
+        if isinstance(exc, pw.IntegrityError):
+            return ErrorKind.INTEGRITY
+        return ErrorKind.OTHER
+
+    def setup(self, db: pw.Database) -> None:
+        """Create or migrate taskpipe's tables; idempotent."""
+        schema.setup(db)
+
+    def check_schema(self, db: pw.Database) -> None:
+        """Raise ``SetupError`` when the tables are missing or too old."""
+        schema.check_schema(db)
+
+    def wakeups(self, db: pw.Database) -> WakeRegistry:
+        """The in-process wake-up registry shared by every store on ``db``."""
+        raise NotImplementedError
+
+    def last_key(self, db: pw.Database, prefix: str) -> str | None:
+        """The greatest key starting with ``prefix`` (any queue, any status), or None."""
+        raise NotImplementedError

@@ -1,0 +1,398 @@
+"""The store contract: what a store provides, and all that a worker relies on.
+
+A store author reads this module only. A store is a subclass of ``Store`` that
+implements a handful of primitives, each with an atomicity promise; the worker owns
+the loops (one poll loop and one heartbeat loop for every store), the pool, the
+retry decisions and the events::
+
+    insert(rows)          all or nothing; ids returned in the rows' order; a row with
+                          a key whose key is already stored is not inserted again
+                          (its existing id is returned): idempotent on the key
+    claim(ctx, limit)     take at most ``limit`` due tasks (highest priority, then
+                          earliest due, then oldest), exclusively across threads,
+                          processes and hosts; each becomes Running under a fresh
+                          lease, its attempt counted. None: there will never be more
+    ack(outcomes)         record a batch of outcomes, lease-fenced: an outcome whose
+                          task no longer runs under its lease (a zombie's, a killed
+                          task's) changes nothing, follow-ups included, and is marked
+                          ``accepted = False``; with ``follow_ups`` the outcome's new
+                          tasks are inserted in the same transaction as the ack
+    beat(ctx)             renew this run's liveness, and re-enqueue the running tasks
+                          of runs that stopped beating (a recovery, not an attempt)
+    next_due()            the earliest ``run_at`` still waiting in this queue, or None
+    check_setup()         raise ``SetupError`` (with what to run) if never set up
+
+Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
+goes up by one); a release (claimed, never started) takes it back; an interruption
+at shutdown keeps it; a recovery after a dead worker takes it back and counts a
+recovery instead, and after ``Config.max_recoveries`` of those the task is Dead. A
+recovery leaves a record on the task (which run stopped beating, and when).
+
+Capabilities are declared on the class (``Capabilities``), never probed: the worker,
+the CLI, pipes and cron call ``require()`` and say clearly what a store cannot do.
+
+The push side (``push``, ``push_bulk``, ``push_stream``, ``push_task``, ``push_all``)
+is written once here, on ``row()`` (encode) and ``insert()`` (write).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import msgspec
+
+from . import clock
+from .codec import Codec, resolve_codec
+from .config import Config
+from .errors import CapabilityError, CodecError
+from .task import Task, TaskId
+from .wakeups import WakeRegistry
+
+if TYPE_CHECKING:
+    from .context import WorkerContext
+
+__all__ = [
+    "Capabilities",
+    "Claim",
+    "Outcome",
+    "OutcomeKind",
+    "Row",
+    "Store",
+    "TaskSink",
+    "require",
+    "safe_text",
+]
+
+log = logging.getLogger("taskpipe.store")
+
+DEFAULT_STREAM_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store can do beyond the primitives every store has."""
+
+    #: ``list_tasks``, ``fetch_by_id``, ``list_workers``, ``list_queues``, ``stats``,
+    #: ``retry``, ``retry_dead``, ``kill``, ``purge`` and ``wait_for``.
+    introspection: bool = False
+    #: ``Task(key=…)`` pushes are idempotent on the key, and ``last_key(prefix)`` finds
+    #: the greatest stored key (cron streams enqueue each tick once).
+    keys: bool = False
+    #: A push from another process wakes this store's idle workers without polling.
+    wakeups: bool = False
+    #: ``Outcome.follow_ups`` are inserted atomically with the ack (workflows).
+    follow_ups: bool = False
+    #: Pushes block while the store is full (``wait_for_room``): backpressure.
+    bounded: bool = False
+    #: ``ack`` records outcomes: retries and Dead tasks are durable in the store.
+    outcomes: bool = True
+    #: Tasks of a worker that stopped beating are re-enqueued by another worker.
+    recovery: bool = False
+
+
+def require(store: Any, capability: str, purpose: str) -> None:
+    """Raise ``CapabilityError`` unless ``store`` declares ``capability``; ``purpose``
+    says what needed it ("list tasks", "enqueue cron ticks once")."""
+    capabilities = getattr(store, "capabilities", None)
+    if not isinstance(capabilities, Capabilities):
+        raise CapabilityError(f"{store!r} is not a taskpipe store (it declares no capabilities)")
+    if capability not in {f.name for f in fields(Capabilities)}:
+        raise ValueError(f"unknown capability {capability!r}")
+    if not getattr(capabilities, capability):
+        raise CapabilityError(
+            f"{store!r} cannot {purpose}: it does not have the {capability!r} capability "
+            f"(a SQL store has it: taskpipe.open_storage('jobs.db'))"
+        )
+
+
+class Row(NamedTuple):
+    """One encoded task on its way into a store (``insert``): the column values, in
+    the order the SQL stores bind them."""
+
+    id: int | None
+    queue: str
+    payload: Any
+    priority: int
+    run_at: float
+    max_attempts: int | None
+    meta: str | None
+    key: str | None
+    created_at: float
+
+
+@dataclass(slots=True)
+class Claim:
+    """A task claimed by a worker run: its still-encoded payload and the lease that
+    fences its ack. ``defect`` says why the stored row cannot become a task (a bad
+    field): the worker makes that task Dead with the reason, and runs the others."""
+
+    id: TaskId
+    queue: str
+    payload: Any
+    attempt: int
+    lease: str
+    priority: int = 0
+    max_attempts: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    defect: str | None = None
+    #: Run this task alone: the worker claims nothing else until it has finished
+    #: (it was running beside others when a worker died; see ``Store.beat``).
+    isolated: bool = False
+
+    def to_task(self, args: Any) -> Task[Any]:
+        """The ``Task`` a handler sees: ``args`` decoded, with id, attempt and queue."""
+        return Task(
+            args,
+            id=self.id,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            meta=self.meta,
+            attempt=self.attempt,
+            queue=self.queue,
+        )
+
+
+class OutcomeKind(enum.Enum):
+    """What the worker decided about one claimed task."""
+
+    DONE = "done"  # the handler returned
+    RETRY = "retry"  # failed; run again after ``delay``
+    DEAD = "dead"  # failed for good (attempts exhausted, undecodable, bad row)
+    RELEASE = "release"  # claimed but never started: back to Pending, attempt not counted
+    INTERRUPTED = "interrupted"  # still running when the shutdown grace ended
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One task's outcome, on its way from a pool thread to ``Store.ack``.
+
+    ``result`` is the handler's return value (for events); ``encoded_result`` what the
+    store writes (already encoded, so an ack never fails on a value). ``follow_ups``
+    are rows to insert in the ack's transaction (stores with ``follow_ups``).
+    """
+
+    claim: Claim
+    kind: OutcomeKind
+    result: Any = None
+    encoded_result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    delay: float = 0.0  # seconds until the next try (RETRY, INTERRUPTED)
+    follow_ups: tuple[Row, ...] = ()
+    accepted: bool = True  # set False by ack() when the lease no longer matched
+    task: Task[Any] | None = None  # what the handler saw (None if it never ran)
+
+    @property
+    def task_id(self) -> TaskId:
+        """The id of the task this outcome is about."""
+        return self.claim.id
+
+
+def safe_text(text: str | None, limit: int = 65536) -> str | None:
+    """``text`` made writable anywhere: lone surrogates escaped, NUL removed, cut at
+    ``limit`` characters."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        text = str(text)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if len(text) > limit:
+        text = text[:limit] + f"… ({len(text) - limit} more characters)"
+    return text
+
+
+class TaskSink:
+    """The five push methods, written once on ``row()`` and ``insert()``.
+
+    Every value is encoded before anything is written, so a ``CodecError`` writes
+    nothing of that call (for streams: nothing of that batch).
+    """
+
+    queue: str
+    codec: Codec
+
+    def push(self, args: Any) -> TaskId:
+        """Encode ``args`` and enqueue it as one task; return its id once committed."""
+        return self._insert_rows([self.row(Task(args), self._now())])[0]
+
+    def push_task(self, task: Task[Any]) -> TaskId:
+        """Enqueue a pre-built ``Task`` (priority, run_after, max_attempts, meta, key)."""
+        if not isinstance(task, Task):
+            raise TypeError(f"push_task() takes a Task, not {type(task).__name__}: use push() for plain values")
+        return self._insert_rows([self.row(task, self._now())])[0]
+
+    def push_bulk(self, items: Iterable[Any]) -> list[TaskId]:
+        """Enqueue many values in one transaction: all or nothing. Returns their ids."""
+        now = self._now()
+        rows = [self.row(Task(args), now) for args in items]
+        return self._insert_rows(rows) if rows else []
+
+    def push_stream(self, items: Iterable[Any], *, batch_size: int = DEFAULT_STREAM_BATCH) -> int:
+        """Enqueue a (possibly huge, lazy) iterable in batches of ``batch_size``, one
+        transaction each, holding one batch in memory at a time. Returns the count.
+
+        If a value fails to encode, the batches before it stay committed and the
+        ``CodecError`` says how many were pushed.
+        """
+        return self._push_batches(items, batch_size, lambda args, now: self.row(Task(args), now))
+
+    def push_all(self, tasks: Iterable[Task[Any]], *, batch_size: int = DEFAULT_STREAM_BATCH) -> int:
+        """Like ``push_stream`` for pre-built ``Task`` objects. Returns the count."""
+
+        def make_row(task: Task[Any], now: float) -> Row:
+            if not isinstance(task, Task):
+                raise TypeError(f"push_all() takes Task objects, got {type(task).__name__}")
+            return self.row(task, now)
+
+        return self._push_batches(tasks, batch_size, make_row)
+
+    def row(self, task: Task[Any], now: float, *, queue: str | None = None) -> Row:
+        """Encode ``task`` for this store (into ``queue``, default this store's); raises
+        ``CodecError`` and writes nothing when its args or meta cannot be encoded."""
+        if task.meta:
+            try:
+                meta: str | None = msgspec.json.encode(task.meta).decode()
+            except Exception as exc:  # any failure to encode is a CodecError
+                raise CodecError(f"meta: {type(exc).__name__}: {exc}") from exc
+        else:
+            meta = None
+        run_at = now if task.run_after is None else task.run_at(now)
+        return Row(
+            None if task.id is None else int(task.id),
+            queue or self.queue,
+            self.codec.encode(task.args),
+            task.priority,
+            run_at,
+            task.max_attempts,
+            meta,
+            task.key,
+            now,
+        )
+
+    def _push_batches(self, items: Iterable[Any], batch_size: int, make_row: Callable[[Any, float], Row]) -> int:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        count = 0
+        iterator = iter(items)
+        while True:
+            chunk = list(itertools.islice(iterator, batch_size))
+            if not chunk:
+                return count
+            now = self._now()
+            try:
+                rows = [make_row(item, now) for item in chunk]
+            except CodecError as exc:
+                raise CodecError(f"{exc} (after {count} items were pushed)") from exc
+            self._insert_rows(rows)
+            count += len(rows)
+
+    def _now(self) -> float:
+        return clock.timestamp()
+
+    def _insert_rows(self, rows: list[Row]) -> list[TaskId]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Store(TaskSink):
+    """The base of every store (see the module docstring for the contract).
+
+    A subclass sets ``capabilities`` and implements ``insert``, ``claim``, ``ack``,
+    ``next_due``; it may override ``beat``, ``retire``, ``check_setup``,
+    ``open_run``/``close_run`` and ``close_thread_connection``.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    queue: str
+    config: Config
+    codec: Codec
+    #: The in-process registry that pushes notify and idle workers wait on.
+    wakeups: WakeRegistry
+
+    def _init_store(self, queue: str | None, codec: Any, config: Config | None) -> None:
+        """Set ``config`` (``queue`` wins over ``config.queue``), ``queue`` and ``codec``."""
+        config = config or Config()
+        if queue is not None:
+            config = config.with_queue(queue)
+        self.config = config
+        self.queue = config.queue
+        self.codec = resolve_codec(codec)
+
+    # Primitives ------------------------------------------------------------------------
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """Write ``rows`` (from ``row()``), all or nothing; return their ids in order.
+        A keyed row whose key is stored already is skipped and its existing id
+        returned. Raises ``PushError`` when the store refuses or fails."""
+        raise NotImplementedError
+
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim] | None:
+        """Atomically take up to ``limit`` due tasks of this queue for ``ctx``'s run
+        (exclusive across processes and hosts), each Running under a fresh lease
+        (``ctx.new_lease()``) with its attempt counted. ``[]``: nothing due now;
+        None: this store will never have more (a finite source ran dry)."""
+        raise NotImplementedError
+
+    def ack(self, outcomes: Sequence[Outcome]) -> None:
+        """Record ``outcomes`` in one transaction, lease-fenced (see the module
+        docstring). An outcome that cannot be written makes that task Dead with the
+        reason; the others are still recorded."""
+        raise NotImplementedError
+
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` (epoch seconds) of a task still waiting in this
+        queue (Pending or Failed), due or not; None when there is none."""
+        raise NotImplementedError
+
+    def beat(self, ctx: WorkerContext) -> None:
+        """Record that ``ctx``'s run is alive (renewing its leases) and re-enqueue the
+        running tasks of runs silent for ``config.reenqueue_orphaned_after``. Stores
+        whose tasks die with the process have nothing to do."""
+
+    def retire(self, ctx: WorkerContext) -> None:
+        """``ctx``'s run stopped cleanly: forget it."""
+
+    def check_setup(self) -> None:
+        """Raise ``SetupError`` saying what to run when the store was never set up."""
+
+    def open_run(self, ctx: WorkerContext) -> None:
+        """A worker run starts taking tasks from this store (before its first claim)."""
+
+    def close_run(self, ctx: WorkerContext) -> None:
+        """The run has stopped taking tasks (after its last claim, before its last acks)."""
+
+    def idle(self) -> None:
+        """The worker found nothing to do: a moment for housekeeping (SQLite
+        checkpoints its write-ahead log). Must be quick and must not raise."""
+
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if the store keeps one per thread."""
+
+    # Shared helpers --------------------------------------------------------------------
+    def _insert_rows(self, rows: list[Row]) -> list[TaskId]:
+        ids = self.insert(rows)
+        self._after_push()
+        return ids
+
+    def _after_push(self) -> None:
+        """Wake this process's idle workers of the queue (once the push is visible)."""
+        self.wakeups.notify(self.queue)
+
+    def encode_result(self, value: Any) -> Any:
+        """Encode a handler's return value for ``Outcome.encoded_result``: its repr when
+        the codec refuses it, and a plain note when even that fails. Never raises."""
+        if value is None:
+            return None
+        try:
+            return self.codec.encode(value)
+        except Exception as exc:
+            note = f"result could not be stored: {type(exc).__name__}: {exc}"
+            log.warning("%s", note)
+            try:
+                return self.codec.encode(safe_text(repr(value), 4096))
+            except Exception:
+                return self.codec.encode(safe_text(note, 4096))
