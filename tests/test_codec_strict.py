@@ -162,7 +162,9 @@ class BrokenDatetime(datetime):
 
 @pytest.mark.parametrize("codec", CODECS[:2], ids=lambda c: c.name)
 def test_any_exception_while_encoding_is_a_codec_error(codec):
-    with pytest.raises(CodecError, match="cannot encode dict value: RuntimeError: no ISO text") as info:
+    with pytest.raises(
+        CodecError, match="cannot encode dict value: RuntimeError: no ISO text"
+    ) as info:
         codec.encode({"when": BrokenDatetime(2030, 1, 1)})
     assert isinstance(info.value.__cause__, RuntimeError)
 
@@ -179,7 +181,9 @@ class Picky:
 @pytest.mark.parametrize("codec", CODECS[:2], ids=lambda c: c.name)
 def test_any_exception_while_decoding_is_a_codec_error(codec):
     assert codec.decode(codec.encode(Picky(7)), Picky) == Picky(7)
-    with pytest.raises(CodecError, match="cannot decode payload.*LookupError: 13 is unlucky") as info:
+    with pytest.raises(
+        CodecError, match="cannot decode payload.*LookupError: 13 is unlucky"
+    ) as info:
         codec.decode(codec.encode({"n": 13}), Picky)
     assert isinstance(info.value.__cause__, LookupError)
 
@@ -206,10 +210,14 @@ class Unloadable:
 
 def test_pickle_errors_name_the_exception_and_chain_it():
     codec = PickleCodec()
-    with pytest.raises(CodecError, match="pickle: cannot encode Unpicklable value: LookupError: not today") as info:
+    with pytest.raises(
+        CodecError, match="pickle: cannot encode Unpicklable value: LookupError: not today"
+    ) as info:
         codec.encode(Unpicklable())
     assert isinstance(info.value.__cause__, LookupError)
     data = codec.encode(Unloadable())
-    with pytest.raises(CodecError, match="cannot decode payload.*LookupError: cannot restore") as info:
+    with pytest.raises(
+        CodecError, match="cannot decode payload.*LookupError: cannot restore"
+    ) as info:
         codec.decode(data)
     assert isinstance(info.value.__cause__, LookupError)
