@@ -14,7 +14,9 @@ datetimes) is done by msgspec, so a handler typed ``def h(order: Order)`` gets a
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import pickle
+import re
 import types
 import typing
 from typing import Any, Protocol, runtime_checkable
@@ -64,33 +66,65 @@ class _MsgspecCodec:
     def encode(self, value: Any) -> bytes:
         """Return the bytes for ``value``; raise ``CodecError`` if it cannot be encoded."""
         try:
-            return self._encoder.encode(value)
-        except (TypeError, NotImplementedError, OverflowError, ValueError) as exc:
-            raise CodecError(f"{self.name}: {exc}") from exc
+            data = self._encoder.encode(value)
+            self._check(value, data)
+        except CodecError:
+            raise
+        except Exception as exc:  # msgspec, enc_hook, RecursionError, MemoryError…
+            raise _encode_error(self.name, value, exc) from exc
+        return data
+
+    def _check(self, value: Any, data: bytes) -> None:
+        """Refuse an encoding that lost information (a hook for subclasses)."""
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
         """Return the value in ``data`` as ``type``; raise ``CodecError`` if it does not fit."""
-        decoder = self._decoders.get(type)
-        if decoder is None:
-            try:
+        try:
+            decoder = self._decoders.get(type)
+            if decoder is None:
                 decoder = self._module.Decoder(_plain_type(type))
-            except TypeError as exc:
-                raise CodecError(f"{self.name}: cannot decode into {type!r}: {exc}") from exc
-            self._decoders[type] = decoder
+                self._decoders[type] = decoder
+        except Exception as exc:
+            raise CodecError(f"{self.name}: cannot decode into {type!r}: {exc}") from exc
         try:
             return decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-            raise CodecError(f"{self.name}: cannot decode payload {_preview(data)}: {exc}") from exc
+        except Exception as exc:  # DecodeError, ValidationError, RecursionError, __post_init__…
+            raise _decode_error(self.name, data, exc) from exc
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 class JsonCodec(_MsgspecCodec):
-    """JSON (the default): readable, portable, safe."""
+    """JSON (the default): readable, portable, safe. Refuses NaN and ±infinity, which
+    JSON cannot hold (msgspec would write them as ``null``)."""
 
     name = "json"
     _module = msgspec.json
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._msgpack = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+
+    def _check(self, value: Any, data: bytes) -> None:
+        # msgspec writes NaN and ±inf as null. Two cheap filters without false
+        # negatives keep the common case fast: most payloads hold no null at all, and
+        # of those that do (None), the MessagePack encoding shows whether any float is
+        # non-finite. Only then is the value walked, exactly, to name the culprit.
+        if b"null" in data and self._maybe_non_finite(value):
+            path = _non_finite_float(msgspec.to_builtins(value, enc_hook=_enc_hook))
+            if path is not None:
+                raise CodecError(
+                    f"json: cannot encode {type(value).__name__} value: JSON has no NaN or "
+                    f"infinity (found {path[1]!r} at {path[0]}); send None or a string "
+                    "instead, or use MsgPackCodec, which keeps them"
+                )
+
+    def _maybe_non_finite(self, value: Any) -> bool:
+        try:
+            return _MAYBE_NON_FINITE.search(self._msgpack.encode(value)) is not None
+        except Exception:  # MessagePack cannot hold it (an int beyond 64 bits): walk
+            return True
 
 
 class MsgPackCodec(_MsgspecCodec):
@@ -110,14 +144,14 @@ class PickleCodec:
         try:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # pickle raises many types
-            raise CodecError(f"pickle: {exc}") from exc
+            raise _encode_error(self.name, value, exc) from exc
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
         """Unpickle ``data`` (``type`` is not checked); raise ``CodecError`` on failure."""
         try:
             return pickle.loads(data)
         except Exception as exc:
-            raise CodecError(f"pickle: cannot decode payload {_preview(data)}: {exc}") from exc
+            raise _decode_error(self.name, data, exc) from exc
 
     def __repr__(self) -> str:
         return "PickleCodec()"
@@ -156,6 +190,51 @@ def _plain_type(tp: Any) -> Any:
         return tp.copy_with(plain)  # typing generics
     except AttributeError:
         return origin[plain]  # builtin generics: dict[str, X]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return f"it is nested too deeply for Python's recursion limit ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _encode_error(codec: str, value: Any, exc: BaseException) -> CodecError:
+    fix = "; flatten it" if isinstance(exc, RecursionError) else ""
+    return CodecError(f"{codec}: cannot encode {type(value).__name__} value: {_reason(exc)}{fix}")
+
+
+def _decode_error(codec: str, data: Any, exc: BaseException) -> CodecError:
+    return CodecError(f"{codec}: cannot decode payload {_preview(data)}: {_reason(exc)}")
+
+
+# msgspec writes every float to MessagePack as a float64: 0xcb, then 8 big-endian
+# bytes. NaN and ±inf are exactly those whose exponent bits are all ones, so their
+# first two bytes are 7f|ff and f0-ff. The pattern may also match inside an int or
+# binary payload (then the exact walk decides), but never misses a non-finite float.
+_MAYBE_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+
+
+def _non_finite_float(value: Any) -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinity in ``value`` (the output of
+    ``msgspec.to_builtins``: dicts, lists, tuples and scalars), or None. Iterative, so
+    any depth msgspec could encode is walked. Dict keys are not checked: JSON keys are
+    strings, and msgspec writes a float key as ``"nan"``/``"inf"``, which decode back."""
+    stack: list[tuple[Any, Any]] = [(value, None)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                keys = []
+                while where is not None:
+                    where, key = where
+                    keys.append(f"[{key!r}]")
+                path = "".join(reversed(keys)) or "the top level"
+                return (path if len(path) <= 80 else path[:80] + "…"), item
+        elif isinstance(item, dict):
+            stack.extend((v, (where, k)) for k, v in reversed(item.items()))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((item[i], (where, i)) for i in range(len(item) - 1, -1, -1))
+    return None
 
 
 def _preview(data: Any, limit: int = 40) -> str:

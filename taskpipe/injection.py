@@ -7,11 +7,18 @@ parameter is filled by its annotation.
 ``Data[T]`` is ``Annotated[T, …]``: the handler receives the value given to
 ``WorkerBuilder.data(value)`` and a type checker sees ``T``. An annotation that is
 none of these is an error when the worker is built, not when a task runs.
+
+A handler may be any callable whose signature can be read: a function, a bound
+method, a ``functools.partial`` (its bound parameters keep their values), an object
+with ``__call__``, a staticmethod. The first parameter it still takes positionally
+receives the args. ``Signature.is_async`` says whether calling it returns a coroutine.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,11 +49,12 @@ class Data:
 
 @dataclass(frozen=True)
 class Signature:
-    """What a handler wants: the type of its args and how to fill each other parameter."""
+    """What a handler wants: the type of its args, how to fill each other parameter, and
+    whether it is an ``async def`` (then a call returns a coroutine to await)."""
 
     args_type: Any
     injections: tuple[tuple[str, str, Any], ...]  # (parameter, kind, data value)
-    is_async: bool = False
+    is_async: bool = False  # calling the handler returns a coroutine to run on a loop
 
     def kwargs(self, task: Task, ctx: WorkerContext) -> dict[str, Any]:
         """The keyword arguments for one call."""
@@ -73,30 +81,48 @@ def _find_data(data: dict[type, Any], wanted: Any, handler_name: str, param: str
             if isinstance(value, wanted):
                 return value
     given = ", ".join(type(v).__name__ for v in data.values()) or "none"
+    shown = getattr(wanted, "__name__", wanted)
     raise BuildError(
-        f"{handler_name}(): parameter {param!r} wants Data[{getattr(wanted, '__name__', wanted)}] "
-        f"but no .data() value of that type was given (given: {given})"
+        f"handler {handler_name}: parameter {param!r} wants Data[{shown}] but no .data() value "
+        f"of that type was given (given: {given}); pass one with WorkerBuilder.data(value)"
     )
 
 
 def analyse(handler: Callable[..., Any], data: dict[type, Any]) -> Signature:
-    """Inspect ``handler`` once, at build time; raise ``BuildError`` on anything unknown."""
-    name = getattr(handler, "__qualname__", None) or type(handler).__name__
-    target = handler if inspect.isroutine(handler) else handler.__call__  # builtins too
+    """Inspect ``handler`` once, at build time; raise ``BuildError`` on anything unknown.
+
+    Any callable whose signature ``inspect.signature`` can read will do: a function, a
+    bound method, a ``functools.partial``, an object with ``__call__``, a staticmethod."""
+    name = _describe(handler)
+    target, bound = _underlying(handler)
     try:
-        params = list(inspect.signature(target).parameters.values())
-        hints = typing.get_type_hints(target, include_extras=True)
-    except (TypeError, ValueError, NameError) as exc:
-        raise BuildError(f"cannot inspect handler {name}: {exc}") from exc
-    positional = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if not positional:
-        raise BuildError(f"{name}() must take at least one parameter: the task's arguments")
-    first, rest = positional[0], positional[1:]
-    if first.kind is first.KEYWORD_ONLY:
-        raise BuildError(f"{name}(): the first parameter receives the task's arguments; it cannot be keyword-only")
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise BuildError(
+            f"cannot read the signature of handler {name}: {exc}; pass a function, method, "
+            "functools.partial or object with __call__ whose parameters Python can inspect"
+        ) from exc
+    try:
+        hints = _hints(target, params)
+    except Exception as exc:  # NameError, SyntaxError, TypeError from evaluating strings
+        raise BuildError(
+            f"cannot resolve the annotations of handler {name}: {type(exc).__name__}: {exc}; "
+            "every name used in an annotation must be importable from the handler's module"
+        ) from exc
+    first = next(
+        (p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None
+    )
+    if first is None:
+        first = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
+    if first is None:
+        raise BuildError(_no_args_parameter(name, params, bound))
     args_type = hints.get(first.name, Any)
     injections = []
-    for param in rest:
+    for param in params:
+        if param is first or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name in bound:
+            continue  # a functools.partial gives it its value
         hint = hints.get(param.name, inspect.Parameter.empty)
         kind, value = _kind_of(hint)
         if kind is None:
@@ -104,13 +130,80 @@ def analyse(handler: Callable[..., Any], data: dict[type, Any]) -> Signature:
                 continue  # leave it to its default
             shown = "no annotation" if hint is inspect.Parameter.empty else f"annotation {hint!r}"
             raise BuildError(
-                f"{name}(): cannot inject parameter {param.name!r} ({shown}); annotate it as one of "
-                "WorkerContext, TaskId, Attempt, Task or Data[T]"
+                f"handler {name}: cannot inject parameter {param.name!r} ({shown}); annotate it "
+                "as one of WorkerContext, TaskId, Attempt, Task or Data[T], give it a default, "
+                "or bind it with functools.partial"
+            )
+        if param.kind is param.POSITIONAL_ONLY:
+            raise BuildError(
+                f"handler {name}: parameter {param.name!r} is positional-only, but injected "
+                "values are passed by keyword; move it after the '/'"
             )
         if kind == "data":
             value = _find_data(data, value, name, param.name)
         injections.append((param.name, kind, value))
-    return Signature(args_type=args_type, injections=tuple(injections))
+    return Signature(
+        args_type=args_type,
+        injections=tuple(injections),
+        is_async=inspect.iscoroutinefunction(target),
+    )
+
+
+def _describe(handler: Any) -> str:
+    """A name for ``handler`` in error messages."""
+    if isinstance(handler, functools.partial):
+        return f"functools.partial({_describe(handler.func)}, …)"
+    name = getattr(handler, "__qualname__", None)
+    return name if isinstance(name, str) else f"{type(handler).__qualname__} instance"
+
+
+def _underlying(handler: Any) -> tuple[Any, frozenset[str]]:
+    """The function that holds ``handler``'s annotations and decides whether it is
+    async (unwrapping partials, methods, staticmethods and ``__call__``), and the
+    names that ``functools.partial`` layers bind by keyword."""
+    target, keywords = handler, set()
+    for _ in range(32):  # bounded: a __call__ could lead back to itself
+        if isinstance(target, functools.partial):
+            keywords.update(target.keywords)
+            target = target.func
+        elif isinstance(target, (types.MethodType, staticmethod)):
+            target = target.__func__
+        elif (
+            inspect.isroutine(target) or isinstance(target, type) or hasattr(target, "__wrapped__")
+        ):
+            break
+        elif callable(target):  # an object with __call__
+            target = type(target).__call__
+        else:
+            break
+    return target, frozenset(keywords)
+
+
+def _hints(target: Any, params: list[inspect.Parameter]) -> dict[str, Any]:
+    """The resolved annotations of ``target`` (string annotations evaluated in its
+    module), or, for a callable written in C, those its signature shows."""
+    if isinstance(target, type):  # a class is called through __init__ (or __new__)
+        target = target.__init__ if target.__init__ is not object.__init__ else target.__new__
+    if getattr(target, "__annotations__", None) is None:
+        return {p.name: p.annotation for p in params if p.annotation is not p.empty}
+    return typing.get_type_hints(target, include_extras=True)
+
+
+def _no_args_parameter(name: str, params: list[inspect.Parameter], bound: frozenset[str]) -> str:
+    """The message for a handler with no parameter that can take the task's args."""
+    if not any(p.kind is p.KEYWORD_ONLY for p in params):
+        return f"handler {name} must take at least one parameter: the task's arguments"
+    message = (
+        f"handler {name}: the task's arguments are passed as the first positional argument, "
+        "but every parameter is keyword-only"
+    )
+    if bound:
+        message += (
+            f"; functools.partial binds {', '.join(sorted(bound))} by keyword, which makes every "
+            "later parameter keyword-only: bind the leading parameters positionally, "
+            "as in partial(f, value), or only bind parameters after the one taking the arguments"
+        )
+    return message
 
 
 def _kind_of(hint: Any) -> tuple[str | None, Any]:

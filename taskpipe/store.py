@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import msgspec
 
 from . import clock
-from .codec import Codec, resolve_codec
+from .codec import Codec, JsonCodec, resolve_codec
 from .config import Config
 from .errors import CapabilityError, CodecError
 from .task import Task, TaskId
@@ -71,6 +71,7 @@ __all__ = [
 log = logging.getLogger("taskpipe.store")
 
 DEFAULT_STREAM_BATCH = 1000
+_META_CODEC = JsonCodec()  # meta is JSON in every store, whatever the args' codec
 
 
 @dataclass(frozen=True)
@@ -256,9 +257,9 @@ class TaskSink:
         ``CodecError`` and writes nothing when its args or meta cannot be encoded."""
         if task.meta:
             try:
-                meta: str | None = msgspec.json.encode(task.meta).decode()
-            except Exception as exc:  # any failure to encode is a CodecError
-                raise CodecError(f"meta: {type(exc).__name__}: {exc}") from exc
+                meta: str | None = _META_CODEC.encode(task.meta).decode()
+            except CodecError as exc:
+                raise CodecError(f"meta: {exc}") from exc
         else:
             meta = None
         run_at = now if task.run_after is None else task.run_at(now)

@@ -22,6 +22,7 @@ everything it does.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import traceback
@@ -477,7 +478,7 @@ class _Run:
         task = claim.to_task(args)
         try:
             result = worker.handler(args, **worker.signature.kwargs(task, self.ctx))
-            if worker.signature.is_async:
+            if worker.signature.is_async or inspect.isawaitable(result):
                 result = self._event_loop().run(result)
         except BaseException as exc:
             return self._failure(claim, task, exc)
