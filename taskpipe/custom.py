@@ -69,6 +69,7 @@ __all__ = ["BackendBuilder", "CustomBackend", "ValueCodec"]
 log = logging.getLogger("taskpipe.custom")
 
 _UNSET: Any = object()
+_RAN_DRY: Any = iter(())  # the fetcher's iterator of a run ended
 
 Fetcher = Callable[[Any, Any, Any], Iterator["Task | None"]]
 SinkFactory = Callable[[Any, Any], Callable[[Task], Any]]
@@ -240,6 +241,8 @@ class CustomBackend(Store):
         first None; None when the fetcher ran dry. A fetcher that raises is reported
         and called again at the next claim."""
         items = self._iterators.get(ctx.run_id)
+        if items is _RAN_DRY:
+            return None
         claims: list[Claim] = []
         try:
             if items is None:
@@ -253,7 +256,7 @@ class CustomBackend(Store):
                     continue
                 claims.append(self._claim_of(item, ctx))
         except StopIteration:
-            self._iterators.pop(ctx.run_id, None)
+            self._iterators[ctx.run_id] = _RAN_DRY  # the run ends once these are done
             return claims or None
         except Exception as exc:
             self._iterators.pop(ctx.run_id, None)  # call the fetcher again next time

@@ -25,7 +25,7 @@ from taskpipe.sqlite import SqliteStorage, connect
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TASKINFO_FIELDS = [
     "id", "queue", "status", "args", "priority", "run_at", "attempts", "max_attempts",
-    "result", "errors", "created_at", "started_at", "done_at", "worker", "meta",
+    "result", "errors", "created_at", "started_at", "done_at", "worker", "meta", "recoveries",
 ]
 
 
@@ -486,9 +486,7 @@ def test_purge_refuses_unfinished_and_needs_an_age(invoke, dbfile):
 def test_workers(invoke, dbfile, storage):
     assert invoke("workers", "--db", dbfile).stdout.strip() == "no workers"
     ctx = WorkerContext("mailer", capacity=1, report=lambda exc: None)
-    beats = storage.heartbeat(ctx)
-    next(beats)
-    beats.close()
+    storage.beat(ctx)
     result = invoke("workers", "--db", dbfile)
     header, row = result.stdout.splitlines()
     assert header.split()[:3] == ["NAME", "RUN", "ID"]

@@ -25,7 +25,7 @@ from taskpipe import (
     events,
     pipe_to,
 )
-from taskpipe.custom import BackendBuilder, CustomBackend
+from taskpipe.custom import BackendBuilder, CustomBackend, ValueCodec
 from taskpipe.errors import PushError, StorageError
 
 
@@ -139,7 +139,7 @@ def test_the_five_push_methods_and_a_worker(backend, user_db):
     assert [to for _, to, _ in seen] == ["a@example.com", "b", "c", "d", "e0", "e1", "f0", "f1", "f2"]
     assert {attempt for _, _, attempt in seen} == {1}
     assert user_db.query("SELECT DISTINCT status FROM tasks") == [("done",)]
-    assert backend.codec is None  # the handler got the fetcher's own values
+    assert isinstance(backend.codec, ValueCodec)  # the handler got the fetcher's own values
 
 
 def test_retries_are_the_stores_job_through_on_outcome(backend, user_db):

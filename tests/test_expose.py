@@ -31,7 +31,7 @@ from taskpipe import (
     WorkerInfo,
     memory,
 )
-from taskpipe.store import Outcome, OutcomeKind
+from taskpipe.store import Claim, Outcome, OutcomeKind
 from taskpipe.expose import STATS_KEYS, jsonable
 from taskpipe.sql import expose as sql_expose
 from taskpipe.sqlite import SqliteStorage
@@ -61,14 +61,11 @@ def fail(x):
     raise ValueError(f"bad {x}")
 
 
-def claim_one(store) -> tuple[WorkerContext, Task]:
+def claim_one(store) -> tuple[WorkerContext, Claim]:
     """Claim one task by hand, as a worker's fetch loop would."""
     ctx = WorkerContext("hand", capacity=1, report=lambda exc: None)
-    ctx.until_idle = True
-    poll = store.poll(ctx)
-    task = next(poll)
-    poll.close()
-    return ctx, task
+    [claim] = store.claim(ctx, 1)
+    return ctx, claim
 
 
 # The protocol and the records -------------------------------------------------------------
@@ -269,9 +266,7 @@ def test_list_workers_while_a_worker_runs(store):
 def test_sqlite_workers_have_times(storage):
     ctx = WorkerContext("beater", capacity=1, report=lambda exc: None)
     with freeze_time(T0):
-        beats = storage.heartbeat(ctx)
-        next(beats)
-        beats.close()
+        storage.beat(ctx)
     [info] = storage.list_workers()
     assert info.run_id == ctx.run_id and info.tasks_held == 0
     assert info.started_at == T0 and info.last_heartbeat == T0
@@ -367,10 +362,10 @@ def test_kill_a_running_task_discards_its_result(store):
 
 def test_a_killed_tasks_late_ack_is_rejected(store):
     task_id = store.push(1)
-    _, task = claim_one(store)
-    assert task.id == task_id
+    _, claim = claim_one(store)
+    assert claim.id == task_id
     store.kill(task_id)
-    outcome = Outcome(task, OutcomeKind.DONE, result="zombie")
+    outcome = Outcome(claim, OutcomeKind.DONE, result="zombie", encoded_result=store.encode_result("zombie"))
     store.ack([outcome])
     assert outcome.accepted is False
     assert store.fetch_by_id(task_id).result is None
@@ -483,7 +478,7 @@ def test_jsonable_uses_taskinfo_field_names(store):
         data = jsonable(store.fetch_by_id(task_id))
     assert list(data) == [
         "id", "queue", "status", "args", "priority", "run_at", "attempts", "max_attempts",
-        "result", "errors", "created_at", "started_at", "done_at", "worker", "meta",
+        "result", "errors", "created_at", "started_at", "done_at", "worker", "meta", "recoveries",
     ]
     assert data["status"] == "dead" and data["args"] == {"a": [1, 2]}
     assert data["created_at"] == "2026-03-01T12:00:00+00:00"

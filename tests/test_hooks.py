@@ -43,8 +43,8 @@ class SpyStorage(SqliteStorage):
         self.looked_empty = threading.Event()
         self.between = None
 
-    def _claim(self, ctx, limit, check_first):
-        tasks = super()._claim(ctx, limit, check_first)
+    def claim(self, ctx, limit):
+        tasks = super().claim(ctx, limit)
         if not tasks:
             if self.between is not None:
                 self.between()

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from taskpipe import WorkerBuilder, WorkerContext, events
+from taskpipe import Task, WorkerBuilder, WorkerContext, events
 from taskpipe.polling import MultiStrategy, as_strategy
 from taskpipe.sqlite import (
     BackoffStrategy,
@@ -110,44 +110,54 @@ def test_config_accepts_a_strategy_a_timedelta_or_seconds():
         Config(poll_interval="fast")
 
 
-# How an idle SQL worker polls --------------------------------------------------------------
-class RecordingContext(WorkerContext):
-    """A worker context whose waits return at once and are recorded."""
-
-    def __init__(self) -> None:
-        super().__init__("recorder", capacity=4, report=self.fail)
-        self.waits: list[float] = []
-
-    def fail(self, error: BaseException) -> None:
-        raise error
-
-    def wait(self, timeout: float | None) -> None:
-        self.waits.append(timeout)
-
-
-def test_an_idle_worker_waits_at_most_the_strategy_maximum_and_then_claims(db_path, db):
+# How an idle worker polls ---------------------------------------------------------------
+def test_an_idle_worker_waits_at_most_the_strategy_maximum_and_then_claims(db_path, db, monkeypatch):
     storage = SqliteStorage(db, config=Config(poll_interval=BackoffStrategy(min=0.05, max=1.0)))
-    ctx = RecordingContext()
-    polls = storage.poll(ctx)
-    for _ in range(3600):  # an hour of idling at the maximum wait
-        assert next(polls) is None
-    assert max(ctx.waits) <= 1.0
-    assert min(ctx.waits[-100:]) >= 0.9  # settled at the maximum (±10 % jitter)
+    waits: list[float] = []
+    handled: list[tuple[int, int]] = []
 
-    # Another process's push: nothing wakes this worker, yet its next look finds it.
-    other = sqlite3.connect(db_path)
-    other.execute(
-        "INSERT INTO taskpipe_jobs (queue, status, payload, priority, run_at, created_at) "
-        "VALUES ('default', 'pending', ?, 0, 0, 0)",
-        (b"42",),
-    )
-    other.commit()
-    other.close()
-    waits_before = len(ctx.waits)
-    task = next(polls)
-    assert task is not None and task.payload == b"42"
-    assert len(ctx.waits) == waits_before  # claimed without another wait
-    polls.close()
+    def recording_wait(ctx: WorkerContext, timeout: float | None) -> bool:
+        waits.append(timeout)
+        if len(waits) == 3600:  # an hour of idling at the maximum wait: another process pushes
+            other = sqlite3.connect(db_path)  # nothing wakes this worker
+            other.execute(
+                "INSERT INTO taskpipe_jobs (queue, status, payload, priority, run_at, created_at) "
+                "VALUES ('default', 'pending', ?, 0, 0, 0)",
+                (b"42",),
+            )
+            other.commit()
+            other.close()
+        if len(waits) > 3700:
+            ctx.stop()  # the test failed; do not idle for ever
+        return False  # the wait timed out: nobody woke it
+
+    monkeypatch.setattr(WorkerContext, "wait", recording_wait)
+
+    def handler(item: int, ctx: WorkerContext) -> None:
+        handled.append((item, len(waits)))
+        ctx.stop()
+
+    WorkerBuilder("idler").backend(storage).build(handler).run()
+    assert handled == [(42, 3600)]  # its next look found the task, without another wait
+    assert max(waits) <= 1.0
+    assert min(waits[-100:]) >= 0.9  # settled at the maximum (±10 % jitter)
+
+
+def test_an_idle_worker_wakes_for_a_delayed_task_whatever_its_strategy(db, monkeypatch):
+    """The wait is cut to the earliest due run_at: a task due in 2 s with a 60 s
+    interval is waited for 2 s, not 60."""
+    storage = SqliteStorage(db, config=Config(poll_interval=IntervalStrategy(60)))
+    waits: list[float] = []
+
+    def recording_wait(ctx: WorkerContext, timeout: float | None) -> bool:
+        waits.append(timeout)
+        ctx.stop()
+        return False
+
+    monkeypatch.setattr(WorkerContext, "wait", recording_wait)
+    storage.push_task(Task("later", run_after=timedelta(seconds=2)))
+    WorkerBuilder("delayed").backend(storage).build(lambda item: None).run()
+    assert len(waits) == 1 and 1.5 < waits[0] <= 2.0
 
 
 def test_an_idle_worker_picks_up_an_unannounced_task_within_its_poll_maximum(db_path, db):
@@ -181,14 +191,17 @@ def test_an_idle_worker_picks_up_an_unannounced_task_within_its_poll_maximum(db_
         thread.join(10)
 
 
-def test_a_poll_closed_mid_batch_hands_the_rest_back(db):
+def test_a_worker_stopped_mid_batch_hands_the_unstarted_tasks_back(db):
     storage = SqliteStorage(db)
     ids = storage.push_bulk(range(5))
-    ctx = RecordingContext()
-    polls = storage.poll(ctx)
-    first = next(polls)
-    assert first.id == ids[0]
-    polls.close()  # the worker stopped after taking one task
-    rows = dict(db.execute_sql("SELECT id, status || ':' || attempts FROM taskpipe_jobs").fetchall())
-    assert rows[ids[0]] == "running:1"
-    assert [rows[i] for i in ids[1:]] == ["pending:0"] * 4
+    seen = []
+
+    def handler(item: int, ctx: WorkerContext) -> None:
+        seen.append(item)
+        ctx.stop()  # after taking one task of the five it claimed
+
+    WorkerBuilder("w").backend(storage).concurrency(1).build(handler).run()
+    assert seen == [0]
+    infos = {t.id: t for t in storage.list_tasks()}
+    assert (infos[ids[0]].status, infos[ids[0]].attempts) == ("done", 1)
+    assert [(infos[i].status, infos[i].attempts) for i in ids[1:]] == [("pending", 0)] * 4

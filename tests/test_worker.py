@@ -146,7 +146,7 @@ def test_data_without_a_matching_value_is_a_build_error(storage):
 def test_builder_errors(storage):
     with pytest.raises(BuildError, match="no backend"):
         WorkerBuilder("w").build(lambda n: None)
-    with pytest.raises(BuildError, match="not a backend"):
+    with pytest.raises(BuildError, match="not a taskpipe store"):
         WorkerBuilder("w").backend(object()).build(lambda n: None)
     with pytest.raises(BuildError, match="concurrency"):
         WorkerBuilder("w").concurrency(0)
@@ -345,19 +345,9 @@ def test_monitor_reraises_a_worker_error():
     class Boom(Exception):
         pass
 
-    class BrokenBackend:
-        config = None
-
-        def poll(self, ctx):
-            raise Boom("poll exploded")
-            yield  # pragma: no cover
-
-        def heartbeat(self, ctx):
-            while True:
-                yield 1.0
-
-        def ack(self, outcomes):
-            pass
+    class BrokenBackend(memory.MemoryBackend):
+        def open_run(self, ctx):
+            raise Boom("open_run exploded")
 
     ok = memory.backend()
     good = WorkerBuilder("good").backend(ok).build(lambda n: n)
@@ -473,24 +463,30 @@ def test_run_until_idle_honours_the_grace_after_a_stop(storage):
 
 
 def test_a_finite_backend_runs_every_task_it_handed_out():
-    """A poll generator that ends is not a stop: the tasks already handed to the pool run."""
-    from taskpipe.store import OutcomeKind
+    """A store whose claim says "no more, ever" (None) is not a stop: the tasks it
+    already handed out run."""
+    from taskpipe.store import Claim, OutcomeKind, Store
+    from taskpipe.wakeups import WakeRegistry
 
     acks = []
 
-    class Finite:
-        codec = None
+    class Finite(Store):
+        def __init__(self):
+            self._init_store(None, None, None)
+            self.wakeups = WakeRegistry()
+            self.left = list(range(10))
 
-        def poll(self, ctx):
-            for i in range(10):
-                yield Task(i, id=TaskId(i + 1), attempt=1)
+        def claim(self, ctx, limit):
+            if not self.left:
+                return None
+            taken, self.left = self.left[:limit], self.left[limit:]
+            return [Claim(TaskId(i + 1), self.queue, self.codec.encode(i), 1, ctx.new_lease()) for i in taken]
 
-        def heartbeat(self, ctx):
-            while True:
-                yield 5.0
+        def next_due(self):
+            return None
 
         def ack(self, outcomes):
-            acks.extend((o.task.id, o.kind) for o in outcomes)
+            acks.extend((o.task_id, o.kind) for o in outcomes)
 
     ran = []
     worker = WorkerBuilder("finite").backend(Finite()).concurrency(2).build(ran.append)

@@ -106,12 +106,9 @@ class Queries:
         f"DELETE FROM {WORKERS} WHERE last_seen < ? AND run_id NOT IN "
         f"(SELECT worker FROM {JOBS} WHERE status = {RUNNING} AND worker IS NOT NULL)"
     )
-    # Running tasks with the run holding them, as the workers table knows it (NULLs:
-    # the run's row is gone). (no parameters)
-    running_with_runs: str = (
-        f"SELECT j.id, j.worker, w.hostname, w.pid, w.last_seen FROM {JOBS} j "
-        f"LEFT JOIN {WORKERS} w ON w.run_id = j.worker WHERE j.status = {RUNNING}"
-    )
+    # Every run the workers table knows, and every running task with its run.
+    runs: str = f"SELECT run_id, hostname, pid, last_seen FROM {WORKERS}"
+    running: str = f"SELECT id, worker FROM {JOBS} WHERE status = {RUNNING}"
     # (max_recoveries, max_recoveries, now, id, worker): back to the queue, a recovery
     # counted, the attempt taken back, claimed alone from now on; Dead after too many.
     recover: str = (

@@ -298,15 +298,21 @@ class SqlStorage(SqlExpose, Store):
         ran beside others are not counted but marked to run alone next time, so that
         a task that kills its worker is found without taking innocent ones with it."""
         q = self.dialect.queries
-        by_run: dict[str | None, list[tuple[int, float | None]]] = {}
-        for task_id, worker, hostname, pid, last_seen in self._execute(q.running_with_runs).fetchall():
-            if worker == ctx.run_id or self._alive(hostname, pid, last_seen, now):
-                continue
-            by_run.setdefault(worker, []).append((task_id, last_seen))
+        last_seen_of: dict[str, float] = {}
+        dead: set[str] = set()
+        for run_id, hostname, pid, last_seen in self._execute(q.runs).fetchall():
+            last_seen_of[run_id] = last_seen
+            if run_id != ctx.run_id and not self._alive(hostname, pid, last_seen, now):
+                dead.add(run_id)
+        by_run: dict[str | None, list[int]] = {}
+        for task_id, worker in self._execute(q.running).fetchall():
+            if worker in dead or (worker not in last_seen_of and worker != ctx.run_id):
+                by_run.setdefault(worker, []).append(task_id)
         limit = self.config.max_recoveries
         for worker, tasks in by_run.items():
             counted = len(tasks) == 1
-            for task_id, last_seen in tasks:
+            last_seen = last_seen_of.get(worker) if worker is not None else None
+            for task_id in tasks:
                 if counted:
                     changed = self._execute(q.recover, (limit, limit, now, task_id, worker)).rowcount
                 else:
@@ -315,6 +321,8 @@ class SqlStorage(SqlExpose, Store):
                     continue
                 self._execute(q.insert_recovery, (task_id, worker, last_seen, int(counted), now))
                 self._log_recovery(task_id, worker, counted, now)
+        for run_id in dead:  # it holds nothing now; if it comes back, its beat says so
+            self._execute(q.forget_worker, (run_id,))
 
     def _log_recovery(self, task_id: int, worker: str | None, counted: bool, now: float) -> None:
         if not counted:
