@@ -13,10 +13,10 @@ from contextlib import contextmanager
 
 import msgspec
 
-from taskpipe.sql.queries import Queries
+from taskpipe.sql.sqlite import SqliteDialect
 from taskpipe.sqlite import SqliteStorage, connect
 
-QUERIES = Queries()
+QUERIES = SqliteDialect.queries  # the SQL taskpipe runs on SQLite
 SYNCHRONOUS = "NORMAL"  # the setting every contender runs at (taskpipe's default)
 
 

@@ -79,7 +79,7 @@ def record(db: Db):
     """on_outcome: the store records what happened; a retry is the store re-delivering."""
 
     def on_outcome(outcome) -> None:
-        task_id = int(outcome.task.id)
+        task_id = int(outcome.task_id)
         if outcome.kind is OutcomeKind.DONE:
             db.execute("UPDATE tasks SET status = 'done' WHERE id = ?", (task_id,))
         elif outcome.kind in (OutcomeKind.RETRY, OutcomeKind.INTERRUPTED):

@@ -110,13 +110,19 @@ class MemoryBackend(MemoryExpose, Store):
         with self._cond:
             self._check_ids(rows)
         ids: list[TaskId] = []
-        for start in range(0, len(rows), self.maxsize or len(rows) or 1):
-            chunk = rows[start : start + (self.maxsize or len(rows))]
+        step = self.maxsize or len(rows) or 1
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
             with self._cond:
-                if self.maxsize is not None:
-                    self._cond.wait_for(lambda n=len(chunk): self._unfinished + n <= self.maxsize)  # type: ignore[operator]
+                self._wait_for(len(chunk))
                 ids.extend(self._add(row) for row in chunk)
         return ids
+
+    def _wait_for(self, count: int) -> None:
+        """Wait (holding the lock) until ``count`` more tasks fit."""
+        maxsize = self.maxsize
+        if maxsize is not None:
+            self._cond.wait_for(lambda: self._unfinished + count <= maxsize)
 
     def _check_ids(self, rows: Sequence[Row]) -> None:
         seen: set[int] = set()
@@ -155,10 +161,11 @@ class MemoryBackend(MemoryExpose, Store):
     def wait_for_room(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: as long as it takes) until a push would
         not block; return True if there is room. A pipe's feeder uses it to stop in time."""
-        if self.maxsize is None:
+        maxsize = self.maxsize
+        if maxsize is None:
             return True
         with self._cond:
-            return self._cond.wait_for(lambda: self._unfinished < self.maxsize, timeout)  # type: ignore[operator]
+            return self._cond.wait_for(lambda: self._unfinished < maxsize, timeout)
 
     def _known(self, task_id: int) -> bool:
         return task_id in self._records or task_id in self._finished

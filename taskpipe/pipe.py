@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
-
-from collections.abc import Sequence
 
 from .context import WorkerContext
 from .errors import BuildError, PipeError

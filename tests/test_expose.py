@@ -31,10 +31,10 @@ from taskpipe import (
     WorkerInfo,
     memory,
 )
-from taskpipe.store import Claim, Outcome, OutcomeKind
 from taskpipe.expose import STATS_KEYS, jsonable
 from taskpipe.sql import expose as sql_expose
 from taskpipe.sqlite import SqliteStorage
+from taskpipe.store import Claim, Outcome, OutcomeKind
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -63,12 +63,12 @@ class Queries:
     # (lease, worker, started_at, queue, now)
     claim_isolated: str = (
         f"UPDATE {JOBS} SET status = {RUNNING}, attempts = attempts + 1, lease = ?, worker = ?, started_at = ? "
-        f"WHERE id IN (SELECT id FROM {JOBS} WHERE status IN {WAITING} AND queue = ? "
-        "AND run_at <= ? AND isolate = 1 ORDER BY priority DESC, run_at, id LIMIT 1) "
+        f"WHERE id IN (SELECT id FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = ? "
+        "AND run_at <= ? ORDER BY priority DESC, run_at, id LIMIT 1) "
         f"RETURNING {CLAIMED}"
     )
     # (queue,)
-    any_isolated: str = f"SELECT 1 FROM {JOBS} WHERE status IN {WAITING} AND queue = ? AND isolate = 1 LIMIT 1"
+    any_isolated: str = f"SELECT 1 FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = ? LIMIT 1"
     # Acks only touch a row still running under the same lease: a zombie's late ack,
     # or an ack for a task killed meanwhile, changes nothing.
     # (result, done_at, id, lease)

@@ -164,6 +164,9 @@ def _index_sql() -> list[str]:
         f"(queue, priority DESC, run_at, id) WHERE status IN {WAITING}",
         # next_due(): the earliest run_at of a queue, whatever the priority.
         f"CREATE INDEX IF NOT EXISTS {JOBS}_due ON {JOBS} (queue, run_at) WHERE status IN {WAITING}",
+        # Tasks to run alone (rare): found without scanning the queue.
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_isolated ON {JOBS} (queue, priority DESC, run_at, id) "
+        f"WHERE isolate = 1 AND status IN {WAITING}",
         # Rows a person looks for (running, waiting to retry, dead) without putting an
         # index entry on every push: pending and done rows are found by id order.
         f"CREATE INDEX IF NOT EXISTS {JOBS}_attention ON {JOBS} (status, queue, id) "

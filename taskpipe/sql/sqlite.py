@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import peewee as pw
@@ -22,6 +23,8 @@ from ..task import TaskId
 from ..wakeups import WakeRegistry
 from . import hooks
 from .dialect import Dialect, ErrorKind
+from .queries import Queries
+from .schema import JOBS
 from .store import SqlStorage
 
 __all__ = ["connect", "SqliteDialect", "SqliteStorage", "SharedMemoryDatabase"]
@@ -77,6 +80,17 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
     errors = (pw.DatabaseError, sqlite3.DatabaseError)
+    # The claim walks the claim index in its ORDER BY and stops after LIMIT rows; left
+    # to itself the planner may pick the next-due index and sort every due row.
+    queries = replace(
+        Queries(),
+        claim=Queries.claim.replace(
+            f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_claim WHERE"
+        ),
+        claim_isolated=Queries.claim_isolated.replace(
+            f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE"
+        ),
+    )
 
     def write_tx(self, db: pw.Database) -> Any:
         return db.atomic(lock_type="IMMEDIATE")
