@@ -55,6 +55,7 @@ from zoneinfo import ZoneInfo
 from . import clock
 from .pipe import Pipe, PipeSource, pipe_to
 from .schedules import Schedule, parse_schedule
+from .store import require
 from .task import Task
 
 __all__ = ["CronStream", "Tick", "MISSED_POLICIES"]
@@ -100,6 +101,7 @@ class CronStream(PipeSource):
     """
 
     endless = True
+    needs = (("keys", "enqueue each cron tick exactly once (idempotent keyed pushes)"),)
 
     def __init__(
         self,
@@ -145,11 +147,11 @@ class CronStream(PipeSource):
 
     def last_recorded(self, store: Any) -> datetime | None:
         """The due time of the last tick of this stream recorded in ``store`` (UTC), or
-        None when there is none or the store cannot say (the memory backend)."""
-        lookup = getattr(store, "last_key", None)
-        if not callable(lookup):
+        None when there is none (or no store is given)."""
+        if store is None:
             return None
-        key = lookup(self.key_prefix)
+        require(store, "keys", "find the last tick a cron stream recorded")
+        key = store.last_key(self.key_prefix)
         if key is None:
             return None
         try:

@@ -49,7 +49,7 @@ from typing import Any
 
 from .context import WorkerContext
 from .errors import BuildError, PipeError
-from .store import Claim, Outcome, Row, Store
+from .store import Claim, Outcome, Row, Store, require
 from .task import Task, TaskId
 
 __all__ = ["pipe_to", "Pipe", "PipeSource", "PipeError"]
@@ -73,6 +73,8 @@ class PipeSource:
     """
 
     endless: bool = False
+    #: Capabilities the sink must declare, each with what it is needed for.
+    needs: tuple[tuple[str, str], ...] = ()
 
     def stream(self, sink: Any, stop: threading.Event) -> Iterator[Any]:
         """Yield items as they come (``Task`` or plain values) until ``stop`` is set."""
@@ -105,6 +107,8 @@ class Pipe(Store):
             )
         if not isinstance(source, PipeSource) and not hasattr(source, "__iter__"):
             raise BuildError(f"pipe_to() takes an iterable (or a CronStream) as its source, got {source!r}")
+        for capability, purpose in getattr(source, "needs", ()):
+            require(sink, capability, purpose)
         self.source = source
         self.sink = sink
         self.capabilities = sink.capabilities
