@@ -53,6 +53,36 @@ def taskpipe_same_process(directory: str, count: int, spacing: float) -> list[fl
     return latencies
 
 
+def delayed_start_lag(directory: str, count: int, delay: float = 0.2) -> list[float]:
+    """Seconds from a delayed task's due time to its handler's start, on an idle worker
+    with the default polling strategy (nothing wakes it but the due time itself)."""
+    from taskpipe import Task, WorkerBuilder
+    from taskpipe.sqlite import SqliteStorage
+
+    storage = SqliteStorage(taskpipe_db(directory))
+    lags: list[float] = []
+    started = threading.Event()
+
+    def handler(due: float) -> None:
+        lags.append(time.time() - due)
+        started.set()
+
+    worker = WorkerBuilder("delayed").backend(storage).build(handler)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(count):
+            started.clear()
+            due = time.time() + delay * random.uniform(0.8, 1.2)
+            storage.push_task(Task(due, run_after=due - time.time()))
+            started.wait(30)
+    finally:
+        worker.stop()
+        thread.join(10)
+    return lags
+
+
 def _child(args: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "child.py"), *args], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

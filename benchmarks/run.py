@@ -123,6 +123,12 @@ def scenarios(quick: bool) -> list[Scenario]:
                 lambda d, r=tp_runs, i=index: latency.summary(r.get(d, i))[i],
                 peer=lambda d, r=peer_runs, i=index: latency.summary(r.get(d, i))[i],
                 lower_is_better=True))
+    lag_runs = Replay(lambda d: latency.delayed_start_lag(d, lat_count // 2))
+    for pct, index in (("p50", 0), ("p99", 1)):
+        rows.append(Scenario(
+            f"delayed task: start lag after due, {pct}", "ms",
+            "p50 ≤ 5 ms (default strategy)" if pct == "p50" else "reported",
+            lambda d, r=lag_runs, i=index: latency.summary(r.get(d, i))[i], lower_is_better=True))
     rows += [
         Scenario("idle worker CPU", "% of a core", "< 2 %",
                  lambda d: latency.idle_cpu(d, idle_seconds, "taskpipe"),
