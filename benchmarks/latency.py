@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from common import percentile, taskpipe_db
 
@@ -40,16 +42,9 @@ def taskpipe_same_process(directory: str, count: int, spacing: float) -> list[fl
         if len(latencies) == count:
             done.set()
 
-    worker = WorkerBuilder("latency").backend(storage).build(handler)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        time.sleep(0.3)
+    with _running(WorkerBuilder("latency").backend(storage).build(handler)):
         _spaced_pushes(storage.push, count, spacing)
         done.wait(30)
-    finally:
-        worker.stop()
-        thread.join(10)
     return latencies
 
 
@@ -67,20 +62,26 @@ def delayed_start_lag(directory: str, count: int, delay: float = 0.2) -> list[fl
         lags.append(time.time() - due)
         started.set()
 
-    worker = WorkerBuilder("delayed").backend(storage).build(handler)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
-        time.sleep(0.3)
+    with _running(WorkerBuilder("delayed").backend(storage).build(handler)):
         for _ in range(count):
             started.clear()
             due = time.time() + delay * random.uniform(0.8, 1.2)
             storage.push_task(Task(due, run_after=due - time.time()))
             started.wait(30)
+    return lags
+
+
+@contextmanager
+def _running(worker) -> Iterator[None]:
+    """``worker.run()`` in a thread, idle for 0.3 s before the body; stopped after."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        yield
     finally:
         worker.stop()
         thread.join(10)
-    return lags
 
 
 def _child(args: list[str]) -> subprocess.Popen:
