@@ -21,3 +21,12 @@ def run_with_safety(worker, seconds: float = 10.0) -> bool:
     finally:
         timer.cancel()
     return not fired.is_set()
+
+
+def push_and_close(storage, value) -> None:
+    """Push from a thread of the test's own, closing that thread's connection after
+    (a thread that ends must not leave one open)."""
+    try:
+        storage.push(value)
+    finally:
+        storage.close_thread_connection()

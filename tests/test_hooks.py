@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from helpers import push_and_close
 
 from taskpipe import Task, WorkerBuilder, WorkerContext
 from taskpipe.sql import hooks
@@ -126,7 +127,7 @@ def test_a_push_from_another_thread_wakes_a_worker_with_a_long_interval(db_path,
     with running(worker):
         assert storage.looked_empty.wait(10)  # the worker is idle, 60 s from its next look
         producer = SqliteStorage(connect(db_path))  # any storage on the file will do
-        threading.Thread(target=producer.push, args=(7,)).start()
+        threading.Thread(target=push_and_close, args=(producer, 7)).start()
         assert done.wait(10)
     assert seen == [7]
 
@@ -176,7 +177,7 @@ def test_a_push_between_the_empty_claim_and_the_wait_is_not_lost(db_path, db):
     def push_in_the_window() -> None:
         if len(pushed) < rounds:
             pushed.append(len(pushed))
-            thread = threading.Thread(target=producer.push, args=(pushed[-1],))
+            thread = threading.Thread(target=push_and_close, args=(producer, pushed[-1]))
             thread.start()
             thread.join()  # committed and notified before the worker reaches its wait
 

@@ -4,6 +4,7 @@ that kills its worker, or a busy write lock never takes other tasks with it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from freezegun import freeze_time
 
 from taskpipe import Status, WorkerBuilder, WorkerContext, events
-from taskpipe.sqlite import Config, SqliteStorage, connect
+from taskpipe.sqlite import Config, SqliteStorage
 
 
 def errors_of(events_seen):
@@ -176,7 +177,8 @@ def test_a_stopped_process_is_taken_for_dead_after_the_window(tmp_path, db_path,
             storage.beat(ctx)
             assert [c.id for c in storage.claim(ctx, 1)] == [task_id]
             storage.db.execute_sql("UPDATE taskpipe_workers SET pid = ? WHERE run_id = ?", (holder.pid, ctx.run_id))
-            holder.send_signal(19)  # SIGSTOP
+            holder.send_signal(signal.SIGSTOP)
+            os.waitpid(holder.pid, os.WUNTRACED)  # returns once it is stopped
             other = WorkerContext("other", capacity=1, report=print)
             frozen.tick(timedelta(seconds=30))
             storage.beat(other)

@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 
 import pytest
+from helpers import push_and_close
 
 from taskpipe import (
     BuildError,
@@ -84,6 +85,7 @@ def test_three_queues_are_routed_correctly_under_concurrency(db):
         for i in range(per_queue):
             for q in queues:
                 storages[q].push([q, p, i])
+        storages[queues[0]].close_thread_connection()  # they share one database
 
     with Running(*workers) as run:
         threads = [threading.Thread(target=push, args=(p,)) for p in range(pushers)]
@@ -185,7 +187,7 @@ def test_a_push_wakes_the_poller_despite_a_long_interval(db):
     worker = WorkerBuilder("ints").backend(ints).build(lambda item: done.set())
     with Running(worker):
         assert looked.wait(10)  # the poller looked, found nothing: 60 s to its next look
-        threading.Thread(target=ints.push, args=(99,)).start()
+        threading.Thread(target=push_and_close, args=(ints, 99)).start()
         assert done.wait(10)
 
 
