@@ -11,6 +11,8 @@ anything it does, code can do too::
     TASKPIPE_DB=sqlite:///jobs.db taskpipe stats --watch
 
 Exit codes: 0 ok, 1 an operation failed, 2 bad input (one line on stderr, no traceback).
+A --db file that is not a taskpipe database is refused and left as it was: the command
+looks at it read-only (``taskpipe.sqlite_file``) before opening it with ``connect``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +45,7 @@ from .layers import RetryPolicy
 from .monitor import Monitor
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage, connect
+from .sqlite_file import Kind, inspect_file
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -53,16 +57,70 @@ STATUS_NAMES = [s.value for s in Status]
 
 
 # Errors ---------------------------------------------------------------------------------
+def _printable(text: str) -> str:
+    """``text`` for one line of a terminal: line breaks, other control characters and
+    lone surrogates (what Python makes of a non-UTF-8 argument or file name) escaped."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif "\udc80" <= char <= "\udcff":  # an undecodable byte, as os.fsdecode keeps it
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _shown(value: str, limit: int = 200) -> str:
+    """A value the user gave (a path, a name…) as an error message shows it: escaped,
+    cut after ``limit`` characters, quoted when empty or odd."""
+    text = _printable(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(value)} characters)"
+    plain = value and value == value.strip() and value.isprintable()
+    return text if plain else f"'{text}'"
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file at all, if it cannot."""
+    if "\x00" in path:
+        return "a file name cannot hold a NUL character"
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate no argv or file name can carry
+        return "it is not a file name this system can encode"
+    return None
+
+
 class BadInput(click.ClickException):
     """Bad input (JSON, id, database, MODULE:ATTR…): one line on stderr, exit code 2."""
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        return _printable(self.message)
 
 
 class Failure(click.ClickException):
     """The operation failed (a store error, a task that cannot be retried…): exit code 1."""
 
     exit_code = 1
+
+    def format_message(self) -> str:
+        return _printable(self.message)
 
 
 # Durations and database URLs --------------------------------------------------------------
@@ -191,17 +249,7 @@ class _State:
             raise BadInput("no database given: pass --db PATH (or sqlite:///PATH), or set TASKPIPE_DB")
         path = database_path(self.url)
         if path != ":memory:":
-            file = Path(path).expanduser()
-            if file.is_dir():
-                raise BadInput(f"{path} is a directory, not a database file")
-            if not create and not file.exists():
-                raise BadInput(
-                    f"database file {path} does not exist: check --db, or create it with "
-                    f"`taskpipe setup --db {path}`"
-                )
-            if create and not file.parent.exists():
-                raise BadInput(f"cannot create {path}: directory {file.parent} does not exist")
-            path = str(file)
+            path = _checked_file(path, self.url, create)
         db = connect(path)
         try:
             if create:
@@ -224,6 +272,68 @@ class _State:
         if self.db is not None and not self.db.is_closed():
             self.db.close()
         self.db = None
+
+
+def _checked_file(path: str, url: str, create: bool) -> str:
+    """The file ``--db`` names, looked at without changing it (``connect`` would switch
+    it to WAL): a taskpipe database, or for ``setup`` a new file, an empty one or a
+    SQLite database without tables. Anything else is refused, and left as it was."""
+    shown = _shown(path)
+    setup = f"`taskpipe setup --db {_shown(url)}`"
+    problem = _path_problem(path)
+    if problem:
+        raise BadInput(f"invalid --db {shown}: {problem}")
+    try:
+        file = Path(path).expanduser()
+    except RuntimeError as exc:  # ~name of no such user
+        raise BadInput(f"invalid --db {shown}: {exc}") from None
+    try:
+        info = inspect_file(file)
+    except OSError as exc:
+        raise BadInput(f"cannot read {shown}: {exc.strerror or exc}") from None
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise Failure(f"cannot read {shown}: {exc} (another process has it: retry)") from None
+        raise BadInput(f"cannot read {shown} as a SQLite database: {exc}") from None
+    match info.kind:
+        case Kind.STORE:
+            pass
+        case Kind.MISSING if create:
+            if not file.parent.is_dir():
+                parent = _shown(str(file.parent))
+                raise BadInput(f"cannot create {shown}: directory {parent} does not exist")
+        case Kind.MISSING:
+            raise BadInput(
+                f"no taskpipe database at {shown}: the file does not exist "
+                f"(check --db, or create it with {setup})"
+            )
+        case Kind.EMPTY | Kind.BLANK if create:
+            pass
+        case Kind.EMPTY:
+            raise BadInput(f"{shown} is an empty file: run {setup} to make it a taskpipe database")
+        case Kind.BLANK:
+            raise BadInput(f"{shown} has no taskpipe tables: run {setup} first")
+        case Kind.DIRECTORY:
+            raise BadInput(f"{shown} is a directory, not a database file")
+        case Kind.SPECIAL:
+            raise BadInput(f"{shown} is not a regular file: --db takes a SQLite database file")
+        case Kind.NOT_SQLITE:
+            raise BadInput(f"{shown} is not a database (it has no SQLite header): check --db")
+        case Kind.FOREIGN:
+            others = info.others
+            tables = ", ".join(_shown(t, 40) for t in others[:3])
+            tables += ", …" if len(others) > 3 else ""
+            if create:
+                raise BadInput(
+                    f"{shown} is another application's SQLite database (tables {tables}): "
+                    "taskpipe does not add its tables to it; pick a new file for --db"
+                )
+            raise BadInput(
+                f"{shown} is not a taskpipe database: it holds another application's tables "
+                f"({tables}); check --db"
+            )
+    return str(file)
 
 
 def _set_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -363,7 +473,7 @@ def setup() -> None:
     """Create (or migrate) taskpipe's tables; creates the database file if needed."""
     state = _state()
     state.database(create=True)
-    click.echo(f"taskpipe tables are ready in {state.url}")
+    click.echo(f"taskpipe tables are ready in {_shown(state.url)}")
 
 
 # worker ---------------------------------------------------------------------------------------

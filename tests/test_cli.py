@@ -3,8 +3,10 @@ real run in subprocesses (push, worker --until-idle, tasks --json)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -187,9 +189,11 @@ def test_no_database_given(invoke):
 
 def test_a_missing_database_file_is_not_created(invoke, tmp_path):
     path = tmp_path / "nope.db"
-    bad_input(invoke("tasks", "--db", str(path)), "does not exist", "taskpipe setup")
-    bad_input(invoke("push", "1", "--db", f"sqlite:///{path}"), "does not exist")
-    assert not path.exists()
+    result = invoke("tasks", "--db", str(path))
+    bad_input(result, f"no taskpipe database at {path}", "taskpipe setup")
+    result = invoke("push", "1", "--db", f"sqlite:///{path}")
+    bad_input(result, "no taskpipe database at", "does not exist")
+    assert os.listdir(tmp_path) == []
 
 
 def test_missing_tables_say_to_run_setup(invoke, tmp_path):
@@ -201,7 +205,162 @@ def test_missing_tables_say_to_run_setup(invoke, tmp_path):
 def test_a_file_that_is_not_a_database(invoke, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello, I am not SQLite" * 100)
+    before = snapshot(tmp_path)
     bad_input(invoke("tasks", "--db", str(path)), "not a database")
+    bad_input(invoke("setup", "--db", str(path)), "not a database")
+    assert snapshot(tmp_path) == before
+
+
+# A file --db names is looked at read-only first: one it refuses is left as it was.
+def snapshot(directory) -> dict[str, str]:
+    """Every file in ``directory``: its name and the sha256 of its bytes."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+COMMANDS_ON_A_DATABASE = [
+    ["tasks"], ["push", "1"], ["show", "1"], ["retry", "1"], ["kill", "1"],
+    ["purge", "done", "--older-than", "0"], ["stats"], ["workers"], ["queues"],
+    ["worker", "refused_handlers:handler", "--until-idle"],
+]
+
+
+@pytest.fixture
+def refused_handlers(modules):
+    modules("refused_handlers", "def handler(args):\n    return args\n")
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A directory for database files only."""
+    (tmp_path / "data").mkdir()
+    return tmp_path / "data"
+
+
+def foreign_database(path, journal_mode: str) -> None:
+    """Another application's SQLite database: its own table, one row."""
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA journal_mode={journal_mode}")
+    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    db.execute("INSERT INTO users (name) VALUES ('ada')")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+@pytest.mark.parametrize("command", [["setup"], *COMMANDS_ON_A_DATABASE], ids=lambda c: c[0])
+def test_another_applications_database_is_refused_and_left_as_it_was(
+    invoke, data, refused_handlers, journal_mode, command
+):
+    path = data / "app.db"
+    foreign_database(path, journal_mode)
+    before = snapshot(data)
+    assert list(before) == ["app.db"]  # no -wal or -journal file beside it
+    bad_input(invoke(*command, "--db", str(path)), f"{path}", "another application's", "users")
+    assert snapshot(data) == before  # the same bytes, and no -wal, -shm or -journal file
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == journal_mode
+
+
+def test_setup_tells_how_to_use_another_file(invoke, data):
+    path = data / "app.db"
+    foreign_database(path, "delete")
+    bad_input(invoke("setup", "--db", str(path)), "pick a new file for --db")
+
+
+@pytest.mark.parametrize("command", COMMANDS_ON_A_DATABASE, ids=lambda c: c[0])
+def test_an_empty_file_is_refused_and_left_as_it_was(invoke, data, refused_handlers, command):
+    path = data / "empty.db"
+    path.touch()
+    result = invoke(*command, "--db", str(path))
+    bad_input(result, "is an empty file", f"taskpipe setup --db {path}")
+    assert snapshot(data) == {"empty.db": hashlib.sha256(b"").hexdigest()}
+
+
+def test_a_database_without_tables_is_refused_and_left_as_it_was(invoke, data):
+    path = data / "blank.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 7")  # a SQLite file, no tables
+    before = snapshot(data)
+    bad_input(invoke("stats", "--db", str(path)), "no taskpipe tables", "taskpipe setup")
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize("kind", ["empty file", "database without tables"])
+def test_setup_makes_an_empty_file_a_taskpipe_database(invoke, data, kind):
+    path = data / "jobs.db"
+    if kind == "empty file":
+        path.touch()
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA user_version = 7")
+    assert invoke("setup", "--db", str(path)).exit_code == 0
+    assert invoke("push", "1", "--db", str(path)).exit_code == 0
+    assert invoke("stats", "--json", "--db", str(path)).stdout.count('"pending": 1') == 1
+
+
+def test_a_damaged_database_is_refused_and_left_as_it_was(invoke, data):
+    whole = data / "whole.db"
+    foreign_database(whole, "delete")
+    damaged = data / "damaged.db"
+    damaged.write_bytes(whole.read_bytes()[:100])  # the header, and no page after it
+    whole.unlink()
+    before = snapshot(data)
+    for command in ("setup", "tasks"):
+        bad_input(invoke(command, "--db", str(damaged)), "cannot read", "as a SQLite database")
+    assert snapshot(data) == before
+
+
+def test_a_database_in_use_is_read_with_its_wal(invoke, data):
+    """Another process holds the store open: its tables may be in the -wal file only."""
+    path = data / "busy.db"
+    db = connect(str(path))
+    SqliteStorage.setup(db)
+    SqliteStorage(db).push("fresh")
+    try:
+        assert (data / "busy.db-wal").stat().st_size > 0
+        with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as main_file_only:
+            assert main_file_only.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+        result = invoke("tasks", "--json", "--db", str(path))
+        assert result.exit_code == 0, result.output
+        assert [t["args"] for t in json.loads(result.stdout)] == ["fresh"]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "db, words",
+    [("a\x00b.db", ["NUL"]), ("~no_such_user_taskpipe/jobs.db", ["~no_such_user_taskpipe"]),
+     ("x" * 5000 + ".db", ["cannot read", "too long"])],
+    ids=["NUL", "unknown user", "long name"],
+)
+def test_database_paths_that_cannot_name_a_file(invoke, db, words):
+    for command in ("setup", "tasks"):
+        bad_input(invoke(command, "--db", db), *words)
+
+
+def test_a_device_or_a_pipe_is_not_a_database(invoke, tmp_path):
+    os.mkfifo(tmp_path / "db.fifo")  # never opened: reading it would wait for a writer
+    for path in (os.devnull, str(tmp_path / "db.fifo")):
+        for command in ("setup", "tasks"):
+            bad_input(invoke(command, "--db", path), f"{path} is not a regular file")
+
+
+def test_a_path_through_a_file(invoke, tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    through_a_file = str(tmp_path / "notes.txt" / "jobs.db")
+    bad_input(invoke("tasks", "--db", through_a_file), "cannot read", "Not a directory")
+
+
+def test_a_non_utf8_database_path_works(invoke, tmp_path):
+    path = os.path.join(os.fsdecode(tmp_path), os.fsdecode(b"caf\xe9.db"))
+    result = invoke("setup", "--db", path)
+    assert result.exit_code == 0 and "caf\\xe9.db" in result.stdout
+    assert invoke("push", "1", "--db", path).exit_code == 0
+    assert os.path.exists(path)
 
 
 def test_a_directory_is_not_a_database(invoke, tmp_path):
@@ -645,7 +804,8 @@ def test_push_worker_tasks_in_real_processes(tmp_path):
 
     assert taskpipe_("--version").stdout.strip() == f"taskpipe {taskpipe.__version__}"
     missing = taskpipe_("tasks", "--db", db)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "no taskpipe database at" in missing.stderr
+    assert "Traceback" not in missing.stderr
     assert taskpipe_("setup", "--db", db).returncode == 0
     for n in (1, 2, 3):
         pushed = taskpipe_("--db", db, "push", json.dumps({"n": n}))
