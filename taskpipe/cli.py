@@ -429,12 +429,47 @@ def _err(message: str) -> None:
 
 
 # The group ---------------------------------------------------------------------------------
+# click >= 8.2 shows the help, not an error, for a bare ``taskpipe``: it stays as it is.
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_error(exc: click.UsageError) -> BadInput:
+    """click's usage error (usage, a hint, then the error: four lines) as one line."""
+    message = exc.format_message()
+    if len(message) > 400:  # it quotes the value given, which may be 10,000 characters
+        message = f"{message[:200]} … {message[-150:]}"
+    if message.endswith(".") and not message.endswith(".."):
+        message = message[:-1]
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return BadInput(message)
+
+
 class _Group(click.Group):
-    """Turns taskpipe's errors into one line and the right exit code."""
+    """Turns taskpipe's errors, and click's usage errors, into one line and the right
+    exit code."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _HELP:
+            raise
+        except click.UsageError as exc:  # taskpipe's own options: --db, --bogus…
+            raise _usage_error(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _HELP:
+            raise
+        except click.UsageError as exc:  # a command's arguments and options
+            raise _usage_error(exc) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except TaskNotFound as exc:

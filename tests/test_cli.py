@@ -463,8 +463,39 @@ def test_push_needs_args_or_a_file(invoke, dbfile, tmp_path):
 
 @pytest.mark.parametrize("option", [["--run-after", "10x"], ["--max-attempts", "0"], ["--priority", "high"]])
 def test_push_bad_options_are_usage_errors(invoke, dbfile, option):
-    result = invoke("push", "1", *option, "--db", dbfile)
-    assert result.exit_code == 2 and "Error" in result.stderr and "Traceback" not in result.output
+    bad_input(invoke("push", "1", *option, "--db", dbfile), option[0])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["tasks", "--limit", "x"], ["'--limit'", "not a valid int", "'taskpipe tasks --help'"]),
+        (["show"], ["Missing argument 'ID'", "(see 'taskpipe show --help')"]),
+        (["tasks", "--status", "finished"], ["'finished' is not one of", "'pending'"]),
+        (["purge", "done"], ["Missing option '--older-than'"]),
+        (["stats", "--bogus"], ["No such option '--bogus'"]),
+        (["taks"], ["No such command 'taks'", "(see 'taskpipe --help')"]),
+        (["--bogus", "tasks"], ["No such option '--bogus'", "(see 'taskpipe --help')"]),
+    ],
+)
+def test_usage_errors_are_one_line(args, words, monkeypatch):
+    """click's own errors (usage, a hint, a blank line, the error) come as one line too."""
+    monkeypatch.delenv("TASKPIPE_DB", raising=False)
+    result = CliRunner().invoke(cli, args, prog_name="taskpipe")
+    bad_input(result, *words)
+    assert "Usage:" not in result.output
+
+
+def test_a_usage_error_cuts_a_long_value(invoke, dbfile):
+    result = invoke("tasks", "--status", "x" * 10_000, "--db", dbfile)
+    bad_input(result, "--status", "is not one of", "'dead'")
+    assert len(result.stderr) < 500
+
+
+def test_a_bare_taskpipe_still_shows_the_help(invoke):
+    result = invoke()
+    assert result.exit_code in (0, 2)  # 2 since click 8.2
+    assert "Commands:" in result.output and "Error" not in result.output
 
 
 def test_push_a_file_of_json_lines(invoke, dbfile, storage, tmp_path):
