@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -408,6 +409,11 @@ def test_setup_in_a_missing_directory(invoke, tmp_path):
         (["tasks", "--limit", "99999999999999999999"], ["--limit", "out of range"]),
         (["tasks", "--offset", "99999999999999999999"], ["--offset", "out of range"]),
         (["purge", "done", "--older-than", "inf"], ["--older-than", "finite"]),
+        (["push", "1", "--priority", "9" * 5000], ["--priority", "(5000 characters)", "range"]),
+        (["push", "1", "--max-attempts", "-" + "9" * 5000], ["--max-attempts", "out of range"]),
+        (["show", "1" * 5000], ["task id", "out of range"]),
+        (["push", "1", "--run-after", "9" * 400], ["--run-after", "100 years"]),
+        (["push", "1", "--run-after", "9" * 400 + "s"], ["--run-after", "100 years"]),
     ],
 )
 def test_out_of_range_numbers_are_bad_input(invoke, dbfile, storage, args, words):
@@ -498,6 +504,61 @@ def test_a_bare_taskpipe_still_shows_the_help(invoke):
     assert "Commands:" in result.output and "Error" not in result.output
 
 
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ("1" * 5000, ["ARGS", "5000 digits", "pass it as a string"]),
+        ("[" * 100_000 + "]" * 100_000, ["ARGS", "nested more than 200 levels deep"]),
+        ("[" * 201 + "]" * 201, ["ARGS", "nested more than 200 levels deep"]),
+        ('{"a": [{"b": NaN}]}', ["ARGS", "NaN is not a JSON number"]),
+        ("Infinity", ["Infinity is not a JSON number"]),
+        ("[-Infinity]", ["-Infinity is not a JSON number"]),
+        ("1e400", ["1e400", "too large"]),
+        ('{"k": "\\ud800"}', ["ARGS", "lone surrogate"]),
+        ('{"\\udfff": 1}', ["ARGS", "lone surrogate"]),
+        (os.fsdecode(b'"caf\xe9"'), ["ARGS is not valid UTF-8"]),
+    ],
+    ids=["huge int", "deep", "201 levels", "NaN", "Infinity", "-Infinity", "1e400", "surrogate",
+         "surrogate key", "latin-1"],
+)
+def test_push_refuses_json_it_cannot_store_faithfully(invoke, dbfile, storage, args, words):
+    """Python reads NaN, Infinity and 1e400 (inf) as JSON, and the store would keep them as
+    null; a 5000-digit integer or deep nesting made a traceback."""
+    bad_input(invoke("push", args, "--db", dbfile), *words)
+    assert storage.stats()["pending"] == 0
+
+
+def test_push_takes_json_up_to_the_depth_limit_and_shows_it(invoke, dbfile, storage):
+    depth = cli_module.MAX_JSON_DEPTH
+    deep = "[" * depth + "]" * depth
+    deep_object = '{"a": ' * depth + "1" + "}" * depth
+    for args in (deep, deep_object, "9" * 4000):
+        assert invoke("push", args, "--db", dbfile).exit_code == 0
+    for command in (["tasks"], ["tasks", "--json"], ["show", "1"], ["show", "2", "--json"]):
+        result = invoke(*command, "--db", dbfile)
+        assert result.exit_code == 0 and cli_module.TOO_DEEP not in result.stdout
+    assert storage.fetch_by_id(3).args == int("9" * 4000)
+
+
+def test_args_too_deep_to_show_stored_by_code(invoke, dbfile, storage):
+    """Code may push what the command line refuses: tasks and show still work."""
+    deep = []
+    for _ in range(900):
+        deep = [deep]
+    storage.push(deep)
+    storage.push({"fine": True})
+    note = cli_module.TOO_DEEP
+    shown = invoke("show", "1", "--db", dbfile)
+    assert shown.exit_code == 0 and f"args      {json.dumps(note)}" in shown.stdout
+    listed = invoke("tasks", "--db", dbfile)
+    assert listed.exit_code == 0
+    assert note[:20] in listed.stdout and '{"fine": true}' in listed.stdout
+    both = json.loads(invoke("tasks", "--json", "--db", dbfile).stdout)
+    assert [t["args"] for t in both] == [{"fine": True}, note]
+    assert list(both[1]) == TASKINFO_FIELDS and both[1]["status"] == "pending"
+    assert json.loads(invoke("show", "1", "--json", "--db", dbfile).stdout)["args"] == note
+
+
 def test_push_a_file_of_json_lines(invoke, dbfile, storage, tmp_path):
     lines = tmp_path / "tasks.jsonl"
     lines.write_text("\n".join(json.dumps({"n": i}) for i in range(2500)) + "\n\n")
@@ -525,6 +586,102 @@ def test_push_from_stdin(invoke, dbfile, storage):
 
 def test_push_a_missing_file(invoke, dbfile, tmp_path):
     bad_input(invoke("push", "--file", str(tmp_path / "none.jsonl"), "--db", dbfile), "does not exist")
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b'1\n"caf\xe9"\n', ["line 2 of", "not valid UTF-8", "0xe9 at column 5"]),
+        (b"1\n" + b"2" * 5000 + b"\n", ["line 2 of", "5000 digits"]),
+        (b"1\n" + b"[" * 100_000 + b"]" * 100_000 + b"\n", ["line 2 of", "nested more than 200"]),
+        (b'1\n{"a": NaN}\n', ["line 2 of", "NaN is not a JSON number"]),
+        (b'1\n"\\ud800"\n', ["line 2 of", "lone surrogate"]),
+    ],
+    ids=["latin-1", "huge int", "deep", "NaN", "surrogate"],
+)
+def test_push_a_file_with_a_line_it_cannot_take_pushes_nothing(
+    invoke, dbfile, storage, tmp_path, content, words
+):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_bytes(content)
+    bad_input(invoke("push", "--file", str(lines), "--db", dbfile), *words)
+    assert storage.stats()["pending"] == 0
+
+
+def test_push_a_file_that_cannot_be_read(invoke, dbfile, tmp_path):
+    """Unreadable even for root: a directory, a path through a file, a name too long."""
+    (tmp_path / "notes.txt").write_text("1\n")
+    bad_input(invoke("push", "--file", str(tmp_path), "--db", dbfile), "is a directory", "--file")
+    through_a_file = str(tmp_path / "notes.txt" / "x")
+    bad_input(invoke("push", "--file", through_a_file, "--db", dbfile), "Not a directory")
+    bad_input(invoke("push", "--file", "y" * 5000, "--db", dbfile), "cannot read", "too long")
+    bad_input(invoke("push", "--file", "a\nb", "--db", dbfile), "'a\\nb' does not exist")
+
+
+def test_push_a_file_with_a_byte_order_mark(invoke, dbfile, storage, tmp_path):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_bytes(b'\xef\xbb\xbf{"n": 1}\r\n{"n": 2}\r\n')
+    assert invoke("push", "--file", str(lines), "--db", dbfile).exit_code == 0
+    assert [t.args for t in storage.list_tasks()] == [{"n": 2}, {"n": 1}]
+
+
+def test_push_from_a_pipe(invoke, dbfile, storage, tmp_path):
+    """``--file <(make_tasks)`` names a pipe: read once, like stdin."""
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(b"1\n2\n3\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        result = invoke("push", "--file", str(fifo), "--db", dbfile)
+    finally:
+        if writer.is_alive():  # the command never opened the pipe: unblock the writer
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            writer.join(timeout=10)
+            os.close(reader)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "pushed 3 tasks to queue default"
+    assert storage.stats()["pending"] == 3
+
+
+def test_push_a_file_writes_only_errors_to_stderr_when_not_a_terminal(invoke, dbfile, tmp_path):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text("1\n2\n")
+    result = invoke("push", "--file", str(lines), "--db", dbfile)
+    assert result.exit_code == 0 and result.stderr == ""  # no progress bar label in logs
+
+
+NON_UTF8 = os.fsdecode(b"caf\xe9")  # a latin-1 argument, as Python hands it over
+WORKER = ["worker", "names_handlers:h", "--until-idle"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["push", "1", "--queue", ""], ["cannot be empty", "leave out --queue for the default"]),
+        (["push", "1", "--queue", NON_UTF8], ["--queue", "caf\\xe9", "not valid UTF-8"]),
+        (["tasks", "--queue", ""], ["cannot be empty", "leave out --queue for every queue"]),
+        (["tasks", "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        (["retry", "--dead", "--queue", ""], ["--queue", "cannot be empty"]),
+        (["retry", "--dead", "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        (["purge", "dead", "--older-than", "0", "--queue", ""], ["--queue", "cannot be empty"]),
+        (["stats", "--queue", ""], ["--queue", "cannot be empty"]),
+        (["stats", "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        ([*WORKER, "--queue", ""], ["--queue", "cannot be empty"]),
+        ([*WORKER, "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        ([*WORKER, "--name", ""], ["--name", "cannot be empty"]),
+        ([*WORKER, "--name", NON_UTF8], ["--name", "not valid UTF-8"]),
+    ],
+)
+def test_queue_and_worker_names_must_be_text(invoke, dbfile, storage, modules, args, words):
+    modules("names_handlers", "def h(x):\n    return x\n")
+    storage.kill(storage.push(1))
+    bad_input(invoke(*args, "--db", dbfile), *words)
+    assert storage.stats()["dead"] == 1 and storage.list_workers() == []
 
 
 # tasks and show ---------------------------------------------------------------------------------------
@@ -812,6 +969,15 @@ def test_worker_for_a_handler_needs_a_database(invoke, modules, tmp_path):
     modules("handlers_g", "def h(x):\n    return x\n")
     bad_input(invoke("worker", "handlers_g:h", "--until-idle"), "--db")
     bad_input(invoke("worker", "handlers_g:h", "--db", str(tmp_path / "none.db")), "does not exist")
+
+
+def test_errors_from_sqlite3_itself_are_failures(invoke, dbfile, monkeypatch):
+    def broken(self, queue=None):
+        raise sqlite3.OperationalError("disk I/O error")  # the hot paths call sqlite3 directly
+
+    monkeypatch.setattr(SqliteStorage, "stats", broken)
+    failed(invoke("stats", "--db", dbfile), "database error: disk I/O error")
+    assert len(invoke("stats", "--db", dbfile).stderr.splitlines()) == 1
 
 
 def test_python_dash_m_main_is_the_cli():
