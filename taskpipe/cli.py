@@ -11,10 +11,13 @@ anything it does, code can do too::
     TASKPIPE_DB=sqlite:///jobs.db taskpipe stats --watch
 
 Exit codes: 0 ok, 1 an operation failed, 2 bad input (one line on stderr, no traceback).
+A --db file that is not a taskpipe database is refused and left as it was: the command
+looks at it read-only (``taskpipe.sqlite_file``) before opening it with ``connect``.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import importlib
 import itertools
@@ -23,10 +26,12 @@ import logging
 import math
 import os
 import re
+import sqlite3
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,7 @@ from .layers import RetryPolicy
 from .monitor import Monitor
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage, connect
+from .sqlite_file import Kind, inspect_file
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -53,16 +59,70 @@ STATUS_NAMES = [s.value for s in Status]
 
 
 # Errors ---------------------------------------------------------------------------------
+def _printable(text: str) -> str:
+    """``text`` for one line of a terminal: line breaks, other control characters and
+    lone surrogates (what Python makes of a non-UTF-8 argument or file name) escaped."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif "\udc80" <= char <= "\udcff":  # an undecodable byte, as os.fsdecode keeps it
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _shown(value: str, limit: int = 200) -> str:
+    """A value the user gave (a path, a name…) as an error message shows it: escaped,
+    cut after ``limit`` characters, quoted when empty or odd."""
+    text = _printable(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(value)} characters)"
+    plain = value and value == value.strip() and value.isprintable()
+    return text if plain else f"'{text}'"
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file at all, if it cannot."""
+    if "\x00" in path:
+        return "a file name cannot hold a NUL character"
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate no argv or file name can carry
+        return "it is not a file name this system can encode"
+    return None
+
+
 class BadInput(click.ClickException):
     """Bad input (JSON, id, database, MODULE:ATTR…): one line on stderr, exit code 2."""
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        return _printable(self.message)
 
 
 class Failure(click.ClickException):
     """The operation failed (a store error, a task that cannot be retried…): exit code 1."""
 
     exit_code = 1
+
+    def format_message(self) -> str:
+        return _printable(self.message)
 
 
 # Durations and database URLs --------------------------------------------------------------
@@ -90,20 +150,28 @@ def parse_duration(text: str | float | int | timedelta) -> float:
         parts = _PART.findall(value)
         if not parts or _PART.sub("", value).strip():
             raise ValueError(
-                f"{text!r} is not a duration: use e.g. 30s, 10m, 2h, 1d, 1h30m or a number of seconds"
+                f"{_brief(text)} is not a duration: "
+                "use e.g. 30s, 10m, 2h, 1d, 1h30m or a number of seconds"
             ) from None
         seconds = sum(float(n) * _UNITS[unit] for n, unit in parts)
     return _checked_duration(seconds, text)
 
 
 def _checked_duration(seconds: float, text: Any) -> float:
-    if not math.isfinite(seconds):
-        raise ValueError(f"a duration must be a finite number of seconds, got {text!r}")
+    # A number too large for a float reads as inf: it is too long, not "inf".
+    if math.isnan(seconds) or (math.isinf(seconds) and "inf" in str(text).lower()):
+        raise ValueError(f"a duration must be a finite number of seconds, got {_brief(text)}")
     if seconds < 0:
-        raise ValueError(f"a duration cannot be negative: {text!r}")
+        raise ValueError(f"a duration cannot be negative: {_brief(text)}")
     if seconds > MAX_DURATION:
-        raise ValueError(f"a duration cannot be longer than 100 years: {text!r}")
+        raise ValueError(f"a duration cannot be longer than 100 years: {_brief(text)}")
     return seconds
+
+
+def _brief(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut after ``limit`` characters of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value))} characters)"
 
 
 class _Duration(click.ParamType):
@@ -120,6 +188,7 @@ class _Duration(click.ParamType):
 
 # SQLite stores integers in 64 bits (signed): a larger one must not reach it.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 
 
 class _Int64(click.IntRange):
@@ -135,12 +204,19 @@ class _Int64(click.IntRange):
         self.label = label
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, str) and _INTEGER.fullmatch(value):
+            digits = value.strip().lstrip("+-").lstrip("0")
+            if len(digits) > 19:  # more than any 64-bit integer; maybe more than int() reads
+                raise self._out_of_range(_shown(value.strip(), 40), param, ctx)
         number = super().convert(value, param, ctx)
         if not INT64_MIN <= number <= self.most:
-            low = INT64_MIN if self.min is None else self.min
-            what = f"invalid {self.label}" if self.label else f"invalid value for {_hint(param, ctx)}"
-            raise BadInput(f"{what}: {number} is out of range ({low} to {self.most})")
+            raise self._out_of_range(str(number), param, ctx)
         return number
+
+    def _out_of_range(self, number: str, param: Any, ctx: Any) -> BadInput:
+        low = INT64_MIN if self.min is None else self.min
+        what = f"invalid {self.label}" if self.label else f"invalid value for {_hint(param, ctx)}"
+        return BadInput(f"{what}: {number} is out of range ({low} to {self.most})")
 
     def _describe_range(self) -> str:
         return "" if self.min is None else f"x>={self.min}"  # as click.IntRange(min=…) said
@@ -151,7 +227,32 @@ def _hint(param: Any, ctx: Any) -> str:
     return param.get_error_hint(ctx) if param is not None else "value"
 
 
+class _Name(click.ParamType):
+    """A queue or worker name: not empty, and text (not a non-UTF-8 argument, which
+    Python hands over with lone surrogates that no database or terminal takes)."""
+
+    name = "text"
+
+    def __init__(self, what: str, instead: str):
+        self.what = what
+        self.instead = instead
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if value == "":
+            what = f"invalid value for {_hint(param, ctx)}"
+            raise BadInput(f"{what}: {self.what} cannot be empty ({self.instead})")
+        if not _is_utf8(value):
+            raise BadInput(
+                f"invalid value for {_hint(param, ctx)}: {_shown(value)} is not valid UTF-8 "
+                "(was it typed in another encoding?)"
+            )
+        return value
+
+
 DURATION = _Duration()
+QUEUE = _Name("a queue name", "leave out --queue for the default queue")
+QUEUE_FILTER = _Name("a queue name", "leave out --queue for every queue")
+WORKER_NAME = _Name("a worker name", "leave out --name for the handler's name")
 _POSTGRES = {"postgres", "postgresql", "postgresext", "postgresqlext", "psycopg", "psycopg2", "psycopg3"}
 
 
@@ -191,17 +292,7 @@ class _State:
             raise BadInput("no database given: pass --db PATH (or sqlite:///PATH), or set TASKPIPE_DB")
         path = database_path(self.url)
         if path != ":memory:":
-            file = Path(path).expanduser()
-            if file.is_dir():
-                raise BadInput(f"{path} is a directory, not a database file")
-            if not create and not file.exists():
-                raise BadInput(
-                    f"database file {path} does not exist: check --db, or create it with "
-                    f"`taskpipe setup --db {path}`"
-                )
-            if create and not file.parent.exists():
-                raise BadInput(f"cannot create {path}: directory {file.parent} does not exist")
-            path = str(file)
+            path = _checked_file(path, self.url, create)
         db = connect(path)
         try:
             if create:
@@ -224,6 +315,68 @@ class _State:
         if self.db is not None and not self.db.is_closed():
             self.db.close()
         self.db = None
+
+
+def _checked_file(path: str, url: str, create: bool) -> str:
+    """The file ``--db`` names, looked at without changing it (``connect`` would switch
+    it to WAL): a taskpipe database, or for ``setup`` a new file, an empty one or a
+    SQLite database without tables. Anything else is refused, and left as it was."""
+    shown = _shown(path)
+    setup = f"`taskpipe setup --db {_shown(url)}`"
+    problem = _path_problem(path)
+    if problem:
+        raise BadInput(f"invalid --db {shown}: {problem}")
+    try:
+        file = Path(path).expanduser()
+    except RuntimeError as exc:  # ~name of no such user
+        raise BadInput(f"invalid --db {shown}: {exc}") from None
+    try:
+        info = inspect_file(file)
+    except OSError as exc:
+        raise BadInput(f"cannot read {shown}: {exc.strerror or exc}") from None
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise Failure(f"cannot read {shown}: {exc} (another process has it: retry)") from None
+        raise BadInput(f"cannot read {shown} as a SQLite database: {exc}") from None
+    match info.kind:
+        case Kind.STORE:
+            pass
+        case Kind.MISSING if create:
+            if not file.parent.is_dir():
+                parent = _shown(str(file.parent))
+                raise BadInput(f"cannot create {shown}: directory {parent} does not exist")
+        case Kind.MISSING:
+            raise BadInput(
+                f"no taskpipe database at {shown}: the file does not exist "
+                f"(check --db, or create it with {setup})"
+            )
+        case Kind.EMPTY | Kind.BLANK if create:
+            pass
+        case Kind.EMPTY:
+            raise BadInput(f"{shown} is an empty file: run {setup} to make it a taskpipe database")
+        case Kind.BLANK:
+            raise BadInput(f"{shown} has no taskpipe tables: run {setup} first")
+        case Kind.DIRECTORY:
+            raise BadInput(f"{shown} is a directory, not a database file")
+        case Kind.SPECIAL:
+            raise BadInput(f"{shown} is not a regular file: --db takes a SQLite database file")
+        case Kind.NOT_SQLITE:
+            raise BadInput(f"{shown} is not a database (it has no SQLite header): check --db")
+        case Kind.FOREIGN:
+            others = info.others
+            tables = ", ".join(_shown(t, 40) for t in others[:3])
+            tables += ", …" if len(others) > 3 else ""
+            if create:
+                raise BadInput(
+                    f"{shown} is another application's SQLite database (tables {tables}): "
+                    "taskpipe does not add its tables to it; pick a new file for --db"
+                )
+            raise BadInput(
+                f"{shown} is not a taskpipe database: it holds another application's tables "
+                f"({tables}); check --db"
+            )
+    return str(file)
 
 
 def _set_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -278,10 +431,39 @@ def _when(dt: datetime | None) -> str:
     return f"{dt.strftime('%Y-%m-%d %H:%M:%S')} UTC ({_ago(dt)})"
 
 
+TOO_DEEP = "<nested too deeply to show>"
+
+
+def _plain_value(value: Any) -> Any:
+    """``jsonable(value)``, or a note for args or a result nested too deeply for it
+    (code can push what the command line would refuse)."""
+    try:
+        return jsonable(value)
+    except RecursionError:
+        return TOO_DEEP
+
+
+def _plain(value: Any) -> Any:
+    """``jsonable(value)`` for a TaskInfo (or a list of them): a field nested too deeply
+    to convert becomes a note instead of failing the whole listing."""
+    try:
+        return jsonable(value)
+    except RecursionError:
+        if isinstance(value, list) and all(is_dataclass(v) for v in value):
+            return [_plain(v) for v in value]
+        if is_dataclass(value) and not isinstance(value, type):
+            return {f.name: _plain_value(getattr(value, f.name)) for f in fields(value)}
+        return TOO_DEEP
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_plain_value(value), ensure_ascii=False)
+
+
 def _preview(value: Any, width: int = 48) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes, not decodable>"
-    text = json.dumps(jsonable(value), ensure_ascii=False)
+    text = _dumps(value)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -311,7 +493,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(_plain(value), indent=2, ensure_ascii=False))
 
 
 def _err(message: str) -> None:
@@ -319,12 +501,47 @@ def _err(message: str) -> None:
 
 
 # The group ---------------------------------------------------------------------------------
+# click >= 8.2 shows the help, not an error, for a bare ``taskpipe``: it stays as it is.
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_error(exc: click.UsageError) -> BadInput:
+    """click's usage error (usage, a hint, then the error: four lines) as one line."""
+    message = exc.format_message()
+    if len(message) > 400:  # it quotes the value given, which may be 10,000 characters
+        message = f"{message[:200]} … {message[-150:]}"
+    if message.endswith(".") and not message.endswith(".."):
+        message = message[:-1]
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return BadInput(message)
+
+
 class _Group(click.Group):
-    """Turns taskpipe's errors into one line and the right exit code."""
+    """Turns taskpipe's errors, and click's usage errors, into one line and the right
+    exit code."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _HELP:
+            raise
+        except click.UsageError as exc:  # taskpipe's own options: --db, --bogus…
+            raise _usage_error(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _HELP:
+            raise
+        except click.UsageError as exc:  # a command's arguments and options
+            raise _usage_error(exc) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except TaskNotFound as exc:
@@ -333,7 +550,7 @@ class _Group(click.Group):
             raise BadInput(f"{exc}") from exc
         except TaskpipeError as exc:
             raise Failure(f"{exc}") from exc
-        except pw.DatabaseError as exc:
+        except (pw.DatabaseError, sqlite3.Error) as exc:  # the hot paths use sqlite3 directly
             raise Failure(f"database error: {exc}") from exc
 
 
@@ -363,7 +580,7 @@ def setup() -> None:
     """Create (or migrate) taskpipe's tables; creates the database file if needed."""
     state = _state()
     state.database(create=True)
-    click.echo(f"taskpipe tables are ready in {state.url}")
+    click.echo(f"taskpipe tables are ready in {_shown(state.url)}")
 
 
 # worker ---------------------------------------------------------------------------------------
@@ -406,12 +623,17 @@ def _print_events(ctx: Any, event: events.Event) -> None:
 
 @cli.command(short_help="Run a Worker, a Monitor or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
-@click.option("--queue", "-q", default="default", show_default=True, help="The queue to take tasks from.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Handler threads.")
+@click.option(
+    "--queue", "-q", type=QUEUE, default="default", show_default=True,
+    help="The queue to take tasks from.",
+)
+@click.option(
+    "--concurrency", "-c", type=_Int64(min=1), default=1, show_default=True, help="Handler threads."
+)
 @click.option("--retries", type=_Int64(min=0, max=INT64_MAX - 1), default=0, show_default=True, help="Retries of a failed task.")
 @click.option("--grace", type=DURATION, default="30s", show_default=True, help="Shutdown grace for running tasks.")
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
-@click.option("--name", help="The worker's name (default: the handler's name).")
+@click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
 @click.option(
     "--log-level",
@@ -491,23 +713,108 @@ def _logging_to_stderr(level: str) -> Iterator[None]:
 
 
 # push -------------------------------------------------------------------------------------------
+# The deepest nesting of arrays and objects push takes: far beyond any real task's
+# args, and well within what the store's codec and `show` can handle.
+MAX_JSON_DEPTH = 200
+
+
+class _Unfit(ValueError):
+    """JSON taskpipe does not take: NaN, infinities, a number too large for a float."""
+
+
+def _json_constant(name: str) -> Any:
+    raise _Unfit(f"{name} is not a JSON number (JSON has no NaN or infinities)")
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Unfit(
+            f"the number {_shown(text, 40)} is too large for a float (the largest is about 1.8e308)"
+        )
+    return value
+
+
+# One decoder for every line (json.loads with hooks would build one per call).
+_DECODER = json.JSONDecoder(parse_constant=_json_constant, parse_float=_json_float)
+
+
 def _loads(text: str, where: str) -> Any:
+    """The JSON value in ``text``; ``BadInput`` naming ``where`` if it is not valid JSON
+    or not one taskpipe stores faithfully (NaN, 1e400, a lone surrogate, deep nesting)."""
+    if not _is_utf8(text):
+        raise BadInput(f"{where} is not valid UTF-8 (was it typed in another encoding?)")
     try:
-        return json.loads(text)
+        value = _DECODER.decode(text)
+    except _Unfit as exc:
+        raise BadInput(f"{where} cannot be pushed: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadInput(f"{where} is not valid JSON: {exc}") from None
+    except ValueError:  # an integer longer than sys.get_int_max_str_digits()
+        digits = max(map(len, re.findall(r"\d+", text)))
+        raise BadInput(
+            f"{where} cannot be pushed: an integer has {digits} digits, more than Python "
+            f"reads ({sys.get_int_max_str_digits()}): pass it as a string"
+        ) from None
+    except RecursionError:
+        raise BadInput(
+            f"{where} is nested more than {MAX_JSON_DEPTH} levels deep: flatten it"
+        ) from None
+    # Only a \u escape makes a lone surrogate, only many brackets deep nesting.
+    if "\\u" in text or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        problem = _json_problem(value)
+        if problem:
+            raise BadInput(f"{where} {problem}")
+    return value
 
 
-def _json_lines(lines: Iterator[str], name: str) -> Iterator[Any]:
-    for number, line in enumerate(lines, 1):
+def _json_problem(value: Any) -> str | None:
+    """What keeps a parsed JSON value from being pushed, if anything (without recursion:
+    the value may be deep)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not _is_utf8(item):
+                return (
+                    f"holds a string with a lone surrogate ({_shown(item, 40)}), which is not text"
+                )
+        elif isinstance(item, (list, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                return f"is nested more than {MAX_JSON_DEPTH} levels deep: flatten it"
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _read_lines(stream: Iterable[bytes], name: str) -> Iterator[bytes]:
+    try:
+        yield from stream
+    except OSError as exc:
+        raise Failure(f"cannot read {name}: {exc.strerror or exc}") from exc
+
+
+def _json_lines(lines: Iterable[bytes], name: str) -> Iterator[Any]:
+    for number, raw in enumerate(_read_lines(lines, name), 1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        where = f"line {number} of {name}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte, column = raw[exc.start], exc.start + 1
+            raise BadInput(
+                f"{where} is not valid UTF-8 (byte 0x{byte:02x} at column {column}): "
+                "save the file as UTF-8"
+            ) from None
         if line.strip():
-            yield _loads(line, f"line {number} of {name}")
+            yield _loads(line, where)
 
 
 @cli.command(short_help="Push a task (JSON args), or a file of them.")
 @click.argument("args", metavar="[ARGS]", required=False)
 @click.option("--file", "-f", "file", metavar="FILE", help="Push one task per line of JSON (- for stdin).")
-@click.option("--queue", "-q", default="default", show_default=True)
+@click.option("--queue", "-q", type=QUEUE, default="default", show_default=True)
 @click.option("--priority", "-p", type=_Int64(), default=0, show_default=True, help="Higher runs first.")
 @click.option("--run-after", type=DURATION, help="Delay before it is due: 30s, 10m, 2h, 1d.")
 @click.option("--max-attempts", type=_Int64(min=1), help="Attempts before the task is dead.")
@@ -557,24 +864,44 @@ class _NoBar:
         pass
 
 
+def _open_file(file: str) -> Any:
+    """``--file``, opened to read bytes; ``BadInput`` saying why when it cannot be."""
+    shown = _shown(file)
+    problem = _path_problem(file)
+    if problem:
+        raise BadInput(f"invalid --file {shown}: {problem}")
+    try:
+        return open(file, "rb")  # closed by _push_file
+    except FileNotFoundError:
+        raise BadInput(f"file {shown} does not exist: check --file") from None
+    except IsADirectoryError:
+        raise BadInput(
+            f"{shown} is a directory: --file takes a file with one JSON value per line"
+        ) from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {shown}: {exc.strerror or exc}") from None
+
+
 def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
+    """Push one task per line of ``file``. A regular file is read twice: the first pass
+    checks every line, so a bad one pushes nothing. stdin, a pipe (``--file <(…)``) or
+    a device is read once, in batches: a bad line stops it, and says what was pushed."""
     if file == "-":
-        stream, total, name = sys.stdin, None, "stdin"
+        stream, name, regular = sys.stdin.buffer, "stdin", False
     else:
-        path = Path(file)
-        if not path.is_file():
-            raise BadInput(f"file {file} does not exist")
-        name = file
-        with path.open(encoding="utf-8") as lines:  # first pass: all valid, or nothing pushed
-            total = sum(1 for _ in _json_lines(lines, name))
-        stream = path.open(encoding="utf-8")
-    storage = _state().storage(queue)
+        stream, name = _open_file(file), _shown(file)
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
     pushed = 0
     try:
+        total = None
+        if regular:  # first pass: all valid, or nothing pushed
+            total = sum(1 for _ in _json_lines(stream, name))
+            stream.seek(0)
+        storage = _state().storage(queue)
         bar_or_not = (
             click.progressbar(length=total, label=f"pushing to {queue}", file=sys.stderr)
-            if total is not None
-            else contextlib.nullcontext(_NoBar())  # stdin: length unknown
+            if total is not None and sys.stderr.isatty()  # a bar is for people, not for logs
+            else contextlib.nullcontext(_NoBar())
         )
         with bar_or_not as bar:
             values = _json_lines(stream, name)
@@ -594,14 +921,14 @@ def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
                 pushed += len(chunk)
                 bar.update(len(chunk))
     finally:
-        if stream is not sys.stdin:
+        if file != "-":
             stream.close()
 
 
 # tasks and show -----------------------------------------------------------------------------------
 @cli.command(short_help="List tasks, newest first.")
 @click.option("--status", "-s", type=click.Choice(STATUS_NAMES), multiple=True, help="Only these statuses (repeatable).")
-@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@click.option("--queue", "-q", type=QUEUE_FILTER, help="Only this queue (default: every queue).")
 @click.option("--limit", "-n", type=_Int64(min=0, max=INT64_MAX - 1), default=50, show_default=True)  # asks limit + 1
 @click.option("--offset", type=_Int64(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of tasks (TaskInfo fields).")
@@ -639,9 +966,9 @@ def tasks(status: tuple[str, ...], queue: str | None, limit: int, offset: int, a
 def _show_text(t: TaskInfo) -> str:
     lines = [
         f"{click.style(f'task {int(t.id)}', bold=True)}  {_status(t.status)}  (queue {t.queue})",
-        f"  args      {json.dumps(jsonable(t.args), ensure_ascii=False)}"
+        f"  args      {_dumps(t.args)}"
         + ("  (raw payload: not decodable)" if isinstance(t.args, bytes) else ""),
-        f"  result    {'-' if t.result is None else json.dumps(jsonable(t.result), ensure_ascii=False)}",
+        f"  result    {'-' if t.result is None else _dumps(t.result)}",
         f"  priority  {t.priority}",
         f"  attempts  {t.attempts}" + (f" of {t.max_attempts}" if t.max_attempts else ""),
         f"  created   {_when(t.created_at)}",
@@ -654,7 +981,7 @@ def _show_text(t: TaskInfo) -> str:
     if t.worker:
         lines.append(f"  worker    {t.worker}")
     if t.meta:
-        lines.append(f"  meta      {json.dumps(jsonable(t.meta), ensure_ascii=False)}")
+        lines.append(f"  meta      {_dumps(t.meta)}")
     if t.errors:
         lines.append("")
         lines.append(click.style(f"errors ({len(t.errors)})", bold=True))
@@ -699,7 +1026,7 @@ def _each(ids: Sequence[int], action: Callable[[int], bool], done: str, refused:
 @cli.command(short_help="Run failed or dead tasks again now.")
 @click.argument("ids", metavar="[ID]...", type=_Int64(label="task id"), nargs=-1)
 @click.option("--dead", "all_dead", is_flag=True, help="Retry every dead task (of --queue, or all).")
-@click.option("--queue", "-q", help="With --dead: only this queue.")
+@click.option("--queue", "-q", type=QUEUE_FILTER, help="With --dead: only this queue.")
 @_db_option
 def retry(ids: tuple[int, ...], all_dead: bool, queue: str | None) -> None:
     """Run failed or dead tasks again now, with a fresh set of attempts."""
@@ -730,7 +1057,7 @@ def kill(ids: tuple[int, ...]) -> None:
 @cli.command(short_help="Delete old done or dead tasks.")
 @click.argument("statuses", metavar="STATUS...", type=click.Choice(STATUS_NAMES), nargs=-1, required=True)
 @click.option("--older-than", type=DURATION, required=True, help="Finished at least this long ago: 7d, 12h, 0.")
-@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@click.option("--queue", "-q", type=QUEUE_FILTER, help="Only this queue (default: every queue).")
 @_db_option
 def purge(statuses: tuple[str, ...], older_than: float, queue: str | None) -> None:
     """Delete done and/or dead tasks finished more than --older-than ago."""
@@ -809,7 +1136,7 @@ _sleep = time.sleep  # the --watch pause (tests replace it)
 
 
 @cli.command(short_help="Counts, throughput, lag and mean run time.")
-@click.option("--queue", "-q", help="Only this queue (default: every queue).")
+@click.option("--queue", "-q", type=QUEUE_FILTER, help="Only this queue (default: every queue).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--watch", "-w", is_flag=True, help="Refresh in place until Ctrl-C.")
 @click.option("--every", type=DURATION, default="2s", show_default=True, help="With --watch: the refresh period.")

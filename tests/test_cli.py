@@ -3,11 +3,14 @@ real run in subprocesses (push, worker --until-idle, tasks --json)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -187,9 +190,11 @@ def test_no_database_given(invoke):
 
 def test_a_missing_database_file_is_not_created(invoke, tmp_path):
     path = tmp_path / "nope.db"
-    bad_input(invoke("tasks", "--db", str(path)), "does not exist", "taskpipe setup")
-    bad_input(invoke("push", "1", "--db", f"sqlite:///{path}"), "does not exist")
-    assert not path.exists()
+    result = invoke("tasks", "--db", str(path))
+    bad_input(result, f"no taskpipe database at {path}", "taskpipe setup")
+    result = invoke("push", "1", "--db", f"sqlite:///{path}")
+    bad_input(result, "no taskpipe database at", "does not exist")
+    assert os.listdir(tmp_path) == []
 
 
 def test_missing_tables_say_to_run_setup(invoke, tmp_path):
@@ -201,7 +206,162 @@ def test_missing_tables_say_to_run_setup(invoke, tmp_path):
 def test_a_file_that_is_not_a_database(invoke, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello, I am not SQLite" * 100)
+    before = snapshot(tmp_path)
     bad_input(invoke("tasks", "--db", str(path)), "not a database")
+    bad_input(invoke("setup", "--db", str(path)), "not a database")
+    assert snapshot(tmp_path) == before
+
+
+# A file --db names is looked at read-only first: one it refuses is left as it was.
+def snapshot(directory) -> dict[str, str]:
+    """Every file in ``directory``: its name and the sha256 of its bytes."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+COMMANDS_ON_A_DATABASE = [
+    ["tasks"], ["push", "1"], ["show", "1"], ["retry", "1"], ["kill", "1"],
+    ["purge", "done", "--older-than", "0"], ["stats"], ["workers"], ["queues"],
+    ["worker", "refused_handlers:handler", "--until-idle"],
+]
+
+
+@pytest.fixture
+def refused_handlers(modules):
+    modules("refused_handlers", "def handler(args):\n    return args\n")
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A directory for database files only."""
+    (tmp_path / "data").mkdir()
+    return tmp_path / "data"
+
+
+def foreign_database(path, journal_mode: str) -> None:
+    """Another application's SQLite database: its own table, one row."""
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA journal_mode={journal_mode}")
+    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    db.execute("INSERT INTO users (name) VALUES ('ada')")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+@pytest.mark.parametrize("command", [["setup"], *COMMANDS_ON_A_DATABASE], ids=lambda c: c[0])
+def test_another_applications_database_is_refused_and_left_as_it_was(
+    invoke, data, refused_handlers, journal_mode, command
+):
+    path = data / "app.db"
+    foreign_database(path, journal_mode)
+    before = snapshot(data)
+    assert list(before) == ["app.db"]  # no -wal or -journal file beside it
+    bad_input(invoke(*command, "--db", str(path)), f"{path}", "another application's", "users")
+    assert snapshot(data) == before  # the same bytes, and no -wal, -shm or -journal file
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == journal_mode
+
+
+def test_setup_tells_how_to_use_another_file(invoke, data):
+    path = data / "app.db"
+    foreign_database(path, "delete")
+    bad_input(invoke("setup", "--db", str(path)), "pick a new file for --db")
+
+
+@pytest.mark.parametrize("command", COMMANDS_ON_A_DATABASE, ids=lambda c: c[0])
+def test_an_empty_file_is_refused_and_left_as_it_was(invoke, data, refused_handlers, command):
+    path = data / "empty.db"
+    path.touch()
+    result = invoke(*command, "--db", str(path))
+    bad_input(result, "is an empty file", f"taskpipe setup --db {path}")
+    assert snapshot(data) == {"empty.db": hashlib.sha256(b"").hexdigest()}
+
+
+def test_a_database_without_tables_is_refused_and_left_as_it_was(invoke, data):
+    path = data / "blank.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 7")  # a SQLite file, no tables
+    before = snapshot(data)
+    bad_input(invoke("stats", "--db", str(path)), "no taskpipe tables", "taskpipe setup")
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize("kind", ["empty file", "database without tables"])
+def test_setup_makes_an_empty_file_a_taskpipe_database(invoke, data, kind):
+    path = data / "jobs.db"
+    if kind == "empty file":
+        path.touch()
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA user_version = 7")
+    assert invoke("setup", "--db", str(path)).exit_code == 0
+    assert invoke("push", "1", "--db", str(path)).exit_code == 0
+    assert invoke("stats", "--json", "--db", str(path)).stdout.count('"pending": 1') == 1
+
+
+def test_a_damaged_database_is_refused_and_left_as_it_was(invoke, data):
+    whole = data / "whole.db"
+    foreign_database(whole, "delete")
+    damaged = data / "damaged.db"
+    damaged.write_bytes(whole.read_bytes()[:100])  # the header, and no page after it
+    whole.unlink()
+    before = snapshot(data)
+    for command in ("setup", "tasks"):
+        bad_input(invoke(command, "--db", str(damaged)), "cannot read", "as a SQLite database")
+    assert snapshot(data) == before
+
+
+def test_a_database_in_use_is_read_with_its_wal(invoke, data):
+    """Another process holds the store open: its tables may be in the -wal file only."""
+    path = data / "busy.db"
+    db = connect(str(path))
+    SqliteStorage.setup(db)
+    SqliteStorage(db).push("fresh")
+    try:
+        assert (data / "busy.db-wal").stat().st_size > 0
+        with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as main_file_only:
+            assert main_file_only.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+        result = invoke("tasks", "--json", "--db", str(path))
+        assert result.exit_code == 0, result.output
+        assert [t["args"] for t in json.loads(result.stdout)] == ["fresh"]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "db, words",
+    [("a\x00b.db", ["NUL"]), ("~no_such_user_taskpipe/jobs.db", ["~no_such_user_taskpipe"]),
+     ("x" * 5000 + ".db", ["cannot read", "too long"])],
+    ids=["NUL", "unknown user", "long name"],
+)
+def test_database_paths_that_cannot_name_a_file(invoke, db, words):
+    for command in ("setup", "tasks"):
+        bad_input(invoke(command, "--db", db), *words)
+
+
+def test_a_device_or_a_pipe_is_not_a_database(invoke, tmp_path):
+    os.mkfifo(tmp_path / "db.fifo")  # never opened: reading it would wait for a writer
+    for path in (os.devnull, str(tmp_path / "db.fifo")):
+        for command in ("setup", "tasks"):
+            bad_input(invoke(command, "--db", path), f"{path} is not a regular file")
+
+
+def test_a_path_through_a_file(invoke, tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    through_a_file = str(tmp_path / "notes.txt" / "jobs.db")
+    bad_input(invoke("tasks", "--db", through_a_file), "cannot read", "Not a directory")
+
+
+def test_a_non_utf8_database_path_works(invoke, tmp_path):
+    path = os.path.join(os.fsdecode(tmp_path), os.fsdecode(b"caf\xe9.db"))
+    result = invoke("setup", "--db", path)
+    assert result.exit_code == 0 and "caf\\xe9.db" in result.stdout
+    assert invoke("push", "1", "--db", path).exit_code == 0
+    assert os.path.exists(path)
 
 
 def test_a_directory_is_not_a_database(invoke, tmp_path):
@@ -249,6 +409,11 @@ def test_setup_in_a_missing_directory(invoke, tmp_path):
         (["tasks", "--limit", "99999999999999999999"], ["--limit", "out of range"]),
         (["tasks", "--offset", "99999999999999999999"], ["--offset", "out of range"]),
         (["purge", "done", "--older-than", "inf"], ["--older-than", "finite"]),
+        (["push", "1", "--priority", "9" * 5000], ["--priority", "(5000 characters)", "range"]),
+        (["push", "1", "--max-attempts", "-" + "9" * 5000], ["--max-attempts", "out of range"]),
+        (["show", "1" * 5000], ["task id", "out of range"]),
+        (["push", "1", "--run-after", "9" * 400], ["--run-after", "100 years"]),
+        (["push", "1", "--run-after", "9" * 400 + "s"], ["--run-after", "100 years"]),
     ],
 )
 def test_out_of_range_numbers_are_bad_input(invoke, dbfile, storage, args, words):
@@ -304,8 +469,94 @@ def test_push_needs_args_or_a_file(invoke, dbfile, tmp_path):
 
 @pytest.mark.parametrize("option", [["--run-after", "10x"], ["--max-attempts", "0"], ["--priority", "high"]])
 def test_push_bad_options_are_usage_errors(invoke, dbfile, option):
-    result = invoke("push", "1", *option, "--db", dbfile)
-    assert result.exit_code == 2 and "Error" in result.stderr and "Traceback" not in result.output
+    bad_input(invoke("push", "1", *option, "--db", dbfile), option[0])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["tasks", "--limit", "x"], ["'--limit'", "not a valid int", "'taskpipe tasks --help'"]),
+        (["show"], ["Missing argument 'ID'", "(see 'taskpipe show --help')"]),
+        (["tasks", "--status", "finished"], ["'finished' is not one of", "'pending'"]),
+        (["purge", "done"], ["Missing option '--older-than'"]),
+        (["stats", "--bogus"], ["No such option '--bogus'"]),
+        (["taks"], ["No such command 'taks'", "(see 'taskpipe --help')"]),
+        (["--bogus", "tasks"], ["No such option '--bogus'", "(see 'taskpipe --help')"]),
+    ],
+)
+def test_usage_errors_are_one_line(args, words, monkeypatch):
+    """click's own errors (usage, a hint, a blank line, the error) come as one line too."""
+    monkeypatch.delenv("TASKPIPE_DB", raising=False)
+    result = CliRunner().invoke(cli, args, prog_name="taskpipe")
+    bad_input(result, *words)
+    assert "Usage:" not in result.output
+
+
+def test_a_usage_error_cuts_a_long_value(invoke, dbfile):
+    result = invoke("tasks", "--status", "x" * 10_000, "--db", dbfile)
+    bad_input(result, "--status", "is not one of", "'dead'")
+    assert len(result.stderr) < 500
+
+
+def test_a_bare_taskpipe_still_shows_the_help(invoke):
+    result = invoke()
+    assert result.exit_code in (0, 2)  # 2 since click 8.2
+    assert "Commands:" in result.output and "Error" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ("1" * 5000, ["ARGS", "5000 digits", "pass it as a string"]),
+        ("[" * 100_000 + "]" * 100_000, ["ARGS", "nested more than 200 levels deep"]),
+        ("[" * 201 + "]" * 201, ["ARGS", "nested more than 200 levels deep"]),
+        ('{"a": [{"b": NaN}]}', ["ARGS", "NaN is not a JSON number"]),
+        ("Infinity", ["Infinity is not a JSON number"]),
+        ("[-Infinity]", ["-Infinity is not a JSON number"]),
+        ("1e400", ["1e400", "too large"]),
+        ('{"k": "\\ud800"}', ["ARGS", "lone surrogate"]),
+        ('{"\\udfff": 1}', ["ARGS", "lone surrogate"]),
+        (os.fsdecode(b'"caf\xe9"'), ["ARGS is not valid UTF-8"]),
+    ],
+    ids=["huge int", "deep", "201 levels", "NaN", "Infinity", "-Infinity", "1e400", "surrogate",
+         "surrogate key", "latin-1"],
+)
+def test_push_refuses_json_it_cannot_store_faithfully(invoke, dbfile, storage, args, words):
+    """Python reads NaN, Infinity and 1e400 (inf) as JSON, and the store would keep them as
+    null; a 5000-digit integer or deep nesting made a traceback."""
+    bad_input(invoke("push", args, "--db", dbfile), *words)
+    assert storage.stats()["pending"] == 0
+
+
+def test_push_takes_json_up_to_the_depth_limit_and_shows_it(invoke, dbfile, storage):
+    depth = cli_module.MAX_JSON_DEPTH
+    deep = "[" * depth + "]" * depth
+    deep_object = '{"a": ' * depth + "1" + "}" * depth
+    for args in (deep, deep_object, "9" * 4000):
+        assert invoke("push", args, "--db", dbfile).exit_code == 0
+    for command in (["tasks"], ["tasks", "--json"], ["show", "1"], ["show", "2", "--json"]):
+        result = invoke(*command, "--db", dbfile)
+        assert result.exit_code == 0 and cli_module.TOO_DEEP not in result.stdout
+    assert storage.fetch_by_id(3).args == int("9" * 4000)
+
+
+def test_args_too_deep_to_show_stored_by_code(invoke, dbfile, storage):
+    """Code may push what the command line refuses: tasks and show still work."""
+    deep = []
+    for _ in range(900):
+        deep = [deep]
+    storage.push(deep)
+    storage.push({"fine": True})
+    note = cli_module.TOO_DEEP
+    shown = invoke("show", "1", "--db", dbfile)
+    assert shown.exit_code == 0 and f"args      {json.dumps(note)}" in shown.stdout
+    listed = invoke("tasks", "--db", dbfile)
+    assert listed.exit_code == 0
+    assert note[:20] in listed.stdout and '{"fine": true}' in listed.stdout
+    both = json.loads(invoke("tasks", "--json", "--db", dbfile).stdout)
+    assert [t["args"] for t in both] == [{"fine": True}, note]
+    assert list(both[1]) == TASKINFO_FIELDS and both[1]["status"] == "pending"
+    assert json.loads(invoke("show", "1", "--json", "--db", dbfile).stdout)["args"] == note
 
 
 def test_push_a_file_of_json_lines(invoke, dbfile, storage, tmp_path):
@@ -335,6 +586,102 @@ def test_push_from_stdin(invoke, dbfile, storage):
 
 def test_push_a_missing_file(invoke, dbfile, tmp_path):
     bad_input(invoke("push", "--file", str(tmp_path / "none.jsonl"), "--db", dbfile), "does not exist")
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b'1\n"caf\xe9"\n', ["line 2 of", "not valid UTF-8", "0xe9 at column 5"]),
+        (b"1\n" + b"2" * 5000 + b"\n", ["line 2 of", "5000 digits"]),
+        (b"1\n" + b"[" * 100_000 + b"]" * 100_000 + b"\n", ["line 2 of", "nested more than 200"]),
+        (b'1\n{"a": NaN}\n', ["line 2 of", "NaN is not a JSON number"]),
+        (b'1\n"\\ud800"\n', ["line 2 of", "lone surrogate"]),
+    ],
+    ids=["latin-1", "huge int", "deep", "NaN", "surrogate"],
+)
+def test_push_a_file_with_a_line_it_cannot_take_pushes_nothing(
+    invoke, dbfile, storage, tmp_path, content, words
+):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_bytes(content)
+    bad_input(invoke("push", "--file", str(lines), "--db", dbfile), *words)
+    assert storage.stats()["pending"] == 0
+
+
+def test_push_a_file_that_cannot_be_read(invoke, dbfile, tmp_path):
+    """Unreadable even for root: a directory, a path through a file, a name too long."""
+    (tmp_path / "notes.txt").write_text("1\n")
+    bad_input(invoke("push", "--file", str(tmp_path), "--db", dbfile), "is a directory", "--file")
+    through_a_file = str(tmp_path / "notes.txt" / "x")
+    bad_input(invoke("push", "--file", through_a_file, "--db", dbfile), "Not a directory")
+    bad_input(invoke("push", "--file", "y" * 5000, "--db", dbfile), "cannot read", "too long")
+    bad_input(invoke("push", "--file", "a\nb", "--db", dbfile), "'a\\nb' does not exist")
+
+
+def test_push_a_file_with_a_byte_order_mark(invoke, dbfile, storage, tmp_path):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_bytes(b'\xef\xbb\xbf{"n": 1}\r\n{"n": 2}\r\n')
+    assert invoke("push", "--file", str(lines), "--db", dbfile).exit_code == 0
+    assert [t.args for t in storage.list_tasks()] == [{"n": 2}, {"n": 1}]
+
+
+def test_push_from_a_pipe(invoke, dbfile, storage, tmp_path):
+    """``--file <(make_tasks)`` names a pipe: read once, like stdin."""
+    fifo = tmp_path / "tasks.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(b"1\n2\n3\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        result = invoke("push", "--file", str(fifo), "--db", dbfile)
+    finally:
+        if writer.is_alive():  # the command never opened the pipe: unblock the writer
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            writer.join(timeout=10)
+            os.close(reader)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "pushed 3 tasks to queue default"
+    assert storage.stats()["pending"] == 3
+
+
+def test_push_a_file_writes_only_errors_to_stderr_when_not_a_terminal(invoke, dbfile, tmp_path):
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text("1\n2\n")
+    result = invoke("push", "--file", str(lines), "--db", dbfile)
+    assert result.exit_code == 0 and result.stderr == ""  # no progress bar label in logs
+
+
+NON_UTF8 = os.fsdecode(b"caf\xe9")  # a latin-1 argument, as Python hands it over
+WORKER = ["worker", "names_handlers:h", "--until-idle"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["push", "1", "--queue", ""], ["cannot be empty", "leave out --queue for the default"]),
+        (["push", "1", "--queue", NON_UTF8], ["--queue", "caf\\xe9", "not valid UTF-8"]),
+        (["tasks", "--queue", ""], ["cannot be empty", "leave out --queue for every queue"]),
+        (["tasks", "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        (["retry", "--dead", "--queue", ""], ["--queue", "cannot be empty"]),
+        (["retry", "--dead", "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        (["purge", "dead", "--older-than", "0", "--queue", ""], ["--queue", "cannot be empty"]),
+        (["stats", "--queue", ""], ["--queue", "cannot be empty"]),
+        (["stats", "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        ([*WORKER, "--queue", ""], ["--queue", "cannot be empty"]),
+        ([*WORKER, "--queue", NON_UTF8], ["--queue", "not valid UTF-8"]),
+        ([*WORKER, "--name", ""], ["--name", "cannot be empty"]),
+        ([*WORKER, "--name", NON_UTF8], ["--name", "not valid UTF-8"]),
+    ],
+)
+def test_queue_and_worker_names_must_be_text(invoke, dbfile, storage, modules, args, words):
+    modules("names_handlers", "def h(x):\n    return x\n")
+    storage.kill(storage.push(1))
+    bad_input(invoke(*args, "--db", dbfile), *words)
+    assert storage.stats()["dead"] == 1 and storage.list_workers() == []
 
 
 # tasks and show ---------------------------------------------------------------------------------------
@@ -622,6 +969,15 @@ def test_worker_for_a_handler_needs_a_database(invoke, modules, tmp_path):
     bad_input(invoke("worker", "handlers_g:h", "--db", str(tmp_path / "none.db")), "does not exist")
 
 
+def test_errors_from_sqlite3_itself_are_failures(invoke, dbfile, monkeypatch):
+    def broken(self, queue=None):
+        raise sqlite3.OperationalError("disk I/O error")  # the hot paths call sqlite3 directly
+
+    monkeypatch.setattr(SqliteStorage, "stats", broken)
+    failed(invoke("stats", "--db", dbfile), "database error: disk I/O error")
+    assert len(invoke("stats", "--db", dbfile).stderr.splitlines()) == 1
+
+
 def test_python_dash_m_main_is_the_cli():
     import taskpipe.__main__ as entry
 
@@ -643,7 +999,8 @@ def test_push_worker_tasks_in_real_processes(tmp_path):
 
     assert taskpipe_("--version").stdout.strip() == f"taskpipe {taskpipe.__version__}"
     missing = taskpipe_("tasks", "--db", db)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "no taskpipe database at" in missing.stderr
+    assert "Traceback" not in missing.stderr
     assert taskpipe_("setup", "--db", db).returncode == 0
     for n in (1, 2, 3):
         pushed = taskpipe_("--db", db, "push", json.dumps({"n": n}))
