@@ -41,13 +41,15 @@ import peewee as pw
 from click.core import ParameterSource
 
 from . import __version__, clock, events
+from .connection import connect, open_storage
 from .errors import BuildError, CodecError, SetupError, TaskNotFound, TaskpipeError
 from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
 from .sql.schema import JOBS
-from .sqlite import SqliteStorage, connect
+from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
+from .store import Store, require
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -293,7 +295,7 @@ class _State:
         path = database_path(self.url)
         if path != ":memory:":
             path = _checked_file(path, self.url, create)
-        db = connect(path)
+        db = connect(path)  # taskpipe.connect: the one way the library opens a URL or path
         try:
             if create:
                 SqliteStorage.setup(db)
@@ -307,9 +309,11 @@ class _State:
         click.get_current_context().call_on_close(self.close)
         return db
 
-    def storage(self, queue: str | None = None) -> SqliteStorage:
-        """A storage on ``queue`` (the default queue when None)."""
-        return SqliteStorage(self.database(), queue=queue)
+    def storage(self, queue: str | None = None) -> Store:
+        """A store on ``queue`` (the default queue when None), by ``open_storage``."""
+        store = open_storage(self.database(), **({} if queue is None else {"queue": queue}))
+        require(store, "introspection", "be seen and steered from the command line")
+        return store
 
     def close(self) -> None:
         if self.db is not None and not self.db.is_closed():
@@ -435,12 +439,30 @@ TOO_DEEP = "<nested too deeply to show>"
 
 
 def _plain_value(value: Any) -> Any:
-    """``jsonable(value)``, or a note for args or a result nested too deeply for it
-    (code can push what the command line would refuse)."""
+    """``jsonable(value)``, or a note for args or a result nested deeper than
+    ``MAX_JSON_DEPTH`` (code can push what the command line would refuse)."""
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        return TOO_DEEP
     try:
         return jsonable(value)
     except RecursionError:
         return TOO_DEEP
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when lists, tuples and dicts in ``value`` nest more than ``limit`` deep."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, (list, tuple, dict))
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (list, tuple, dict))
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _plain(value: Any) -> Any:
@@ -982,6 +1004,15 @@ def _show_text(t: TaskInfo) -> str:
         lines.append(f"  worker    {t.worker}")
     if t.meta:
         lines.append(f"  meta      {_dumps(t.meta)}")
+    if t.recoveries:
+        lines.append("")
+        lines.append(click.style(f"recoveries ({len(t.recoveries)})", bold=True))
+    for r in t.recoveries:
+        blamed = "counted" if r.counted else "not counted: it ran beside others, so it runs alone next"
+        lines.append(
+            f"  {_when(r.at)}: re-enqueued, worker {r.worker or '?'} stopped beating "
+            f"(last seen {_when(r.last_seen)}); {blamed}"
+        )
     if t.errors:
         lines.append("")
         lines.append(click.style(f"errors ({len(t.errors)})", bold=True))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -199,7 +200,9 @@ def test_a_missing_database_file_is_not_created(invoke, tmp_path):
 
 def test_missing_tables_say_to_run_setup(invoke, tmp_path):
     path = tmp_path / "empty.db"
-    connect(str(path)).connect()  # a SQLite file without taskpipe's tables
+    bare = connect(str(path))  # a SQLite file without taskpipe's tables
+    bare.connect()
+    bare.close()
     bad_input(invoke("stats", "--db", str(path)), "taskpipe setup")
 
 
@@ -262,7 +265,7 @@ def test_another_applications_database_is_refused_and_left_as_it_was(
     assert list(before) == ["app.db"]  # no -wal or -journal file beside it
     bad_input(invoke(*command, "--db", str(path)), f"{path}", "another application's", "users")
     assert snapshot(data) == before  # the same bytes, and no -wal, -shm or -journal file
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == journal_mode
 
 
@@ -283,7 +286,7 @@ def test_an_empty_file_is_refused_and_left_as_it_was(invoke, data, refused_handl
 
 def test_a_database_without_tables_is_refused_and_left_as_it_was(invoke, data):
     path = data / "blank.db"
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("PRAGMA user_version = 7")  # a SQLite file, no tables
     before = snapshot(data)
     bad_input(invoke("stats", "--db", str(path)), "no taskpipe tables", "taskpipe setup")
@@ -296,7 +299,7 @@ def test_setup_makes_an_empty_file_a_taskpipe_database(invoke, data, kind):
     if kind == "empty file":
         path.touch()
     else:
-        with sqlite3.connect(path) as db:
+        with closing(sqlite3.connect(path)) as db, db:
             db.execute("PRAGMA user_version = 7")
     assert invoke("setup", "--db", str(path)).exit_code == 0
     assert invoke("push", "1", "--db", str(path)).exit_code == 0
@@ -323,7 +326,7 @@ def test_a_database_in_use_is_read_with_its_wal(invoke, data):
     SqliteStorage(db).push("fresh")
     try:
         assert (data / "busy.db-wal").stat().st_size > 0
-        with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as main_file_only:
+        with closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as main_file_only, main_file_only:
             assert main_file_only.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
         result = invoke("tasks", "--json", "--db", str(path))
         assert result.exit_code == 0, result.output
@@ -1013,3 +1016,23 @@ def test_push_worker_tasks_in_real_processes(tmp_path):
     done = json.loads(listed.stdout)
     assert [t["result"] for t in done] == [{"doubled": 6}, {"doubled": 4}, {"doubled": 2}]
     assert all(t["status"] == "done" and t["attempts"] == 1 for t in done)
+
+
+def test_show_lists_the_recoveries(invoke, dbfile, storage):
+    from freezegun import freeze_time
+
+    from taskpipe import WorkerContext
+
+    with freeze_time("2026-01-01 12:00:00") as frozen:
+        task_id = storage.push("held")
+        gone = WorkerContext("gone", capacity=1, report=print)
+        elsewhere = SqliteStorage(storage.db)
+        elsewhere._hostname = "another-host"  # only its silence tells that it died
+        elsewhere.beat(gone)
+        elsewhere.claim(gone, 1)
+        frozen.tick(61)
+        storage.beat(WorkerContext("rescuer", capacity=1, report=print))
+    out = invoke("show", str(task_id), "--db", dbfile).stdout
+    assert "recoveries (1)" in out and f"worker {gone.run_id} stopped beating" in out
+    [recovery] = json.loads(invoke("show", str(task_id), "--json", "--db", dbfile).stdout)["recoveries"]
+    assert recovery["worker"] == gone.run_id and recovery["counted"] is True
