@@ -53,6 +53,26 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "same MemoryBackend.claim defect at worker level: run_until_idle() returns 0 and "
         "leaves a due task unrun while a higher-priority task waits for its run_after"
     ),
+    ("test_two_outcomes_for_one_claim_in_a_batch_accept_only_the_first", "sqlite"): (
+        "SqlStorage._ack_once re-checks DONE outcomes with ack_accepted (id, lease, "
+        "status done, done_at = now), which the first outcome's write satisfies for the "
+        "second too: both are marked accepted although the second changed nothing"
+    ),
+    ("test_a_follow_up_with_a_taken_id_never_replaces_a_task", "memory"): (
+        "MemoryBackend.ack inserts follow-ups with _add() without _check_ids(): a follow-up "
+        "with an explicit id already in use replaces that task (the old one is left behind "
+        "in _finished), silently, and the ack is accepted"
+    ),
+    ("test_an_outcome_that_cannot_be_written_makes_its_task_dead", "memory"): (
+        "MemoryBackend.ack writes an outcome whose follow-up has a taken id (DONE, accepted) "
+        "instead of making that task Dead with the reason, as Store.ack promises"
+    ),
+    ("test_an_outcome_that_cannot_be_written_makes_its_task_dead", "sqlite"): (
+        "SqlStorage.ack raises StorageError (IntegrityError) and records nothing of the "
+        "batch, where Store.ack promises the failing outcome's task Dead with the reason "
+        "and the others recorded (the worker's _ack does that fallback itself: the store "
+        "docstring and the store disagree on whose job it is)"
+    ),
 }
 
 
