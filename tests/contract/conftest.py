@@ -73,6 +73,11 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "and the others recorded (the worker's _ack does that fallback itself: the store "
         "docstring and the store disagree on whose job it is)"
     ),
+    ("test_a_purged_key_can_be_pushed_again", "memory"): (
+        "MemoryBackend.purge deletes the records but leaves their keys in _keys, so a later "
+        "push with the key returns the purged task's id, inserts nothing, and fetch_by_id of "
+        "that id raises TaskNotFound (_finish's eviction does drop keys; purge does not)"
+    ),
 }
 
 
