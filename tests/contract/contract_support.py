@@ -24,7 +24,9 @@ def need(store: Store, *capabilities: str) -> None:
             pytest.skip(f"{type(store).__name__} does not declare the {capability!r} capability")
 
 
-def make_ctx(name: str = "contract", capacity: int = 64) -> tuple[WorkerContext, list[BaseException]]:
+def make_ctx(
+    name: str = "contract", capacity: int = 64
+) -> tuple[WorkerContext, list[BaseException]]:
     """A worker run's context, as a worker makes it, and the list its reports go to."""
     reported: list[BaseException] = []
     return WorkerContext(name, capacity=capacity, report=reported.append), reported

@@ -6,7 +6,19 @@ import random
 from datetime import timedelta
 
 import pytest
-from contract_support import T0, T0_TS, ack_one, args_of, at, claim_all, ctx, need, now, outcome, with_lease
+from contract_support import (
+    T0,
+    T0_TS,
+    ack_one,
+    args_of,
+    at,
+    claim_all,
+    ctx,
+    need,
+    now,
+    outcome,
+    with_lease,
+)
 from freezegun import freeze_time
 
 from taskpipe import Status, Task
@@ -69,12 +81,21 @@ def test_retry_is_recorded_as_failed_with_its_error(store):
     need(store, "outcomes", "introspection")
     with freeze_time(T0):
         tid, claim = one_claim(store)
-        ack_one(store, claim, OutcomeKind.RETRY, error="ValueError: boom", traceback="Traceback…", delay=30)
+        ack_one(
+            store,
+            claim,
+            OutcomeKind.RETRY,
+            error="ValueError: boom",
+            traceback="Traceback…",
+            delay=30,
+        )
     info = store.fetch_by_id(tid)
     assert info.status is Status.FAILED
     assert info.run_at == at(30)
     assert info.attempts == 1
-    assert [(e.attempt, e.error, e.traceback, e.at) for e in info.errors] == [(1, "ValueError: boom", "Traceback…", T0)]
+    assert [(e.attempt, e.error, e.traceback, e.at) for e in info.errors] == [
+        (1, "ValueError: boom", "Traceback…", T0)
+    ]
 
 
 # DEAD -----------------------------------------------------------------------------------------
@@ -119,7 +140,9 @@ def test_interrupted_keeps_the_attempt_and_waits_its_delay(store):
     need(store, "outcomes")
     with freeze_time(T0) as frozen:
         tid, claim = one_claim(store)
-        out = ack_one(store, claim, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=1.0)
+        out = ack_one(
+            store, claim, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=1.0
+        )
         assert out.accepted
         assert store.next_due() == T0_TS + 1
         assert store.claim(ctx(), 10) == []
@@ -156,7 +179,9 @@ def test_a_wrong_lease_leaves_the_record_untouched(store, kind):
         need(store, "outcomes")
     tid, claim = one_claim(store)
     before = store.fetch_by_id(tid)
-    stale = ack_one(store, with_lease(claim, "someone-else:1"), kind, result="no", error="late", delay=0)
+    stale = ack_one(
+        store, with_lease(claim, "someone-else:1"), kind, result="no", error="late", delay=0
+    )
     assert stale.accepted is False
     assert store.fetch_by_id(tid) == before
     assert before.status is Status.RUNNING
@@ -216,14 +241,19 @@ def test_follow_ups_are_inserted_with_the_ack(store):
     out = ack_one(store, claim, OutcomeKind.DONE, result="ok", follow_ups=children)
     assert out.accepted
     claims = claim_all(store, ctx())
-    assert [(args_of(store, c), c.priority, c.attempt) for c in claims] == [("child-1", 3, 1), ("child-2", 0, 1)]
+    assert [(args_of(store, c), c.priority, c.attempt) for c in claims] == [
+        ("child-1", 3, 1),
+        ("child-2", 0, 1),
+    ]
 
 
 def test_follow_ups_of_a_stale_outcome_are_not_written(store):
     need(store, "follow_ups")
     _, claim = one_claim(store, "parent")
     child = store.row(Task("child"), now())
-    out = ack_one(store, with_lease(claim, "zombie:9"), OutcomeKind.DONE, result="no", follow_ups=(child,))
+    out = ack_one(
+        store, with_lease(claim, "zombie:9"), OutcomeKind.DONE, result="no", follow_ups=(child,)
+    )
     assert out.accepted is False
     assert store.next_due() is None
     assert store.claim(ctx(), 10) == []
@@ -282,7 +312,10 @@ def test_the_claimed_attempt_is_the_stored_attempts(store):
 def test_two_outcomes_for_one_claim_in_a_batch_accept_only_the_first(store):
     need(store, "introspection")
     tid, claim = one_claim(store)
-    batch = [outcome(store, claim, OutcomeKind.DONE, result=1), outcome(store, claim, OutcomeKind.DONE, result=2)]
+    batch = [
+        outcome(store, claim, OutcomeKind.DONE, result=1),
+        outcome(store, claim, OutcomeKind.DONE, result=2),
+    ]
     store.ack(batch)
     # the second finds the task no longer running under its lease: it changed nothing
     assert [o.accepted for o in batch] == [True, False]
@@ -295,7 +328,10 @@ def _ack_with_a_taken_follow_up_id(store):
     taken (by a third task). Returns (ids, batch, what ack raised or None)."""
     base = random.randrange(10**12, 2 * 10**12)
     taken = store.push_task(Task("keeper", id=base))
-    first, second = store.push_task(Task("first", priority=1)), store.push_task(Task("second", priority=1))
+    first, second = (
+        store.push_task(Task("first", priority=1)),
+        store.push_task(Task("second", priority=1)),
+    )
     c1, c2 = store.claim(ctx(), 2)
     assert (c1.id, c2.id) == (first, second)
     clash = store.row(Task("clash", id=base), now())
@@ -314,7 +350,9 @@ def test_a_follow_up_with_a_taken_id_never_replaces_a_task(store):
     need(store, "follow_ups", "introspection")
     (taken, _, _), _, _ = _ack_with_a_taken_follow_up_id(store)
     assert store.fetch_by_id(taken).args == "keeper"
-    assert [t.args for t in store.list_tasks(queue=store.queue, limit=100) if t.id == taken] == ["keeper"]
+    assert [t.args for t in store.list_tasks(queue=store.queue, limit=100) if t.id == taken] == [
+        "keeper"
+    ]
 
 
 def test_an_outcome_that_cannot_be_written_makes_its_task_dead(store):

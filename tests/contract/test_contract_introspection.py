@@ -36,7 +36,13 @@ def finish(store, kind, *, result=None, error=None):
 def test_fetch_by_id_returns_the_task_as_pushed(store):
     with freeze_time(T0):
         tid = store.push_task(
-            Task({"to": "a@example.com"}, priority=4, max_attempts=3, meta={"trace": "t1"}, run_after=60)
+            Task(
+                {"to": "a@example.com"},
+                priority=4,
+                max_attempts=3,
+                meta={"trace": "t1"},
+                run_after=60,
+            )
         )
     info = store.fetch_by_id(tid)
     assert (info.id, info.queue, info.status) == (tid, store.queue, Status.PENDING)
@@ -60,7 +66,12 @@ def test_a_running_task_shows_its_worker(store):
         run = ctx("shown")
         store.claim(run, 1)
     info = store.fetch_by_id(tid)
-    assert (info.status, info.worker, info.started_at, info.attempts) == (Status.RUNNING, run.run_id, T0, 1)
+    assert (info.status, info.worker, info.started_at, info.attempts) == (
+        Status.RUNNING,
+        run.run_id,
+        T0,
+        1,
+    )
 
 
 def test_list_tasks_pages_newest_first(store):
@@ -123,7 +134,14 @@ def test_stats_counts_this_queue(store):
     assert stats["mean_run_time"] == pytest.approx(0)
 
     [queue] = [q for q in store.list_queues() if q.name == store.queue]
-    assert (queue.pending, queue.running, queue.done, queue.failed, queue.dead, queue.total) == (2, 1, 2, 1, 1, 7)
+    assert (queue.pending, queue.running, queue.done, queue.failed, queue.dead, queue.total) == (
+        2,
+        1,
+        2,
+        1,
+        1,
+        7,
+    )
 
 
 def test_stats_of_an_empty_queue(store):
@@ -159,7 +177,12 @@ def test_retry_makes_a_dead_or_failed_task_pending_with_fresh_attempts(store):
         assert store.retry(failed) is True
         for tid, error in ((dead, "E1"), (failed, "E2")):
             info = store.fetch_by_id(tid)
-            assert (info.status, info.attempts, info.run_at, info.done_at) == (Status.PENDING, 0, at(5), None)
+            assert (info.status, info.attempts, info.run_at, info.done_at) == (
+                Status.PENDING,
+                0,
+                at(5),
+                None,
+            )
             assert [e.error for e in info.errors] == [error]  # the history is kept
         claims = store.claim(ctx(), 10)
     assert sorted((c.id, c.attempt) for c in claims) == [(dead, 1), (failed, 1)]

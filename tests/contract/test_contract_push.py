@@ -127,7 +127,13 @@ def test_a_key_twice_in_one_insert_gives_one_task(store):
     need(store, "keys")
     key = f"contract:{uuid.uuid4().hex}"
     t = now()
-    ids = store.insert([store.row(Task("a", key=key), t), store.row(Task("b", key=key), t), store.row(Task("c"), t)])
+    ids = store.insert(
+        [
+            store.row(Task("a", key=key), t),
+            store.row(Task("b", key=key), t),
+            store.row(Task("c"), t),
+        ]
+    )
     assert ids[0] == ids[1] != ids[2]
     assert [args_of(store, c) for c in claim_all(store, ctx())] == ["a", "c"]
 
@@ -161,7 +167,11 @@ def test_a_handler_annotated_with_a_dataclass_gets_the_dataclass(store):
     store.push_bulk([Order("pear", 3), Order("plum", 5, ["blue", "ripe"])])
     worker = WorkerBuilder("codec").backend(store).build(handle)
     assert worker.run_until_idle() == 3
-    assert seen == [Order("apple", 2, ["red"]), Order("pear", 3), Order("plum", 5, ["blue", "ripe"])]
+    assert seen == [
+        Order("apple", 2, ["red"]),
+        Order("pear", 3),
+        Order("plum", 5, ["blue", "ripe"]),
+    ]
     assert all(type(order) is Order for order in seen)
 
 

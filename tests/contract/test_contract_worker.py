@@ -8,7 +8,16 @@ from datetime import timedelta
 from contract_support import T0, at, need
 from freezegun import freeze_time
 
-from taskpipe import Attempt, RetryPolicy, Status, Task, TaskId, WorkerBuilder, WorkerContext, events
+from taskpipe import (
+    Attempt,
+    RetryPolicy,
+    Status,
+    Task,
+    TaskId,
+    WorkerBuilder,
+    WorkerContext,
+    events,
+)
 
 
 def recorder():
@@ -38,7 +47,9 @@ def test_run_until_idle_runs_everything(store):
         return n * n
 
     on_event, emitted = recorder()
-    worker = WorkerBuilder("everything").backend(store).concurrency(4).on_event(on_event).build(handle)
+    worker = (
+        WorkerBuilder("everything").backend(store).concurrency(4).on_event(on_event).build(handle)
+    )
     assert worker.run_until_idle() == 40
     assert sorted(seen) == list(zip(range(40), ids, strict=True))
     assert sorted((e.task_id, e.result) for e in of(events.Success, emitted)) == [
@@ -69,7 +80,9 @@ def test_failed_tasks_are_retried_by_the_policy_under_a_frozen_clock(store):
     on_event, emitted = recorder()
     with freeze_time(T0) as frozen:
         tid = store.push("ok")
-        worker = WorkerBuilder("retries").backend(store).retry(policy).on_event(on_event).build(flaky)
+        worker = (
+            WorkerBuilder("retries").backend(store).retry(policy).on_event(on_event).build(flaky)
+        )
         assert worker.run_until_idle() == 1  # attempt 1 fails: due again in 10 s
         assert worker.run_until_idle() == 0
         frozen.tick(timedelta(seconds=9))
