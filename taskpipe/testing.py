@@ -1,0 +1,217 @@
+"""Test helpers for code that uses taskpipe: a recording store, a one-call runner, and
+a pytest plugin.
+
+::
+
+    from taskpipe import events
+    from taskpipe.testing import RecordingStore, run_until_idle
+
+    def test_signup_sends_a_welcome_mail():
+        store = RecordingStore()
+        signup("a@example.com", jobs=store)          # the code under test pushes
+        ran = run_until_idle(store, send_welcome)     # run what it pushed, here and now
+        assert [type(e) for e in ran] == [events.Success]
+        assert [c.name for c in store.calls_to("insert")] == ["insert"]
+
+``RecordingStore`` is an in-memory store (a ``MemoryBackend``: same codec behaviour,
+so a value that would not encode in production does not encode here) that records
+every call to a store primitive. ``run_until_idle`` runs a worker until nothing is
+due and returns what happened to each task it handled.
+
+The pytest plugin is registered by the ``pytest11`` entry point ``taskpipe``, so
+installing taskpipe gives every test suite two fixtures: ``taskpipe_db`` (a fresh
+SQLite database in ``tmp_path``, set up) and ``taskpipe_storage`` (a
+``SqliteStorage`` on it). Importing this module does not need pytest: without it
+the fixtures are simply not defined.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import events
+from .context import WorkerContext
+from .layers import RetryPolicy
+from .memory import MemoryBackend
+from .store import Claim, Outcome, Row, Store
+from .task import TaskId
+from .worker import Worker, WorkerBuilder
+
+try:
+    import pytest
+except ImportError:  # pytest is not installed: no fixtures; the rest works
+    pytest = None  # type: ignore[assignment]
+
+__all__ = ["Call", "RecordingStore", "run_until_idle"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call to a store primitive: its name and its arguments (after ``self``)."""
+
+    name: str
+    args: tuple[Any, ...]
+
+
+class RecordingStore(MemoryBackend):
+    """A ``MemoryBackend`` that records each call to ``insert``, ``claim``, ``ack``,
+    ``next_due``, ``beat``, ``retire``, ``check_setup``, ``open_run``, ``close_run``
+    and ``idle`` in ``calls`` (in call order, from every thread).
+
+    Arguments are recorded as passed (rows and outcomes copied into tuples, the objects
+    themselves shared: an outcome's ``accepted`` is what ``ack`` made it). Takes the
+    same arguments as ``MemoryBackend``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._calls_lock = threading.Lock()
+        #: Every recorded call, oldest first.
+        self.calls: list[Call] = []
+
+    def __repr__(self) -> str:
+        return f"RecordingStore(queue={self.queue!r}, calls={len(self.calls)})"
+
+    def _record(self, name: str, *args: Any) -> None:
+        with self._calls_lock:
+            self.calls.append(Call(name, args))
+
+    # Reading the record ---------------------------------------------------------------
+    def calls_to(self, name: str) -> list[Call]:
+        """The recorded calls to the primitive ``name`` ("insert", "claim"…), oldest first."""
+        with self._calls_lock:
+            return [call for call in self.calls if call.name == name]
+
+    def call_names(self) -> list[str]:
+        """The names of every recorded call, in order."""
+        with self._calls_lock:
+            return [call.name for call in self.calls]
+
+    def reset(self) -> None:
+        """Forget the recorded calls (the tasks stay)."""
+        with self._calls_lock:
+            self.calls.clear()
+
+    # The recorded primitives ---------------------------------------------------------------
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """Record the call, then ``MemoryBackend.insert``."""
+        self._record("insert", tuple(rows))
+        return super().insert(rows)
+
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        """Record the call, then ``MemoryBackend.claim``."""
+        self._record("claim", ctx, limit)
+        return super().claim(ctx, limit)
+
+    def ack(self, outcomes: Sequence[Outcome]) -> None:
+        """Record the call, then ``MemoryBackend.ack``."""
+        self._record("ack", tuple(outcomes))
+        super().ack(outcomes)
+
+    def next_due(self) -> float | None:
+        """Record the call, then ``MemoryBackend.next_due``."""
+        self._record("next_due")
+        return super().next_due()
+
+    def beat(self, ctx: WorkerContext) -> None:
+        """Record the call, then ``MemoryBackend.beat``."""
+        self._record("beat", ctx)
+        super().beat(ctx)
+
+    def retire(self, ctx: WorkerContext) -> None:
+        """Record the call, then ``MemoryBackend.retire``."""
+        self._record("retire", ctx)
+        super().retire(ctx)
+
+    def check_setup(self) -> None:
+        """Record the call, then ``MemoryBackend.check_setup``."""
+        self._record("check_setup")
+        super().check_setup()
+
+    def open_run(self, ctx: WorkerContext) -> None:
+        """Record the call, then ``MemoryBackend.open_run``."""
+        self._record("open_run", ctx)
+        super().open_run(ctx)
+
+    def close_run(self, ctx: WorkerContext) -> None:
+        """Record the call, then ``MemoryBackend.close_run``."""
+        self._record("close_run", ctx)
+        super().close_run(ctx)
+
+    def idle(self) -> None:
+        """Record the call, then ``MemoryBackend.idle``."""
+        self._record("idle")
+        super().idle()
+
+
+def run_until_idle(
+    worker_or_storage: Worker | Store,
+    handler: Callable[..., Any] | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    concurrency: int = 1,
+) -> list[events.Success | events.Retry | events.Dead]:
+    """Run every due task (``Worker.run_until_idle``) and return one event per task
+    handled, in the order their outcomes were recorded: ``events.Success(task_id,
+    result)``, ``events.Retry(task_id, attempt, run_at)`` or ``events.Dead(task_id,
+    error)``.
+
+    Pass a built ``Worker`` (and no handler), or a store and the ``handler`` to run on
+    it: a worker named "taskpipe-testing" is built with ``retry`` (default: none) and
+    ``concurrency`` (default 1, so tasks run one by one in claim order).
+    """
+    if isinstance(worker_or_storage, Worker):
+        if handler is not None or retry is not None or concurrency != 1:
+            raise TypeError(
+                "run_until_idle(worker) takes no handler, retry or concurrency: the worker has them"
+            )
+        worker = worker_or_storage
+    elif isinstance(worker_or_storage, Store):
+        if handler is None:
+            raise TypeError("run_until_idle(store, handler): the handler to run the tasks with")
+        builder = WorkerBuilder("taskpipe-testing").backend(worker_or_storage)
+        builder = builder.concurrency(concurrency).retry(retry or RetryPolicy())
+        worker = builder.build(handler)
+    else:
+        raise TypeError(f"run_until_idle() takes a Worker or a store, not {worker_or_storage!r}")
+
+    ran: list[events.Success | events.Retry | events.Dead] = []
+    lock = threading.Lock()
+
+    def collect(_ctx: WorkerContext, event: events.Event) -> None:
+        if isinstance(event, (events.Success, events.Retry, events.Dead)):
+            with lock:
+                ran.append(event)
+
+    callbacks = worker._callbacks  # the worker's own list: ours is added for this run only
+    callbacks.append(collect)
+    try:
+        worker.run_until_idle()
+    finally:
+        callbacks.remove(collect)
+    return ran
+
+
+if pytest is not None:
+    __all__ += ["taskpipe_db", "taskpipe_storage"]
+
+    @pytest.fixture
+    def taskpipe_db(tmp_path: Any) -> Iterator[Any]:
+        """A fresh SQLite database in ``tmp_path``, set up for taskpipe (closed after)."""
+        from .sql.sqlite import SqliteStorage, connect
+
+        database = connect(str(tmp_path / "taskpipe-test.db"))
+        SqliteStorage.setup(database)
+        yield database
+        if not database.is_closed():
+            database.close()
+
+    @pytest.fixture
+    def taskpipe_storage(taskpipe_db: Any) -> Any:
+        """A ``SqliteStorage`` on the default queue of ``taskpipe_db``."""
+        from .sql.sqlite import SqliteStorage
+
+        return SqliteStorage(taskpipe_db)
