@@ -425,7 +425,7 @@ class MemoryExpose(ExposeMixin):
                 if r.status in statuses and r.done_at is not None and r.done_at <= cutoff
             ]
             for task_id in doomed:
-                del self._finished[task_id]
+                self._forget(self._finished.pop(task_id))
         return len(doomed)
 
     def _pause(self, seconds: float) -> None:

@@ -87,8 +87,12 @@ class MemoryBackend(MemoryExpose, Store):
         self.keep_finished = keep_finished
         self.wakeups = WakeRegistry()
         self._cond = threading.Condition()
-        self._heap: list[tuple[int, float, int]] = []  # (-priority, run_at, id): claims
-        self._due: list[tuple[float, int]] = []  # (run_at, id): next_due()
+        # Waiting tasks enter ``_later`` by due time; a claim moves the due ones into
+        # ``_ready`` (by priority, then due time, then id) and takes from there, so a
+        # task due later never hides one due now. ``_due`` answers next_due().
+        self._later: list[tuple[float, int]] = []  # (run_at, id)
+        self._ready: list[tuple[int, float, int]] = []  # (-priority, run_at, id)
+        self._due: list[tuple[float, int]] = []  # (run_at, id)
         self._records: dict[int, _Record] = {}
         self._finished: OrderedDict[int, _Record] = OrderedDict()
         self._keys: dict[str, int] = {}
@@ -151,9 +155,14 @@ class MemoryBackend(MemoryExpose, Store):
         return TaskId(task_id)
 
     def _schedule(self, record: _Record) -> None:
-        heapq.heappush(self._heap, (-record.row.priority, record.run_at, record.id))
+        heapq.heappush(self._later, (record.run_at, record.id))
         heapq.heappush(self._due, (record.run_at, record.id))
         self._cond.notify_all()
+
+    def _forget(self, record: _Record) -> None:
+        """A finished record leaves for good (evicted or purged): its key is free again."""
+        if record.row.key is not None and self._keys.get(record.row.key) == record.id:
+            del self._keys[record.row.key]
 
     def _after_push(self) -> None:
         self.wakeups.notify(self.queue)
@@ -196,15 +205,16 @@ class MemoryBackend(MemoryExpose, Store):
         out: list[Claim] = []
         lease = ctx.new_lease()
         with self._cond:
-            while self._heap and len(out) < limit:
-                _, run_at, task_id = self._heap[0]
+            while self._later and self._later[0][0] <= now:  # due now: ready to claim
+                run_at, task_id = heapq.heappop(self._later)
+                record = self._records.get(task_id)
+                if record is not None and self._waiting(record, run_at):
+                    heapq.heappush(self._ready, (-record.row.priority, run_at, task_id))
+            while self._ready and len(out) < limit:
+                _, run_at, task_id = heapq.heappop(self._ready)
                 record = self._records.get(task_id)
                 if record is None or not self._waiting(record, run_at):
-                    heapq.heappop(self._heap)  # stale entry
-                    continue
-                if run_at > now:
-                    break
-                heapq.heappop(self._heap)
+                    continue  # a stale entry
                 record.status = Status.RUNNING
                 record.attempts += 1
                 record.lease = lease
@@ -239,6 +249,7 @@ class MemoryBackend(MemoryExpose, Store):
         """Record outcomes and their follow-ups; a stale lease is rejected."""
         now = clock.timestamp()
         with self._cond:
+            self._check_ids([row for o in outcomes for row in o.follow_ups])  # all or nothing
             for o in outcomes:
                 record = self._records.get(o.claim.id)
                 if record is None or record.status is not Status.RUNNING or record.lease != o.claim.lease:
@@ -276,9 +287,7 @@ class MemoryBackend(MemoryExpose, Store):
         self._unfinished -= 1
         self._finished[record.id] = record
         while len(self._finished) > self.keep_finished:
-            _, gone = self._finished.popitem(last=False)
-            if gone.row.key is not None:
-                self._keys.pop(gone.row.key, None)
+            self._forget(self._finished.popitem(last=False)[1])
         self._cond.notify_all()
 
 

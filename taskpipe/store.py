@@ -342,8 +342,9 @@ class Store(TaskSink):
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Record ``outcomes`` in one transaction, lease-fenced (see the module
-        docstring). An outcome that cannot be written makes that task Dead with the
-        reason; the others are still recorded."""
+        docstring): all or nothing. When the batch cannot be written (a follow-up with
+        a taken id…) it raises and records nothing; the worker then tries each outcome
+        alone and writes one that still fails as Dead with the reason."""
         raise NotImplementedError
 
     def next_due(self) -> float | None:
@@ -353,8 +354,11 @@ class Store(TaskSink):
 
     def beat(self, ctx: WorkerContext) -> None:
         """Record that ``ctx``'s run is alive (renewing its leases) and re-enqueue the
-        running tasks of runs silent for ``config.reenqueue_orphaned_after``. Stores
-        whose tasks die with the process have nothing to do."""
+        running tasks of dead runs: silent for ``config.reenqueue_orphaned_after`` (a
+        store may know better on its own host: a run whose process is alive is not
+        dead, one whose process is gone is dead at once). A dead run's only task counts
+        a recovery; tasks that ran beside others are marked to run alone, uncounted.
+        Stores whose tasks die with the process have nothing to do."""
 
     def retire(self, ctx: WorkerContext) -> None:
         """``ctx``'s run stopped cleanly: forget it."""

@@ -235,6 +235,7 @@ class SqlStorage(SqlExpose, Store):
     def _ack_once(self, outcomes: Sequence[Outcome]) -> None:
         q = self.dialect.queries
         now = clock.timestamp()
+        outcomes = _first_per_claim(outcomes)
         done = [o for o in outcomes if o.kind == OutcomeKind.DONE]
         with self._write_tx():
             if done:
@@ -376,6 +377,21 @@ class SqlStorage(SqlExpose, Store):
         """This store, declaring other capabilities (``with_hook`` adds ``wakeups``)."""
         self.capabilities = replace(self.capabilities, **changes)
         return self
+
+
+def _first_per_claim(outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
+    """The outcomes to write: a second outcome for the same claim (id and lease) in one
+    batch is rejected (``accepted = False``), as it would be in a later batch."""
+    seen: set[tuple[int, str]] = set()
+    kept = []
+    for o in outcomes:
+        key = (int(o.claim.id), o.claim.lease)
+        if key in seen:
+            o.accepted = False
+            continue
+        seen.add(key)
+        kept.append(o)
+    return kept if len(kept) != len(outcomes) else outcomes
 
 
 def _retry_busy(dialect: Dialect, fn: Callable[[], T]) -> T:

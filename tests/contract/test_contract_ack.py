@@ -21,7 +21,7 @@ from contract_support import (
 )
 from freezegun import freeze_time
 
-from taskpipe import Status, Task
+from taskpipe import Status, Task, WorkerBuilder
 from taskpipe.store import OutcomeKind
 
 ALL_KINDS = list(OutcomeKind)
@@ -355,14 +355,33 @@ def test_a_follow_up_with_a_taken_id_never_replaces_a_task(store):
     ]
 
 
-def test_an_outcome_that_cannot_be_written_makes_its_task_dead(store):
-    """store.py, ``Store.ack``: "An outcome that cannot be written makes that task Dead
-    with the reason; the others are still recorded." """
+def test_a_batch_that_cannot_be_written_raises_and_writes_nothing(store):
+    """store.py, ``Store.ack``: all or nothing. The worker then tries each outcome alone
+    and writes one that still fails as Dead with the reason."""
     need(store, "follow_ups", "introspection")
     (taken, first, second), batch, raised = _ack_with_a_taken_follow_up_id(store)
-    assert raised is None
-    assert store.fetch_by_id(first).status is Status.DONE
-    info = store.fetch_by_id(second)
-    assert info.status is Status.DEAD
-    assert info.errors and info.errors[-1].error
+    assert raised is not None
+    assert store.fetch_by_id(first).status is Status.RUNNING
+    assert store.fetch_by_id(second).status is Status.RUNNING
+    assert store.fetch_by_id(taken).args == "keeper"
+
+
+def test_the_worker_writes_an_unwritable_outcome_as_dead_and_the_others(store):
+    need(store, "follow_ups", "introspection")
+    base = random.randrange(10**12, 2 * 10**12)
+    taken = store.push_task(Task("keeper", id=base))
+    ids = store.push_bulk(["fine", "clash", "fine"])
+    real_ack = store.ack
+
+    def ack_with_a_clash(outcomes):
+        for o in outcomes:
+            if o.task is not None and o.task.args == "clash" and o.kind is OutcomeKind.DONE:
+                o.follow_ups = (store.row(Task("clash", id=base), now()),)
+        return real_ack(outcomes)
+
+    store.ack = ack_with_a_clash
+    WorkerBuilder("w").backend(store).build(lambda item: item).run_until_idle()
+    statuses = [store.fetch_by_id(i).status for i in ids]
+    assert statuses == [Status.DONE, Status.DEAD, Status.DONE]
+    assert "the outcome could not be stored" in store.fetch_by_id(ids[1]).errors[-1].error
     assert store.fetch_by_id(taken).args == "keeper"
