@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import overload
 
 __all__ = ["now", "timestamp", "from_timestamp", "to_timestamp", "seconds", "real_monotonic"]
 
@@ -39,7 +40,11 @@ def to_timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-def seconds(value: timedelta | float | int | None, *, name: str = "duration") -> float | None:
+@overload
+def seconds(value: None, *, name: str = ...) -> None: ...
+@overload
+def seconds(value: timedelta | float, *, name: str = ...) -> float: ...
+def seconds(value: timedelta | float | None, *, name: str = "duration") -> float | None:
     """Accept a timedelta or a number of seconds (the API takes both) and return seconds."""
     if value is None:
         return None

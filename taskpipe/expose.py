@@ -158,6 +158,9 @@ class Expose(Protocol):
 class ExposeMixin:
     """What every store's introspection shares: argument checks and ``wait_for``."""
 
+    def fetch_by_id(self, task_id: int) -> TaskInfo:  # pragma: no cover - the store's
+        raise NotImplementedError
+
     def wait_for(self, task_id: int, timeout: timedelta | float | None = None) -> Any:
         """Wait until the task is finished: return its stored result when Done, raise
         ``TaskFailed`` (with its last error) when Dead, ``WaitTimeout`` when ``timeout``
@@ -233,6 +236,19 @@ def _empty_stats() -> dict[str, Any]:
 class MemoryExpose(ExposeMixin):
     """Introspection for ``MemoryBackend`` (mixed into it): its records live in
     ``_records`` (unfinished) and ``_finished`` (the last ``keep_finished``)."""
+
+    # Provided by MemoryBackend.
+    queue: str
+    codec: Any
+    _cond: Any
+    _records: dict[int, Any]
+    _finished: Any
+    _unfinished: int
+    _runs: dict[str, Any]
+    _after_push: Any
+    _schedule: Any
+    _finish: Any
+    _forget: Any
 
     def _all_records(self) -> Iterable[Any]:
         yield from self._records.values()
