@@ -24,11 +24,76 @@ from . import hooks
 from .dialect import Dialect, ErrorKind
 from .store import SqlStorage
 
-__all__ = ["connect", "SqliteDialect", "SqliteStorage", "SharedMemoryDatabase"]
+__all__ = [
+    "connect",
+    "SharedMemoryDatabase",
+    "SqliteDialect",
+    "SqliteStorage",
+    "WriteTransaction",
+]
 
 _DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 # sqlite3's primary result codes (the low byte of an extended code).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL, _SQLITE_CONSTRAINT = 5, 6, 13, 19
+
+
+def _rolled_back(db: pw.Database) -> bool:
+    """True when SQLite has ended this thread's transaction by itself: on some errors
+    (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM…) it rolls the whole transaction back,
+    and a ROLLBACK then fails with "cannot rollback - no transaction is active"."""
+    if db.is_closed():
+        return False
+    return not db.connection().in_transaction
+
+
+class _Transaction(pw._transaction):
+    """peewee's outermost transaction, minus the second ROLLBACK: when SQLite already
+    rolled back, that ROLLBACK's error would replace the one that matters (a full
+    disk would be reported as "cannot rollback")."""
+
+    def rollback(self, begin: bool = True) -> None:
+        if _rolled_back(self.db):
+            self.db._clear_commit_callbacks()
+            if begin:
+                self._begin()
+            return
+        super().rollback(begin)
+
+
+class _Savepoint(pw._savepoint):
+    """peewee's savepoint (a nested ``write_tx``), minus the ROLLBACK TO that fails
+    when SQLite already rolled back the whole transaction (the enclosing transaction
+    finds out at its own end)."""
+
+    def rollback(self, begin: bool = True) -> None:
+        if _rolled_back(self.db):
+            return
+        super().rollback(begin)
+
+
+class WriteTransaction:
+    """A write transaction that takes the write lock at once (``BEGIN IMMEDIATE``), or
+    a savepoint inside an enclosing transaction: ``db.atomic(lock_type="IMMEDIATE")``,
+    whose rollback is skipped when SQLite has already rolled back, so that the error
+    that caused it (``database or disk is full``) is the one raised."""
+
+    def __init__(self, db: pw.Database):
+        self.db = db
+        self._helper: _Transaction | _Savepoint | None = None
+
+    def __enter__(self) -> Any:
+        db = self.db
+        if db.transaction_depth() == 0:
+            self._helper = _Transaction(db, lock_type="IMMEDIATE")
+        elif isinstance(db.top_transaction(), pw._manual):
+            raise ValueError("cannot open a taskpipe write transaction inside db.manual_commit()")
+        else:
+            self._helper = _Savepoint(db)
+        return self._helper.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        assert self._helper is not None
+        return self._helper.__exit__(exc_type, exc, tb)
 
 
 class SharedMemoryDatabase(pw.SqliteDatabase):
@@ -79,7 +144,9 @@ class SqliteDialect(Dialect):
     errors = (pw.DatabaseError, sqlite3.DatabaseError)
 
     def write_tx(self, db: pw.Database) -> Any:
-        return db.atomic(lock_type="IMMEDIATE")
+        """``db.atomic(lock_type="IMMEDIATE")``, except that it never issues a ROLLBACK
+        that SQLite has already done itself (see ``WriteTransaction``)."""
+        return WriteTransaction(db)
 
     def execute(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> Any:
         # The hot path talks to sqlite3 directly: same connection and transaction as

@@ -1,0 +1,127 @@
+"""SQLite under duress: a full disk, concurrent first opens, rows another program wrote.
+
+The disk-full tests mount a real 512 KiB tmpfs (they need root: they are skipped,
+saying so, when not root, and fail when root cannot mount). The set-up race runs
+real processes started with ``spawn``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+
+import peewee as pw
+import pytest
+
+from taskpipe.errors import PushError
+from taskpipe.sql.dialect import ErrorKind
+from taskpipe.sql.sqlite import SqliteDialect
+from taskpipe.sqlite import SqliteStorage, connect
+
+PAD = "x" * 1000
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and len(seen) < 10:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+# A full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs mounted for this test (root only), unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs to fill a disk needs root (mount is not permitted)")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:  # root, yet refused: a broken environment, not a skip
+        pytest.fail(f"could not mount a tmpfs as root: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.fixture(params=["fails-at-commit", "fails-mid-transaction"])
+def full_db(request, small_disk):
+    """A set-up database on the small disk. With SQLite's default page cache a bulk
+    push's pages reach the disk at COMMIT, which fails; with a 5-page cache they
+    spill to the write-ahead log mid-transaction, and an INSERT fails."""
+    pragmas = {"cache_size": 5} if request.param == "fails-mid-transaction" else {}
+    database = connect(str(small_disk / "jobs.db"), pragmas=pragmas)
+    SqliteStorage.setup(database)
+    yield database
+    database.close()
+
+
+def _count(db: pw.SqliteDatabase) -> int:
+    return db.connection().execute("SELECT COUNT(*) FROM taskpipe_jobs").fetchone()[0]
+
+
+def _assert_disk_full(exc: PushError) -> None:
+    assert "database or disk is full" in str(exc)
+    assert "cannot rollback" not in str(exc)
+    assert isinstance(exc.__cause__, (pw.OperationalError, sqlite3.OperationalError))
+    codes = [getattr(e, "sqlite_errorcode", None) for e in _chain(exc)]
+    assert sqlite3.SQLITE_FULL in codes, codes
+    assert SqliteDialect().classify(exc.__cause__) is ErrorKind.FULL
+    assert not any("cannot rollback" in str(e) for e in _chain(exc))
+
+
+def test_push_bulk_on_a_full_disk_says_the_disk_is_full(full_db):
+    storage = SqliteStorage(full_db)
+    for _ in range(1000):  # 512 KiB: full after a few dozen KiB-sized tasks
+        before = _count(full_db)
+        try:
+            storage.push_bulk([{"pad": PAD}] * 50)
+        except PushError as exc:
+            _assert_disk_full(exc)
+            break
+    else:
+        pytest.fail("the 512 KiB disk never filled up")
+    # All or nothing, and the connection is usable again: no transaction left open,
+    # neither in SQLite nor in peewee's bookkeeping.
+    assert not full_db.connection().in_transaction
+    assert full_db.transaction_depth() == 0
+    assert _count(full_db) == before
+
+
+def test_push_on_a_full_disk_says_the_disk_is_full(full_db):
+    storage = SqliteStorage(full_db)
+    for _ in range(5000):
+        try:
+            storage.push({"pad": PAD})
+        except PushError as exc:
+            _assert_disk_full(exc)
+            break
+    else:
+        pytest.fail("the 512 KiB disk never filled up")
+    assert not full_db.connection().in_transaction
+
+
+@pytest.mark.parametrize("full_db", ["fails-mid-transaction"], indirect=True)
+def test_a_full_disk_in_a_nested_write_transaction_keeps_the_real_error(full_db):
+    """A push_bulk inside an enclosing write transaction (so in a savepoint) whose
+    INSERT fails: neither the savepoint's rollback nor the enclosing transaction's
+    replaces the disk-full error."""
+    storage = SqliteStorage(full_db)
+    with pytest.raises(PushError) as caught:
+        for _ in range(1000):
+            with storage.dialect.write_tx(full_db):
+                storage.push_bulk([{"pad": PAD}] * 50)
+    _assert_disk_full(caught.value)
+    assert not full_db.connection().in_transaction
+    assert full_db.transaction_depth() == 0
+
