@@ -7,13 +7,16 @@ real processes started with ``spawn``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
+import time
 
 import peewee as pw
 import pytest
 
+from taskpipe import WorkerBuilder
 from taskpipe.errors import PushError
 from taskpipe.sql.dialect import ErrorKind
 from taskpipe.sql.sqlite import SqliteDialect
@@ -125,3 +128,58 @@ def test_a_full_disk_in_a_nested_write_transaction_keeps_the_real_error(full_db)
     assert not full_db.connection().in_transaction
     assert full_db.transaction_depth() == 0
 
+
+# Checkpoints when idle -----------------------------------------------------------------
+
+
+def _wal_size(path: str) -> int:
+    return os.path.getsize(path + "-wal")
+
+
+def test_a_drained_worker_leaves_the_write_ahead_log_empty(db, db_path, storage):
+    # Another connection stays open, as other processes' do: without it, closing the
+    # last connection would checkpoint and delete the log, whatever idle() did.
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("SELECT COUNT(*) FROM taskpipe_jobs").fetchone()  # opens the log
+    try:
+        storage.push_bulk([{"pad": PAD}] * 500)  # ~0.6 MB of log, under the autocheckpoint
+        assert _wal_size(db_path) > 100_000
+        worker = WorkerBuilder("drain").backend(storage).build(lambda args: None)
+        assert worker.run_until_idle() == 500
+        # The worker called idle() when it found nothing more to do: the log was
+        # copied into the database and truncated to zero bytes. What is left is what
+        # the worker wrote after that (unregistering its run): a few pages.
+        assert _wal_size(db_path) <= 8 * (4096 + 24) + 32
+        storage.idle()
+        assert _wal_size(db_path) == 0
+        assert other.execute("SELECT COUNT(*) FROM taskpipe_jobs WHERE status = 'done'").fetchone() == (500,)
+    finally:
+        other.close()
+
+
+def test_idle_does_not_wait_for_a_reader_and_keeps_the_busy_timeout(db, db_path, storage):
+    storage.push_bulk([{"pad": PAD}] * 50)
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM taskpipe_jobs").fetchone()  # holds a snapshot
+        storage.push_bulk([{"pad": PAD}] * 50)  # frames the reader's snapshot predates
+        started = time.monotonic()
+        storage.idle()
+        assert time.monotonic() - started < 2.0  # the busy timeout is 10 s
+        assert _wal_size(db_path) > 0  # the reader still needs the log
+        assert db.connection().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    finally:
+        reader.close()
+    storage.idle()  # the reader is gone: now the log is truncated
+    assert _wal_size(db_path) == 0
+
+
+def test_idle_never_raises(tmp_path, caplog):
+    not_a_database = tmp_path / "garbage.db"
+    not_a_database.write_bytes(b"this is not a SQLite file" * 200)
+    storage = SqliteStorage(connect(str(not_a_database)))
+    with caplog.at_level(logging.DEBUG, logger="taskpipe.store"):
+        storage.idle()
+    assert "checkpoint" in caplog.text and "skipped" in caplog.text
+    assert "not a database" in caplog.text
