@@ -8,16 +8,19 @@ real processes started with ``spawn``.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sqlite3
 import subprocess
 import time
+from typing import Any
 
 import peewee as pw
 import pytest
 
+import taskpipe.sql.store
 from taskpipe import WorkerBuilder
-from taskpipe.errors import PushError
+from taskpipe.errors import PushError, SetupError
 from taskpipe.sql.dialect import ErrorKind
 from taskpipe.sql.sqlite import SqliteDialect
 from taskpipe.sqlite import SqliteStorage, connect
@@ -183,3 +186,98 @@ def test_idle_never_raises(tmp_path, caplog):
         storage.idle()
     assert "checkpoint" in caplog.text and "skipped" in caplog.text
     assert "not a database" in caplog.text
+
+
+# Concurrent first opens ----------------------------------------------------------------
+
+RACE_PROCESSES = 8
+# Before the fix, 19 to 52 of the 2400 opens failed, in each of 6 runs (2 CPUs), in
+# ~5 s. The last SETUP_ROUNDS rounds also set the file up and push a task in every
+# process (~60 ms a round: 8 set-ups in a row, so only a few such rounds).
+RACE_ROUNDS = 300
+SETUP_ROUNDS = 5
+
+
+def _open_new_files(directory: str, barrier: Any, results: Any) -> None:
+    """A child process: each round, open a new file at the same moment as the other
+    children (the barrier); in the last rounds, also set it up and push one task."""
+    for round_ in range(RACE_ROUNDS):
+        db = connect(os.path.join(directory, f"{round_}.db"))
+        try:
+            barrier.wait(timeout=60)
+            if round_ < RACE_ROUNDS - SETUP_ROUNDS:
+                db.connect()  # runs the pragmas, journal_mode = wal first
+            else:
+                SqliteStorage.setup(db)  # opens the connection, then sets up
+                SqliteStorage(db).push(round_)
+            results.put((round_, None))
+        except Exception as exc:
+            results.put((round_, f"{type(exc).__module__}.{type(exc).__name__}: {exc}"))
+        finally:
+            db.close()
+
+
+def test_concurrent_first_opens_of_a_new_file_wait_for_each_other(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(RACE_PROCESSES), ctx.Queue()
+    children = [
+        ctx.Process(target=_open_new_files, args=(str(tmp_path), barrier, results))
+        for _ in range(RACE_PROCESSES)
+    ]
+    for child in children:
+        child.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in range(RACE_PROCESSES * RACE_ROUNDS)]
+    finally:
+        for child in children:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
+    failures = [f"round {round_}: {error}" for round_, error in outcomes if error]
+    assert not failures, f"{len(failures)} of {len(outcomes)} opens failed:\n" + "\n".join(failures)
+    for round_ in range(RACE_ROUNDS):
+        check = sqlite3.connect(tmp_path / f"{round_}.db")
+        try:
+            assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            if round_ >= RACE_ROUNDS - SETUP_ROUNDS:
+                count = check.execute("SELECT COUNT(*) FROM taskpipe_jobs").fetchone()
+                assert count == (RACE_PROCESSES,)
+        finally:
+            check.close()
+
+
+@pytest.fixture
+def locked_new_file(tmp_path, monkeypatch):
+    """A new file that another connection holds locked (``BEGIN EXCLUSIVE``) for as long
+    as the test runs; the stores give up on a busy database after 0.3 s, not 60."""
+    monkeypatch.setattr(taskpipe.sql.store, "LOCKED_RETRY_SECONDS", 0.3)
+    path = str(tmp_path / "locked.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    yield path
+    holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_an_open_that_stays_locked_says_why(locked_new_file):
+    db = connect(locked_new_file, timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(pw.OperationalError) as caught:
+        db.connect()
+    assert time.monotonic() - started < 5.0
+    message = str(caught.value)
+    assert "database is locked" in message
+    assert "journal_mode = wal" in message and "another connection holds a lock" in message
+    assert SqliteDialect().classify(caught.value) is ErrorKind.BUSY
+    assert db.is_closed()
+
+
+def test_a_setup_that_stays_locked_raises_a_setup_error(locked_new_file):
+    db = connect(locked_new_file, timeout=0.2)
+    with pytest.raises(SetupError) as caught:
+        SqliteStorage.setup(db)
+    assert "could not set up" in str(caught.value)
+    assert "another connection holds a lock" in str(caught.value)
+    assert isinstance(caught.value.__cause__, pw.OperationalError)
+    with pytest.raises(PushError, match="another connection holds a lock"):
+        SqliteStorage(db).push(1)

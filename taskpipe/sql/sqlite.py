@@ -13,11 +13,13 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import peewee as pw
 
+from .. import clock
 from ..config import Config
 from ..task import TaskId
 from ..wakeups import WakeRegistry
@@ -29,6 +31,7 @@ __all__ = [
     "checkpoint",
     "connect",
     "SharedMemoryDatabase",
+    "SqliteDatabase",
     "SqliteDialect",
     "SqliteStorage",
     "WriteTransaction",
@@ -100,6 +103,56 @@ class WriteTransaction:
         return self._helper.__exit__(exc_type, exc, tb)
 
 
+class SqliteDatabase(pw.SqliteDatabase):
+    """What ``connect(path)`` returns: a peewee ``SqliteDatabase`` whose connections
+    wait out a lock while their pragmas run.
+
+    A new connection runs ``PRAGMA journal_mode = wal``, which on a file not yet in
+    WAL mode must write the file's header. When several processes open a new file at
+    once, SQLite answers some of them "database is locked" at once, without waiting
+    on the busy timeout (waiting could deadlock two connections that each hold a
+    read lock). Here a pragma refused as busy or locked is tried again with a
+    growing pause, for up to the connection's ``timeout``; after that the error is
+    raised, saying what held things up (taskpipe's stores turn it into a
+    ``SetupError``, ``PushError`` or ``StorageError``).
+    """
+
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
+        deadline = clock.real_monotonic() + self._timeout
+        cursor = conn.cursor()
+        try:
+            for pragma, value in self._pragmas:
+                sql = f"PRAGMA {pragma} = {value};"
+                _execute_waiting(cursor, sql, deadline, f"{self.database!r} ({self._timeout} s)")
+        finally:
+            cursor.close()
+
+
+def _execute_waiting(cursor: sqlite3.Cursor, sql: str, deadline: float, what: str) -> None:
+    """Run ``sql`` again while SQLite says busy or locked, until ``deadline``; ``what``
+    (the file and the timeout) is for the error."""
+    delay = 0.001
+    while True:
+        try:
+            cursor.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if _sqlite_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise
+            if clock.real_monotonic() + delay > deadline:
+                locked = sqlite3.OperationalError(
+                    f"{exc}: opening {what}, `{sql.rstrip(';')}` was refused for the "
+                    "whole timeout: another connection holds a lock on the file (a long "
+                    "transaction, or a program that opened it in exclusive mode). Retry "
+                    "later, or give connect() a longer timeout"
+                )
+                locked.sqlite_errorcode = exc.sqlite_errorcode  # type: ignore[attr-defined]
+                locked.sqlite_errorname = exc.sqlite_errorname  # type: ignore[attr-defined]
+                raise locked from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 class SharedMemoryDatabase(pw.SqliteDatabase):
     """An in-memory SQLite database shared by every thread through one connection.
 
@@ -136,7 +189,7 @@ def connect(
     if path == ":memory:":
         settings.pop("journal_mode")
         return SharedMemoryDatabase(pragmas=settings, timeout=timeout, lock_type="IMMEDIATE")
-    return pw.SqliteDatabase(str(path), pragmas=settings, timeout=timeout, lock_type="IMMEDIATE")
+    return SqliteDatabase(str(path), pragmas=settings, timeout=timeout, lock_type="IMMEDIATE")
 
 
 class SqliteDialect(Dialect):
