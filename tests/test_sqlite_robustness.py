@@ -7,6 +7,7 @@ real processes started with ``spawn``.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -19,8 +20,9 @@ import peewee as pw
 import pytest
 
 import taskpipe.sql.store
-from taskpipe import WorkerBuilder
+from taskpipe import Status, WorkerBuilder
 from taskpipe.errors import PushError, SetupError
+from taskpipe.expose import jsonable
 from taskpipe.sql.dialect import ErrorKind
 from taskpipe.sql.sqlite import SqliteDialect
 from taskpipe.sqlite import SqliteStorage, connect
@@ -281,3 +283,129 @@ def test_a_setup_that_stays_locked_raises_a_setup_error(locked_new_file):
     assert isinstance(caught.value.__cause__, pw.OperationalError)
     with pytest.raises(PushError, match="another connection holds a lock"):
         SqliteStorage(db).push(1)
+
+
+# Rows another program wrote --------------------------------------------------------------
+
+INVALID_UTF8 = "CAST(X'70656e64ff696e67' AS TEXT)"  # b"pend\xffing", stored as TEXT
+
+
+@pytest.fixture
+def odd_rows(db_path, storage):
+    """Rows as another program (or a hand edit) could leave them, written with raw
+    sqlite3 beside two ordinary tasks. Returns {what: id}."""
+    ordinary = storage.push({"n": 1})
+    now = time.time()
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    ids = {"ordinary": int(ordinary)}
+
+    def insert(what: str, columns: str, values: str, params: tuple = ()) -> None:
+        cursor = raw.execute(
+            f"INSERT INTO taskpipe_jobs (run_at, created_at, {columns}) VALUES (?, ?, {values})",
+            (now, now, *params),
+        )
+        ids[what] = cursor.lastrowid
+
+    try:
+        insert("text payload", "queue, payload", "'default', ?", ('{"a": 1}',))
+        insert("weird status", "queue, status, payload", "'default', 'weird', ?", (b'"w"',))
+        insert("invalid utf-8 status", "queue, status, payload", f"'default', {INVALID_UTF8}, NULL")
+        insert("invalid utf-8 queue", "queue, payload", f"{INVALID_UTF8}, NULL")
+        insert("invalid utf-8 meta", "queue, meta", f"'default', {INVALID_UTF8}")
+        insert("garbage meta", "queue, meta", "'default', '{{{'")
+        insert("list meta", "queue, meta", "'default', '[1, 2]'")
+        insert("blob meta", "queue, meta", "'default', X'7b2261223a317d'")  # b'{"a":1}'
+        insert("text priority", "queue, priority", "'default', 'high'")
+        insert("invalid utf-8 worker", "queue, status, worker", f"'default', 'running', {INVALID_UTF8}")
+        raw.execute("UPDATE taskpipe_jobs SET run_at = 'soon' WHERE id = ?", (ids["text priority"],))
+        raw.execute(
+            "INSERT INTO taskpipe_errors (job_id, attempt, error, traceback, at) "
+            f"VALUES (?, 1, {INVALID_UTF8}, {INVALID_UTF8}, 'then')",
+            (ids["weird status"],),
+        )
+    finally:
+        raw.close()
+    ids["last ordinary"] = int(storage.push({"n": 2}))
+    return ids
+
+
+def test_list_tasks_shows_rows_it_cannot_fully_read(storage, odd_rows):
+    by_id = {int(info.id): info for info in storage.list_tasks(limit=100)}
+    assert set(by_id) == set(odd_rows.values())  # nothing lost, nothing failed
+    assert by_id[odd_rows["ordinary"]].args == {"n": 1}
+    assert by_id[odd_rows["ordinary"]].status is Status.PENDING
+    assert by_id[odd_rows["last ordinary"]].args == {"n": 2}
+    # A payload another program stored as TEXT: shown as stored, not decoded.
+    assert by_id[odd_rows["text payload"]].args == '{"a": 1}'
+    # An unknown status: the raw string (a str, with ``.value`` like a Status).
+    weird = by_id[odd_rows["weird status"]]
+    assert weird.status == "weird" and not isinstance(weird.status, Status)
+    assert weird.status.value == "weird"
+    assert weird.args == "w"
+    # Invalid UTF-8 in text columns: the bytes as \xNN escapes.
+    assert by_id[odd_rows["invalid utf-8 status"]].status == "pend\\xffing"
+    assert by_id[odd_rows["invalid utf-8 queue"]].queue == "pend\\xffing"
+    assert by_id[odd_rows["invalid utf-8 worker"]].worker == "pend\\xffing"
+    assert by_id[odd_rows["invalid utf-8 meta"]].meta == {"raw": "pend\\xffing"}
+    # meta that is not a JSON object: kept whole under "raw".
+    assert by_id[odd_rows["garbage meta"]].meta == {"raw": "{{{"}
+    assert by_id[odd_rows["list meta"]].meta == {"raw": "[1, 2]"}
+    assert by_id[odd_rows["blob meta"]].meta == {"a": 1}
+    # A text priority is kept as stored; a time that is not a number reads as None.
+    odd = by_id[odd_rows["text priority"]]
+    assert odd.priority == "high" and odd.run_at is None and odd.created_at is not None
+    (error,) = weird.errors
+    assert error.error == "pend\\xffing" and error.traceback == "pend\\xffing"
+    assert error.at is None
+    # Everything converts to JSON (the CLI's --json): no lone surrogates, no bytes.
+    json.dumps(jsonable(list(by_id.values())))
+
+
+def test_fetch_by_id_shows_a_row_it_cannot_fully_read(storage, odd_rows):
+    for what, task_id in odd_rows.items():
+        info = storage.fetch_by_id(task_id)
+        assert int(info.id) == task_id, what
+    assert storage.fetch_by_id(odd_rows["weird status"]).status == "weird"
+    assert storage.fetch_by_id(odd_rows["invalid utf-8 status"]).status == "pend\\xffing"
+
+
+def test_list_tasks_filters_still_work_beside_odd_rows(storage, odd_rows):
+    running = storage.list_tasks(status=Status.RUNNING)
+    assert [int(t.id) for t in running] == [odd_rows["invalid utf-8 worker"]]
+    escaped = storage.list_tasks(queue="default", limit=100)
+    assert odd_rows["invalid utf-8 queue"] not in {int(t.id) for t in escaped}
+
+
+def test_stats_and_list_queues_count_beside_odd_rows(storage, odd_rows):
+    stats = storage.stats()
+    # Pending: the two ordinary tasks, and the odd rows left at the default status.
+    assert stats["pending"] == len(odd_rows) - 3  # minus weird, invalid status, running
+    assert stats["running"] == 1
+    assert stats["dead"] == stats["done"] == stats["failed"] == 0
+    queues = {q.name: q for q in storage.list_queues()}
+    assert set(queues) == {"default", "pend\\xffing"}
+    assert queues["pend\\xffing"].pending == 1
+    assert queues["default"].running == 1
+
+
+def test_kill_makes_a_row_with_an_unknown_status_dead(storage, odd_rows):
+    assert storage.kill(odd_rows["weird status"]) is True
+    assert storage.fetch_by_id(odd_rows["weird status"]).status is Status.DEAD
+    assert storage.kill(odd_rows["invalid utf-8 status"]) is True
+    assert storage.kill(odd_rows["invalid utf-8 status"]) is False  # now finished
+
+
+def test_list_workers_shows_a_row_it_cannot_fully_read(db_path, storage):
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        raw.execute(
+            "INSERT INTO taskpipe_workers (run_id, name, queues, hostname, pid, started_at, "
+            f"last_seen) VALUES ('run-1', {INVALID_UTF8}, X'612c62', 'host', 1, 'then', ?)",
+            (time.time(),),
+        )
+    finally:
+        raw.close()
+    (worker,) = storage.list_workers()
+    assert worker.name == "pend\\xffing"
+    assert worker.queues == ("a", "b")  # stored as a BLOB
+    assert worker.started_at is None and worker.last_heartbeat is not None

@@ -9,12 +9,13 @@ any process crash; ``durability="full"`` also survives power loss, at a cost
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import peewee as pw
@@ -264,6 +265,10 @@ def _sqlite_code(exc: BaseException | None) -> int | None:
     return None
 
 
+def _lenient_str(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
 def checkpoint(db: pw.SqliteDatabase) -> tuple[int, int, int] | None:
     """Checkpoint ``db``'s write-ahead log and truncate it, on this thread's connection,
     without waiting for other connections (see ``SqliteStorage.idle``). Returns
@@ -317,6 +322,20 @@ class SqliteStorage(SqlStorage):
         storage = cls(db, queue=queue, codec=codec, config=config)
         storage.with_capabilities(wakeups=hooks.database_path(db) is not None)
         return storage
+
+    @contextlib.contextmanager
+    def _lenient_text(self) -> Iterator[None]:
+        """Introspection reads text with invalid UTF-8 (another program wrote it) as
+        ``\\xNN`` escapes, where sqlite3 would fail the whole page: this thread's
+        connection decodes text leniently for the duration (callers hold the store's
+        guard, so a connection shared by threads is not read meanwhile)."""
+        conn = self.db.connection()
+        previous = conn.text_factory
+        conn.text_factory = _lenient_str
+        try:
+            yield
+        finally:
+            conn.text_factory = previous
 
     def idle(self) -> None:
         """The worker found nothing to do: checkpoint the write-ahead log and truncate
