@@ -5,6 +5,12 @@ never block the writer), a busy timeout, ``BEGIN IMMEDIATE`` transactions (no
 "database is locked" from lock upgrades) and ``synchronous=NORMAL``, which survives
 any process crash; ``durability="full"`` also survives power loss, at a cost
 (see benchmarks/). WAL needs every process on one host (no network filesystems).
+
+Under duress: a new connection's pragmas wait out a lock (processes opening a new
+file at once, see ``SqliteDatabase``); a write that SQLite rolled back by itself (a
+full disk) raises its own error, not the failed second ROLLBACK's (see
+``WriteTransaction``); an idle worker checkpoints and truncates the write-ahead log
+(``SqliteStorage.idle``); introspection reads invalid UTF-8 leniently.
 """
 
 from __future__ import annotations
@@ -177,7 +183,8 @@ def connect(
 ) -> pw.SqliteDatabase:
     """Open (lazily) a SQLite database for taskpipe at ``path`` (``":memory:"`` works
     across threads). ``durability``: ``"normal"`` (default) or ``"full"``; ``timeout``:
-    seconds to wait for a lock before retrying."""
+    seconds to wait for a lock before retrying, also when a new connection switches
+    the file to WAL (``SqliteDatabase``)."""
     if durability not in _DURABILITY:
         raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
     settings = {
