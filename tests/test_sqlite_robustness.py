@@ -157,7 +157,8 @@ def test_a_drained_worker_leaves_the_write_ahead_log_empty(db, db_path, storage)
         assert _wal_size(db_path) <= 8 * (4096 + 24) + 32
         storage.idle()
         assert _wal_size(db_path) == 0
-        assert other.execute("SELECT COUNT(*) FROM taskpipe_jobs WHERE status = 'done'").fetchone() == (500,)
+        done = other.execute("SELECT COUNT(*) FROM taskpipe_jobs WHERE status = 'done'")
+        assert done.fetchone() == (500,)
     finally:
         other.close()
 
@@ -316,8 +317,10 @@ def odd_rows(db_path, storage):
         insert("list meta", "queue, meta", "'default', '[1, 2]'")
         insert("blob meta", "queue, meta", "'default', X'7b2261223a317d'")  # b'{"a":1}'
         insert("text priority", "queue, priority", "'default', 'high'")
-        insert("invalid utf-8 worker", "queue, status, worker", f"'default', 'running', {INVALID_UTF8}")
-        raw.execute("UPDATE taskpipe_jobs SET run_at = 'soon' WHERE id = ?", (ids["text priority"],))
+        running = f"'default', 'running', {INVALID_UTF8}"
+        insert("invalid utf-8 worker", "queue, status, worker", running)
+        soon = "UPDATE taskpipe_jobs SET run_at = 'soon' WHERE id = ?"
+        raw.execute(soon, (ids["text priority"],))
         raw.execute(
             "INSERT INTO taskpipe_errors (job_id, attempt, error, traceback, at) "
             f"VALUES (?, 1, {INVALID_UTF8}, {INVALID_UTF8}, 'then')",

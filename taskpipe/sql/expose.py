@@ -186,7 +186,8 @@ class SqlExpose(ExposeMixin):
         )
         found: dict[int, list[AttemptError]] = {}
         for job_id, attempt, error, tb, at in rows:
-            found.setdefault(job_id, []).append(AttemptError(attempt, _text(error), _text(tb), _time(at)))  # type: ignore[arg-type]
+            failed = AttemptError(attempt, _text(error), _text(tb), _time(at))  # type: ignore
+            found.setdefault(job_id, []).append(failed)
         return {job_id: tuple(errors) for job_id, errors in found.items()}
 
     def _recoveries_for(self, ids: list[int]) -> dict[int, tuple[Recovery, ...]]:
@@ -201,7 +202,8 @@ class SqlExpose(ExposeMixin):
         )
         found: dict[int, list[Recovery]] = {}
         for job_id, worker, last_seen, at, counted in rows:
-            recovery = Recovery(_text(worker), _time(last_seen), _time(at), bool(counted))  # type: ignore[arg-type]
+            seen, at = _time(last_seen), _time(at)
+            recovery = Recovery(_text(worker), seen, at, bool(counted))  # type: ignore[arg-type]
             found.setdefault(job_id, []).append(recovery)
         return {job_id: tuple(items) for job_id, items in found.items()}
 
