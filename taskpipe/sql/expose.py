@@ -4,23 +4,38 @@ Cold paths, so written with peewee's query builder (one text for every dialect).
 Every read is a page (``LIMIT``) or an aggregate (``COUNT``/``MIN``/``AVG`` in SQL);
 bulk writes (``retry_dead``, ``purge``) go in batches of ``BATCH`` rows, one short
 write transaction each, so workers are never locked out for long.
+
+Rows are shown as stored, even those taskpipe did not write and cannot fully read
+(another program, a hand edit): one such row never fails a whole page.
+
+- ``args``/``result``: decoded when stored as a BLOB the codec can decode; the raw
+  bytes when it cannot; any other stored value (TEXT, a number) as it is, undecoded.
+- ``status``: a ``Status``, or, for a value taskpipe does not know, a ``RawStatus``:
+  the stored string (a ``str`` with ``.value``, like a ``Status``). Such a row is
+  never claimed; ``kill`` makes it Dead (then ``retry`` or ``purge`` it).
+- text columns holding invalid UTF-8 read with the bad bytes as ``\\xNN`` escapes
+  (``SqliteStorage`` reads them leniently; other engines refuse such text on write).
+- ``meta`` that is not a JSON object: ``{"raw": <the stored text>}``.
+- a time that is not a number of epoch seconds: None. Other fields (``priority``,
+  ``attempts``…) keep whatever value is stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 import peewee as pw
 
 from .. import clock
-from ..errors import CodecError, TaskNotFound
+from ..errors import TaskNotFound
 from ..expose import (
     DAY,
+    FINISHED,
     HOUR,
-    KILLABLE,
     KILLED,
     RETRYABLE,
     ExposeMixin,
@@ -30,13 +45,66 @@ from ..expose import (
 )
 from ..task import AttemptError, Recovery, Status, TaskId, TaskInfo
 
-__all__ = ["SqlExpose", "BATCH"]
+__all__ = ["SqlExpose", "BATCH", "RawStatus"]
 
 BATCH = 1000  # rows per write transaction in retry_dead() and purge()
 
 
 def _values(statuses: tuple[Status, ...]) -> list[str]:
     return [s.value for s in statuses]
+
+
+class RawStatus(str):
+    """A stored status that taskpipe does not know (another program wrote it), as
+    stored: a ``str`` whose ``value`` is itself, like a ``Status``'s."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        """The stored text (what ``Status.value`` is for a known status)."""
+        return str(self)
+
+
+def _text(value: Any) -> Any:
+    """A text column's value as a ``str``: bytes (a BLOB where text belongs) decoded
+    with invalid UTF-8 as ``\\xNN`` escapes; None stays None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _status(value: Any) -> Status | RawStatus:
+    text = _text(value)
+    try:
+        return Status(text)
+    except ValueError:
+        return RawStatus(text)
+
+
+def _time(value: Any) -> datetime | None:
+    """Stored epoch seconds as an aware datetime; None for anything else."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return clock.from_timestamp(value)
+    except (OverflowError, OSError, ValueError):  # out of datetime's range, NaN
+        return None
+
+
+def _meta(raw: Any) -> dict[str, Any]:
+    if raw is None or raw == "" or raw == b"":
+        return {}
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        try:
+            meta = msgspec.json.decode(bytes(raw) if not isinstance(raw, str) else raw)
+        except msgspec.DecodeError:
+            meta = None
+        if isinstance(meta, dict):
+            return meta
+    return {"raw": _text(raw)}
 
 
 class SqlExpose(ExposeMixin):
@@ -52,6 +120,17 @@ class SqlExpose(ExposeMixin):
     _after_push: Callable[[], None]
 
     # Plumbing ------------------------------------------------------------------------
+    def _lenient_text(self) -> contextlib.AbstractContextManager[Any]:
+        """While reading rows for a person: text columns read without failing on
+        invalid UTF-8 (``SqliteStorage`` overrides it; other drivers never return such
+        text)."""
+        return contextlib.nullcontext()
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with ``_lenient_text`` (inside ``_run``: under the store's guard)."""
+        with self._lenient_text():
+            return fn(*args)
+
     def _in_batches(self, batch: Callable[[], int]) -> int:
         """Call ``batch`` (one short transaction of at most ``BATCH`` rows) until a call
         does fewer rows than that; return the total."""
@@ -63,38 +142,35 @@ class SqlExpose(ExposeMixin):
                 return total
 
     def _decode(self, data: Any) -> Any:
-        if data is None:
-            return None
+        """A stored payload or result, decoded; raw bytes when the codec cannot decode
+        them; a value not stored as bytes (TEXT, a number) as it is."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            return data
         data = bytes(data)
         try:
             return self.codec.decode(data)
-        except CodecError:
+        except Exception:  # CodecError, or whatever a codec raises on garbage
             return data
 
     def _info(
         self, row: dict[str, Any], errors: tuple[AttemptError, ...], recoveries: tuple[Recovery, ...]
     ) -> TaskInfo:
-        meta = row["meta"]
-        try:
-            meta = msgspec.json.decode(meta) if meta else {}
-        except msgspec.DecodeError:
-            meta = {"raw": meta}
         return TaskInfo(
             id=TaskId(row["id"]),
-            queue=row["queue"],
-            status=Status(row["status"]),
+            queue=_text(row["queue"]),
+            status=_status(row["status"]),
             args=self._decode(row["payload"]),
             priority=row["priority"],
-            run_at=clock.from_timestamp(row["run_at"]),
+            run_at=_time(row["run_at"]),
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
             result=self._decode(row["result"]),
             errors=errors,
-            created_at=clock.from_timestamp(row["created_at"]),
-            started_at=clock.from_timestamp(row["started_at"]),
-            done_at=clock.from_timestamp(row["done_at"]),
-            worker=row["worker"],
-            meta=meta,
+            created_at=_time(row["created_at"]),
+            started_at=_time(row["started_at"]),
+            done_at=_time(row["done_at"]),
+            worker=_text(row["worker"]),
+            meta=_meta(row["meta"]),
             recoveries=recoveries,
         )
 
@@ -110,7 +186,8 @@ class SqlExpose(ExposeMixin):
         )
         found: dict[int, list[AttemptError]] = {}
         for job_id, attempt, error, tb, at in rows:
-            found.setdefault(job_id, []).append(AttemptError(attempt, error, tb, clock.from_timestamp(at)))
+            failed = AttemptError(attempt, _text(error), _text(tb), _time(at))  # type: ignore
+            found.setdefault(job_id, []).append(failed)
         return {job_id: tuple(errors) for job_id, errors in found.items()}
 
     def _recoveries_for(self, ids: list[int]) -> dict[int, tuple[Recovery, ...]]:
@@ -125,7 +202,8 @@ class SqlExpose(ExposeMixin):
         )
         found: dict[int, list[Recovery]] = {}
         for job_id, worker, last_seen, at, counted in rows:
-            recovery = Recovery(worker, clock.from_timestamp(last_seen), clock.from_timestamp(at), bool(counted))  # type: ignore[arg-type]
+            seen, at = _time(last_seen), _time(at)
+            recovery = Recovery(_text(worker), seen, at, bool(counted))  # type: ignore[arg-type]
             found.setdefault(job_id, []).append(recovery)
         return {job_id: tuple(items) for job_id, items in found.items()}
 
@@ -142,7 +220,8 @@ class SqlExpose(ExposeMixin):
         """A page of tasks, newest first, each with its errors. ``queue=None`` is every
         queue in the database; ``status`` one status (a ``Status`` or its value) or
         several. Args and results are decoded without a type (a payload the codec
-        cannot decode is returned as its raw bytes)."""
+        cannot decode is returned as its raw bytes). A row taskpipe cannot fully read
+        is shown as stored (see the module docstring)."""
         statuses = self._statuses(status)
         self._page(limit, offset)
         Job = self.models.Job
@@ -151,13 +230,13 @@ class SqlExpose(ExposeMixin):
             query = query.where(Job.queue == queue)
         if statuses:
             query = query.where(Job.status.in_(_values(statuses)))
-        return self._run(self._infos, query)
+        return self._run(self._read, self._infos, query)
 
     def fetch_by_id(self, task_id: int) -> TaskInfo:
         """The task with this id, in any queue, with its errors; raises ``TaskNotFound``."""
         task_id = self._task_id(task_id)
         Job = self.models.Job
-        found = self._run(self._infos, Job.select().where(Job.id == task_id).limit(1))
+        found = self._run(self._read, self._infos, Job.select().where(Job.id == task_id).limit(1))
         if not found:
             raise TaskNotFound(f"no task with id {int(task_id)}")
         return found[0]
@@ -178,16 +257,16 @@ class SqlExpose(ExposeMixin):
             .limit(limit)
             .dicts()
         )
-        rows = self._run(list, query)
+        rows = self._run(self._read, list, query)
         return [
             WorkerInfo(
-                name=row["name"],
-                run_id=row["run_id"],
-                queues=tuple(q for q in row["queues"].split(",") if q),
-                hostname=row["hostname"],
+                name=_text(row["name"]),
+                run_id=_text(row["run_id"]),
+                queues=tuple(q for q in (_text(row["queues"]) or "").split(",") if q),
+                hostname=_text(row["hostname"]),
                 pid=row["pid"],
-                started_at=clock.from_timestamp(row["started_at"]),
-                last_heartbeat=clock.from_timestamp(row["last_seen"]),
+                started_at=_time(row["started_at"]),
+                last_heartbeat=_time(row["last_seen"]),
                 tasks_held=row["held"] or 0,
             )
             for row in rows
@@ -195,7 +274,7 @@ class SqlExpose(ExposeMixin):
 
     def list_queues(self) -> list[QueueInfo]:
         """Every queue that holds tasks, by name, with its counts per status (one
-        ``GROUP BY``)."""
+        ``GROUP BY``). Tasks whose status taskpipe does not know are in no count."""
         Job = self.models.Job
         query = (
             Job.select(Job.queue, Job.status, pw.fn.COUNT(Job.id))
@@ -203,8 +282,9 @@ class SqlExpose(ExposeMixin):
             .tuples()
         )
         counts: dict[str, dict[str, int]] = {}
-        for queue, status, count in self._run(list, query):
-            counts.setdefault(queue, {})[status] = count
+        for queue, status, count in self._run(self._read, list, query):
+            by_status = counts.setdefault(_text(queue), {})
+            by_status[_text(status)] = by_status.get(_text(status), 0) + count
         known = {s.value for s in Status}
         return [
             QueueInfo(name, **{k: v for k, v in by_status.items() if k in known})
@@ -222,8 +302,10 @@ class SqlExpose(ExposeMixin):
           became due (None when none is due): how far behind the workers are;
         - ``mean_run_time``: mean seconds from start to finish of the Done tasks
           still stored (None when there are none).
+
+        Tasks whose status taskpipe does not know are in no count.
         """
-        return self._run(self._stats, queue, clock.timestamp())
+        return self._run(self._read, self._stats, queue, clock.timestamp())
 
     def _stats(self, queue: str | None, now: float) -> dict[str, Any]:
         Job, Error = self.models.Job, self.models.Error
@@ -234,9 +316,11 @@ class SqlExpose(ExposeMixin):
             return query if queue is None else query.where(Job.queue == queue)
 
         by_status = in_queue(Job.select(Job.status, fn.COUNT(Job.id)).group_by(Job.status))
+        known = {s.value for s in Status}
         for status, count in by_status.tuples():
-            if status in stats:
-                stats[status] = count
+            status = _text(status)
+            if status in known:
+                stats[status] += count
 
         def recent(column: Any) -> list[Any]:
             return [
@@ -337,7 +421,8 @@ class SqlExpose(ExposeMixin):
         """Make a Pending, Failed or Running task Dead, recording the error "killed".
         A running handler is not interrupted, but its outcome is discarded (acks need
         the task still running under its lease). Returns False when the task had
-        already finished; raises ``TaskNotFound`` for an unknown id. Atomic."""
+        already finished; raises ``TaskNotFound`` for an unknown id. Atomic. A task
+        whose status taskpipe does not know (another program's) is made Dead too."""
         task_id = self._task_id(task_id)
         Job, Error = self.models.Job, self.models.Error
 
@@ -348,7 +433,7 @@ class SqlExpose(ExposeMixin):
                 if row is None:
                     raise TaskNotFound(f"no task with id {int(task_id)}")
                 status, attempts = row
-                if Status(status) not in KILLABLE:
+                if _status(status) in FINISHED:
                     return False
                 Job.update({Job.status: Status.DEAD.value, Job.done_at: now, Job.lease: None}).where(
                     Job.id == task_id
@@ -356,7 +441,7 @@ class SqlExpose(ExposeMixin):
                 Error.insert(job_id=task_id, attempt=attempts, error=KILLED, traceback=None, at=now).execute()
                 return True
 
-        return self._run(once)
+        return self._run(self._read, once)
 
     def purge(self, status: Any, older_than: timedelta | float, *, queue: str | None = None) -> int:
         """Delete Done and/or Dead tasks (and their error rows) that finished at least
