@@ -971,7 +971,7 @@ def tasks(status: tuple[str, ...], queue: str | None, limit: int, offset: int, a
         [
             str(int(t.id)),
             t.queue,
-            (t.status.value, STATUS_COLOURS[t.status.value]),
+            (t.status.value, STATUS_COLOURS.get(t.status.value, "white")),
             f"{t.attempts}/{t.max_attempts}" if t.max_attempts else str(t.attempts),
             str(t.priority),
             _ago(t.created_at, now),

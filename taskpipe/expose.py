@@ -94,11 +94,12 @@ class QueueInfo:
     done: int = 0
     failed: int = 0
     dead: int = 0
+    other: int = 0  # rows with a status taskpipe does not know (another program's)
 
     @property
     def total(self) -> int:
         """Every task of the queue, whatever its status."""
-        return self.pending + self.running + self.done + self.failed + self.dead
+        return self.pending + self.running + self.done + self.failed + self.dead + self.other
 
 
 @runtime_checkable

@@ -170,7 +170,7 @@ class AttemptError:
     attempt: int
     error: str
     traceback: str | None
-    at: datetime
+    at: datetime | None  # None only for a row another program wrote without a time
 
 
 @dataclass(frozen=True)
@@ -182,17 +182,20 @@ class Recovery:
 
     worker: str | None
     last_seen: datetime | None
-    at: datetime
+    at: datetime | None  # None only for a row another program wrote without a time
     counted: bool
 
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task as stored: what introspection (``fetch_by_id``, ``list_tasks``) returns."""
+    """A task as stored: what introspection (``fetch_by_id``, ``list_tasks``) returns.
+
+    ``status`` is a ``Status``, or, for a row another program wrote with a status
+    taskpipe does not know, that text as stored (a ``str`` with a ``.value``)."""
 
     id: TaskId
     queue: str
-    status: Status
+    status: Status | str
     args: Any
     priority: int
     run_at: datetime | None

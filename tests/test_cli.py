@@ -854,7 +854,7 @@ def test_queues(invoke, dbfile, storage):
     assert header.split() == ["QUEUE", "PENDING", "RUNNING", "DONE", "FAILED", "DEAD", "TOTAL"]
     assert [r.split() for r in rows] == [["default", "2", "0", "0", "0", "0", "2"], ["maps", "0", "0", "0", "0", "1", "1"]]
     data = json.loads(invoke("queues", "--json", "--db", dbfile).stdout)
-    assert data[1] == {"name": "maps", "pending": 0, "running": 0, "done": 0, "failed": 0, "dead": 1, "total": 1}
+    assert data[1] == {"name": "maps", "pending": 0, "running": 0, "done": 0, "failed": 0, "dead": 1, "other": 0, "total": 1}
 
 
 def test_stats(invoke, dbfile, storage):

@@ -287,7 +287,11 @@ class SqlExpose(ExposeMixin):
             by_status[_text(status)] = by_status.get(_text(status), 0) + count
         known = {s.value for s in Status}
         return [
-            QueueInfo(name, **{k: v for k, v in by_status.items() if k in known})
+            QueueInfo(
+                name,
+                **{k: v for k, v in by_status.items() if k in known},
+                other=sum(v for k, v in by_status.items() if k not in known),
+            )
             for name, by_status in sorted(counts.items())
         ]
 

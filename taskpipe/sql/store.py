@@ -41,6 +41,7 @@ STALE_WORKER_ROWS_AFTER = 24 * 3600.0
 # A run on this host whose process is alive (and not stopped) is alive, even if a busy
 # write lock kept its beat from landing; up to this many orphan windows of silence.
 LIVE_PID_PATIENCE = 10
+_FULL_HINT = "free space on the disk that holds the database, or purge finished tasks (taskpipe purge)"
 
 
 class SqlStorage(SqlExpose, Store):
@@ -138,7 +139,7 @@ class SqlStorage(SqlExpose, Store):
             except self.dialect.errors:
                 pass
         if kind is ErrorKind.FULL:
-            return StorageError(f"the database or disk is full: {exc}")
+            return StorageError(f"the database or disk is full: {_FULL_HINT}")
         return StorageError(f"{type(exc).__name__}: {exc}")
 
     # Pushing -------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class SqlStorage(SqlExpose, Store):
         if kind is ErrorKind.INTEGRITY:
             return PushError(f"push rejected by the store (duplicate id?): {exc}")
         if kind is ErrorKind.FULL:
-            return PushError(f"push failed: the database or disk is full ({exc})")
+            return PushError(f"push failed: the database or disk is full: {_FULL_HINT}")
         return PushError(f"push failed: {self._storage_error(exc)}")
 
     # Claiming ------------------------------------------------------------------------
