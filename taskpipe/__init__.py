@@ -40,7 +40,17 @@ from .monitor import Monitor, run_all
 from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Store, TaskSink
-from .task import Attempt, AttemptError, Recovery, Status, Task, TaskBuilder, TaskId, TaskInfo
+from .task import (
+    Attempt,
+    AttemptError,
+    RawStatus,
+    Recovery,
+    Status,
+    Task,
+    TaskBuilder,
+    TaskId,
+    TaskInfo,
+)
 from .worker import Worker, WorkerBuilder
 
 __version__ = "0.1.0"
@@ -70,6 +80,7 @@ __all__ = [
     "PipeError",
     "PushError",
     "QueueInfo",
+    "RawStatus",
     "Recovery",
     "RetryPolicy",
     "SetupError",

@@ -49,7 +49,7 @@ from .monitor import Monitor
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
-from .store import Store, require
+from .store import require
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -309,9 +309,10 @@ class _State:
         click.get_current_context().call_on_close(self.close)
         return db
 
-    def storage(self, queue: str | None = None) -> Store:
-        """A store on ``queue`` (the default queue when None), by ``open_storage``."""
-        store = open_storage(self.database(), **({} if queue is None else {"queue": queue}))
+    def storage(self, queue: str | None = None) -> Any:
+        """A store on ``queue`` (the default queue when None), by ``open_storage``; it
+        has the introspection methods too (checked), hence ``Any``."""
+        store = open_storage(self.database(), "default" if queue is None else queue)
         require(store, "introspection", "be seen and steered from the command line")
         return store
 
@@ -602,7 +603,7 @@ def setup() -> None:
     """Create (or migrate) taskpipe's tables; creates the database file if needed."""
     state = _state()
     state.database(create=True)
-    click.echo(f"taskpipe tables are ready in {_shown(state.url)}")
+    click.echo(f"taskpipe tables are ready in {_shown(state.url or '')}")
 
 
 # worker ---------------------------------------------------------------------------------------
@@ -695,7 +696,7 @@ def worker(
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
     elif callable(obj):
         builder = (
-            WorkerBuilder(name or getattr(obj, "__name__", "worker"))
+            WorkerBuilder(str(name or getattr(obj, "__name__", "worker")))
             .backend(_state().storage(queue))
             .concurrency(concurrency)
             .retry(RetryPolicy.retries(retries))
@@ -874,7 +875,7 @@ def push(
         else:
             click.echo(f"pushed task {int(task_id)} to queue {queue}")
         return
-    count = _push_file(file, queue, task)
+    count = _push_file(file or "-", queue, task)  # file is set: checked above
     if as_json:
         _echo_json({"count": count, "queue": queue})
     else:
@@ -932,7 +933,7 @@ def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
                     chunk = [task(v) for v in itertools.islice(values, PUSH_BATCH)]
                 except BadInput as exc:
                     if pushed:
-                        exc.message += f" ({pushed} tasks before it were pushed)"
+                        exc.message += f" ({pushed} tasks before it were pushed)"  # type: ignore[misc]
                     raise
                 if not chunk:
                     return pushed

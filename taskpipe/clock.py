@@ -24,6 +24,10 @@ def now() -> datetime:
     return datetime.fromtimestamp(time.time(), tz=UTC)
 
 
+@overload
+def from_timestamp(value: None) -> None: ...
+@overload
+def from_timestamp(value: float) -> datetime: ...
 def from_timestamp(value: float | None) -> datetime | None:
     """Turn epoch seconds (as stored) into an aware UTC datetime; None stays None."""
     if value is None:

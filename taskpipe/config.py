@@ -55,9 +55,10 @@ class Config:
             "reenqueue_orphaned_after",
             clock.seconds(self.reenqueue_orphaned_after, name="reenqueue_orphaned_after"),
         )
-        if not self.keep_alive:
+        keep_alive, orphaned_after = self.keep_alive_seconds, self.orphaned_after_seconds
+        if not keep_alive:
             raise ValueError("keep_alive must be greater than zero")
-        if self.reenqueue_orphaned_after < 2 * self.keep_alive:
+        if orphaned_after < 2 * keep_alive:
             raise ValueError(
                 f"reenqueue_orphaned_after ({self.reenqueue_orphaned_after}s) must be at least "
                 f"twice keep_alive ({self.keep_alive}s), or live workers would lose their tasks"
@@ -68,6 +69,16 @@ class Config:
             raise ValueError(f"max_recoveries must be >= 1, got {self.max_recoveries}")
         if self.claim_batch < 1:
             raise ValueError(f"claim_batch must be >= 1, got {self.claim_batch}")
+
+    @property
+    def keep_alive_seconds(self) -> float:
+        """``keep_alive`` in seconds."""
+        return clock.seconds(self.keep_alive)
+
+    @property
+    def orphaned_after_seconds(self) -> float:
+        """``reenqueue_orphaned_after`` in seconds."""
+        return clock.seconds(self.reenqueue_orphaned_after)
 
     def with_queue(self, queue: str) -> Config:
         """A copy of this config for another queue."""

@@ -276,7 +276,7 @@ class MemoryExpose(ExposeMixin):
             max_attempts=row.max_attempts,
             result=self._decoded(record.result),
             errors=tuple(
-                AttemptError(attempt, error, tb, clock.from_timestamp(at))  # type: ignore[arg-type]
+                AttemptError(attempt, error, tb, clock.from_timestamp(at))
                 for attempt, error, tb, at in record.errors
             ),
             created_at=clock.from_timestamp(row.created_at),

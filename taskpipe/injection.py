@@ -161,7 +161,7 @@ def _underlying(handler: Any) -> tuple[Any, frozenset[str]]:
     """The function that holds ``handler``'s annotations and decides whether it is
     async (unwrapping partials, methods, staticmethods and ``__call__``), and the
     names that ``functools.partial`` layers bind by keyword."""
-    target, keywords = handler, set()
+    target, keywords = handler, set[str]()
     for _ in range(32):  # bounded: a __call__ could lead back to itself
         if isinstance(target, functools.partial):
             keywords.update(target.keywords)
@@ -183,7 +183,8 @@ def _hints(target: Any, params: list[inspect.Parameter]) -> dict[str, Any]:
     """The resolved annotations of ``target`` (string annotations evaluated in its
     module), or, for a callable written in C, those its signature shows."""
     if isinstance(target, type):  # a class is called through __init__ (or __new__)
-        target = target.__init__ if target.__init__ is not object.__init__ else target.__new__
+        init = target.__init__  # type: ignore[misc]  # the class's own, as called
+        target = init if init is not object.__init__ else target.__new__
     if getattr(target, "__annotations__", None) is None:
         return {p.name: p.annotation for p in params if p.annotation is not p.empty}
     return typing.get_type_hints(target, include_extras=True)

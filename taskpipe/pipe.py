@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .context import WorkerContext
 from .errors import BuildError, PipeError
@@ -215,7 +215,7 @@ class Pipe(Store):
     def _feed(self, ctx: WorkerContext, stop: threading.Event) -> None:
         items: Iterator[Any] | None = None
         try:
-            items = self.source.stream(self.sink, stop) if self._paced else self._shared_iterator()
+            items = cast(PipeSource, self.source).stream(self.sink, stop) if self._paced else self._shared_iterator()
             while not stop.is_set():
                 if not self._wait_for_room(stop):
                     break
@@ -271,7 +271,7 @@ class Pipe(Store):
         if not self._paced:
             with self._iterator_lock:
                 return self._fill_from(ctx, self._shared_iterator)
-        return self._fill_from(ctx, lambda: self.source.ready(self.sink))
+        return self._fill_from(ctx, lambda: cast(PipeSource, self.source).ready(self.sink))
 
     def _fill_from(self, ctx: Any, make_items: Any) -> bool:
         try:
@@ -338,7 +338,7 @@ class Pipe(Store):
     def _shared_iterator(self) -> Iterator[Any]:
         with self._iterator_lock:
             if self._iterator is None:
-                self._iterator = iter(self.source)
+                self._iterator = iter(cast(Iterable[Any], self.source))
             return self._iterator
 
     def _push_one(self, ctx: WorkerContext, item: Any) -> bool:

@@ -196,6 +196,6 @@ def as_strategy(value: PollStrategy | timedelta | float | None) -> PollStrategy:
         return BackoffStrategy()
     if isinstance(value, (timedelta, int, float)) and not isinstance(value, bool):
         return IntervalStrategy(value)
-    if callable(getattr(value, "start", None)):
+    if not isinstance(value, bool) and callable(getattr(value, "start", None)):
         return value
     raise TypeError(f"poll_interval must be a strategy, a timedelta or seconds, not {value!r}")

@@ -42,7 +42,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import clock
 from .codec import Codec, JsonCodec, resolve_codec
@@ -309,7 +309,7 @@ class Store(TaskSink):
     ``open_run``/``close_run`` and ``close_thread_connection``.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: Capabilities = Capabilities()
 
     queue: str
     config: Config

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from . import clock
 
-__all__ = ["Task", "TaskBuilder", "TaskId", "Status", "Attempt", "TaskInfo", "AttemptError", "Recovery"]
+__all__ = ["Task", "TaskBuilder", "TaskId", "Status", "Attempt", "TaskInfo", "AttemptError", "Recovery", "RawStatus"]
 
 T = TypeVar("T")
 
@@ -48,6 +48,18 @@ class Status(str, Enum):  # noqa: UP042 - the contract's spelling (DESIGN §4a)
 
     def __str__(self) -> str:  # "done", as stored, not "Status.DONE"
         return self.value
+
+
+class RawStatus(str):
+    """A stored status that taskpipe does not know (another program wrote it), as
+    stored: a ``str`` whose ``value`` is itself, like a ``Status``'s."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        """The stored text (what ``Status.value`` is for a known status)."""
+        return str(self)
 
 
 _INT64 = 2**63
@@ -191,11 +203,11 @@ class TaskInfo:
     """A task as stored: what introspection (``fetch_by_id``, ``list_tasks``) returns.
 
     ``status`` is a ``Status``, or, for a row another program wrote with a status
-    taskpipe does not know, that text as stored (a ``str`` with a ``.value``)."""
+    taskpipe does not know, a ``RawStatus``: that text as stored, with a ``.value``."""
 
     id: TaskId
     queue: str
-    status: Status | str
+    status: Status | RawStatus
     args: Any
     priority: int
     run_at: datetime | None

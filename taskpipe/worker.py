@@ -249,7 +249,7 @@ class _Run:
         self.until_idle = until_idle
         self.ctx = WorkerContext(worker.name, capacity=worker.capacity, report=self._report)
         self.ctx.until_idle = until_idle
-        self.ctx.beat_interval = float(self.config.keep_alive)
+        self.ctx.beat_interval = self.config.keep_alive_seconds
         self.cond = self.ctx._cond  # the fetch loop waits on it (wake-ups, finished tasks)
         self.work = threading.Condition(self.ctx.lock)  # the pool threads wait on it
         self.outcomes: list[Outcome] = []

@@ -43,7 +43,7 @@ from ..expose import (
     WorkerInfo,
     _empty_stats,
 )
-from ..task import AttemptError, Recovery, Status, TaskId, TaskInfo
+from ..task import AttemptError, RawStatus, Recovery, Status, TaskId, TaskInfo
 
 __all__ = ["SqlExpose", "BATCH", "RawStatus"]
 
@@ -53,17 +53,6 @@ BATCH = 1000  # rows per write transaction in retry_dead() and purge()
 def _values(statuses: tuple[Status, ...]) -> list[str]:
     return [s.value for s in statuses]
 
-
-class RawStatus(str):
-    """A stored status that taskpipe does not know (another program wrote it), as
-    stored: a ``str`` whose ``value`` is itself, like a ``Status``'s."""
-
-    __slots__ = ()
-
-    @property
-    def value(self) -> str:
-        """The stored text (what ``Status.value`` is for a known status)."""
-        return str(self)
 
 
 def _text(value: Any) -> Any:
@@ -186,7 +175,7 @@ class SqlExpose(ExposeMixin):
         )
         found: dict[int, list[AttemptError]] = {}
         for job_id, attempt, error, tb, at in rows:
-            failed = AttemptError(attempt, _text(error), _text(tb), _time(at))  # type: ignore
+            failed = AttemptError(attempt, _text(error), _text(tb), _time(at))
             found.setdefault(job_id, []).append(failed)
         return {job_id: tuple(errors) for job_id, errors in found.items()}
 
@@ -203,7 +192,7 @@ class SqlExpose(ExposeMixin):
         found: dict[int, list[Recovery]] = {}
         for job_id, worker, last_seen, at, counted in rows:
             seen, at = _time(last_seen), _time(at)
-            recovery = Recovery(_text(worker), seen, at, bool(counted))  # type: ignore[arg-type]
+            recovery = Recovery(_text(worker), seen, at, bool(counted))
             found.setdefault(job_id, []).append(recovery)
         return {job_id: tuple(items) for job_id, items in found.items()}
 

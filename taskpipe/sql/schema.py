@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import TypeVar
 
 import peewee as pw
 
@@ -37,6 +38,7 @@ ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
 RECOVERIES = "taskpipe_recoveries"
 META = "taskpipe_schema"
+M = TypeVar("M", bound=pw.Model)
 
 
 class _Base(pw.Model):
@@ -135,9 +137,10 @@ def models_for(db: pw.Database) -> Models:
     with _bound_lock:
         models = _bound.get(db)
         if models is None:
-            def bind(base: type[pw.Model], table: str) -> type[pw.Model]:
+            def bind(base: type[M], table: str) -> type[M]:
                 meta = type("Meta", (), {"database": db, "table_name": table})
-                return type(base.__name__.replace("Model", ""), (base,), {"Meta": meta, "__module__": __name__})
+                name = base.__name__.replace("Model", "")
+                return type(name, (base,), {"Meta": meta, "__module__": __name__})
 
             models = Models(
                 Job=bind(JobModel, JOBS),

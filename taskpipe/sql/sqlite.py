@@ -72,7 +72,7 @@ class _Transaction(pw._transaction):
         if _rolled_back(self.db):
             self.db._clear_commit_callbacks()
             if begin:
-                self._begin()
+                self._begin()  # type: ignore[attr-defined]  # peewee's
             return
         super().rollback(begin)
 
@@ -128,12 +128,13 @@ class SqliteDatabase(pw.SqliteDatabase):
     """
 
     def _set_pragmas(self, conn: sqlite3.Connection) -> None:
-        deadline = clock.real_monotonic() + self._timeout
+        timeout: float = self._timeout  # type: ignore[attr-defined]  # peewee's own
+        deadline = clock.real_monotonic() + timeout
         cursor = conn.cursor()
         try:
-            for pragma, value in self._pragmas:
+            for pragma, value in self._pragmas:  # type: ignore[attr-defined]  # peewee's
                 sql = f"PRAGMA {pragma} = {value};"
-                _execute_waiting(cursor, sql, deadline, f"{self.database!r} ({self._timeout} s)")
+                _execute_waiting(cursor, sql, deadline, f"{self.database!r} ({timeout} s)")
         finally:
             cursor.close()
 
@@ -156,8 +157,8 @@ def _execute_waiting(cursor: sqlite3.Cursor, sql: str, deadline: float, what: st
                     "transaction, or a program that opened it in exclusive mode). Retry "
                     "later, or give connect() a longer timeout"
                 )
-                locked.sqlite_errorcode = exc.sqlite_errorcode  # type: ignore[attr-defined]
-                locked.sqlite_errorname = exc.sqlite_errorname  # type: ignore[attr-defined]
+                locked.sqlite_errorcode = exc.sqlite_errorcode
+                locked.sqlite_errorname = exc.sqlite_errorname
                 raise locked from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

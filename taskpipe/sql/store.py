@@ -146,9 +146,10 @@ class SqlStorage(SqlExpose, Store):
     def insert(self, rows: Sequence[Row]) -> list[TaskId]:
         """Write ``rows`` in one transaction (all or nothing), ids in order; a keyed
         row whose key exists is skipped and its id returned."""
+        refused: tuple[type[BaseException], ...] = (*self.dialect.errors, OverflowError)
         try:
             return self._retrying(self._insert_once, rows)
-        except (*self.dialect.errors, OverflowError) as exc:
+        except refused as exc:
             raise self._push_error(exc) from exc
 
     def _insert_once(self, rows: Sequence[Row]) -> list[TaskId]:
@@ -341,7 +342,7 @@ class SqlStorage(SqlExpose, Store):
     def _alive(self, hostname: str | None, pid: int | None, last_seen: float | None, now: float) -> bool:
         if last_seen is None:  # the run's row is gone: it stopped, or was forgotten
             return False
-        window = self.config.reenqueue_orphaned_after
+        window = self.config.orphaned_after_seconds
         if hostname == self._hostname and pid is not None:
             # Same host: the process table is the truth. A live process whose beats
             # wait behind a busy write lock is not taken for dead; a stopped one
