@@ -53,7 +53,7 @@ from .task import (
 )
 from .worker import Worker, WorkerBuilder
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "Attempt",
