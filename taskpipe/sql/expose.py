@@ -163,38 +163,37 @@ class SqlExpose(ExposeMixin):
             recoveries=recoveries,
         )
 
-    def _errors_for(self, ids: list[int]) -> dict[int, tuple[AttemptError, ...]]:
+    def _by_task(self, model: Any, columns: list[Any], ids: list[int], make: Any) -> dict[int, tuple[Any, ...]]:
+        """``make(*columns)`` for every row of ``model`` (errors, recoveries) that
+        belongs to one of the tasks ``ids``, grouped by task, oldest first."""
         if not ids:
             return {}
-        Error = self.models.Error
         rows = (
-            Error.select(Error.job_id, Error.attempt, Error.error, Error.traceback, Error.at)
-            .where(Error.job_id.in_(ids))
-            .order_by(Error.job_id, Error.id)
+            model.select(model.job_id, *columns)
+            .where(model.job_id.in_(ids))
+            .order_by(model.job_id, model.id)
             .tuples()
         )
-        found: dict[int, list[AttemptError]] = {}
-        for job_id, attempt, error, tb, at in rows:
-            failed = AttemptError(attempt, _text(error), _text(tb), _time(at))
-            found.setdefault(job_id, []).append(failed)
-        return {job_id: tuple(errors) for job_id, errors in found.items()}
+        found: dict[int, list[Any]] = {}
+        for job_id, *values in rows:
+            found.setdefault(job_id, []).append(make(*values))
+        return {job_id: tuple(items) for job_id, items in found.items()}
+
+    def _errors_for(self, ids: list[int]) -> dict[int, tuple[AttemptError, ...]]:
+        E = self.models.Error
+
+        def make(attempt: int, error: Any, tb: Any, at: Any) -> AttemptError:
+            return AttemptError(attempt, _text(error), _text(tb), _time(at))
+
+        return self._by_task(E, [E.attempt, E.error, E.traceback, E.at], ids, make)
 
     def _recoveries_for(self, ids: list[int]) -> dict[int, tuple[Recovery, ...]]:
-        if not ids:
-            return {}
         R = self.models.Recovery
-        rows = (
-            R.select(R.job_id, R.worker, R.last_seen, R.at, R.counted)
-            .where(R.job_id.in_(ids))
-            .order_by(R.job_id, R.id)
-            .tuples()
-        )
-        found: dict[int, list[Recovery]] = {}
-        for job_id, worker, last_seen, at, counted in rows:
-            seen, at = _time(last_seen), _time(at)
-            recovery = Recovery(_text(worker), seen, at, bool(counted))
-            found.setdefault(job_id, []).append(recovery)
-        return {job_id: tuple(items) for job_id, items in found.items()}
+
+        def make(worker: Any, last_seen: Any, at: Any, counted: Any) -> Recovery:
+            return Recovery(_text(worker), _time(last_seen), _time(at), bool(counted))
+
+        return self._by_task(R, [R.worker, R.last_seen, R.at, R.counted], ids, make)
 
     def _infos(self, query: pw.Select) -> list[TaskInfo]:
         rows = list(query.dicts())
