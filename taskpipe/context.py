@@ -34,6 +34,8 @@ class WorkerContext:
         self._hard_stop = False
         #: Tasks claimed by this run and not yet finished (queued or running).
         self.in_flight = 0
+        #: Of those, tasks that must run alone: while one is held, there is no room.
+        self.isolated = 0
         #: True under ``run_until_idle()``: nothing may sleep.
         self.until_idle = False
         #: Seconds between heartbeats (the store's ``Config.keep_alive``).
@@ -64,7 +66,10 @@ class WorkerContext:
 
     # For stores and the worker ----------------------------------------------------------
     def free_slots(self) -> int:
-        """How many more tasks this worker can take now (threads plus buffer)."""
+        """How many more tasks this worker can take now (threads plus buffer); none
+        while it holds a task that must run alone."""
+        if self.isolated:
+            return 0
         return max(0, self.capacity - self.in_flight)
 
     def new_lease(self) -> str:

@@ -277,8 +277,9 @@ class CustomBackend(Store):
         )
 
     def next_due(self) -> float | None:
-        """Unknown: your fetcher decides what is due (the polling strategy paces it)."""
-        return None
+        """Now, always: only your fetcher can tell what is due, so the worker asks it
+        after every polling delay."""
+        return clock.timestamp()
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Hand each outcome to ``on_outcome`` (if given); nothing else is recorded."""

@@ -5,7 +5,8 @@
     │   ├── PushError          the store rejected or could not take the write
     │   └── CodecError         a value could not be encoded (or decoded)
     ├── StorageError           the store is unusable (missing tables, bad schema, closed)
-    │   └── SetupError         setup() was not run, or the schema is newer than this code
+    │   ├── SetupError         setup() was not run, or the schema is newer than this code
+    │   └── OutcomeRefused     the store refuses one outcome itself (retrying cannot help)
     ├── BuildError             a worker or backend was assembled wrongly (at build time)
     │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
     ├── PipeError              a piped source failed (its exception is the __cause__)
@@ -23,6 +24,7 @@ __all__ = [
     "CodecError",
     "StorageError",
     "SetupError",
+    "OutcomeRefused",
     "BuildError",
     "CapabilityError",
     "PipeError",
@@ -54,6 +56,12 @@ class StorageError(TaskpipeError):
 
 class SetupError(StorageError):
     """The schema is missing or newer than this version of taskpipe."""
+
+
+class OutcomeRefused(StorageError):
+    """The store refused an ack because of what it holds (a follow-up whose id or key
+    clashes, a value it cannot store), not because it is unavailable: writing the
+    same outcome again cannot succeed."""
 
 
 class BuildError(TaskpipeError):

@@ -67,7 +67,10 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        try:
+            raw = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        except OverflowError:  # attempt 1,000 and more: long past the cap
+            raw = self.cap
         if self.jitter:
             raw *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, raw)

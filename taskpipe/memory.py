@@ -26,7 +26,7 @@ import msgspec
 from . import clock
 from .config import Config
 from .context import WorkerContext
-from .errors import PushError
+from .errors import OutcomeRefused, PushError
 from .expose import MemoryExpose
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store
 from .task import Status, TaskId
@@ -119,6 +119,7 @@ class MemoryBackend(MemoryExpose, Store):
             chunk = rows[start : start + step]
             with self._cond:
                 self._wait_for(len(chunk))
+                self._check_ids(chunk)  # again: another push may have taken an id meanwhile
                 ids.extend(self._add(row) for row in chunk)
         return ids
 
@@ -249,7 +250,10 @@ class MemoryBackend(MemoryExpose, Store):
         """Record outcomes and their follow-ups; a stale lease is rejected."""
         now = clock.timestamp()
         with self._cond:
-            self._check_ids([row for o in outcomes for row in o.follow_ups])  # all or nothing
+            try:  # all or nothing: no outcome is applied when a follow-up cannot be
+                self._check_ids([row for o in outcomes for row in o.follow_ups])
+            except PushError as exc:
+                raise OutcomeRefused(f"the store refused the outcomes: {exc}") from exc
             for o in outcomes:
                 record = self._records.get(o.claim.id)
                 if record is None or record.status is not Status.RUNNING or record.lease != o.claim.lease:

@@ -121,6 +121,7 @@ class Pipe(Store):
         self._ended = False  # ran dry or failed: nothing more to feed
         self._feeders: dict[str, tuple[threading.Event, threading.Thread | None]] = {}
         self._looked_again: set[str] = set()
+        self._failed_runs: set[str] = set()  # runs whose source failed: they end when done
 
     def __repr__(self) -> str:
         return f"Pipe({self.source!r} -> {self.sink!r})"
@@ -140,17 +141,19 @@ class Pipe(Store):
 
     def claim(self, ctx: WorkerContext, limit: int) -> list[Claim] | None:
         """Claim from the sink. Under ``run_until_idle`` first push what the source has
-        ready; after the source failed, None once the run holds nothing more."""
+        ready. After the source failed during this run: None once everything it pushed
+        has finished (nothing running, nothing waiting in the sink)."""
         if ctx.until_idle:
             self._fill(ctx)
         claims = self.sink.claim(ctx, limit)
         if claims is None:
             return None
-        if claims or self.error is None or ctx.in_flight:
+        finishing = claims or ctx.run_id not in self._failed_runs or ctx.in_flight
+        if finishing or self.sink.next_due() is not None:
             self._looked_again.discard(ctx.run_id)
             return claims
-        # The source failed: finish what was pushed, then end the run. One more look
-        # first, so that a claim begun before the last push is not taken for "empty".
+        # The source failed: end the run. One more look first, so that a claim begun
+        # before the last push is not taken for "empty".
         if ctx.run_id in self._looked_again:
             return None
         self._looked_again.add(ctx.run_id)
@@ -196,6 +199,7 @@ class Pipe(Store):
         """Stop the run's feeder (without waiting long for one blocked in its source)."""
         stop, feeder = self._feeders.pop(ctx.run_id, (None, None))
         self._looked_again.discard(ctx.run_id)
+        self._failed_runs.discard(ctx.run_id)
         if stop is not None:
             stop.set()
         if feeder is not None:
@@ -372,6 +376,7 @@ class Pipe(Store):
     def _fail(self, ctx: WorkerContext, error: PipeError) -> None:
         self._ended = True
         self.error = error
+        self._failed_runs.add(ctx.run_id)
         if ctx.finished.is_set():  # the run is over: nobody to tell but the log
             log.error("pipe %r: %s (after its worker stopped)", self, error)
         else:

@@ -342,14 +342,18 @@ class Store(TaskSink):
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Record ``outcomes`` in one transaction, lease-fenced (see the module
-        docstring): all or nothing. When the batch cannot be written (a follow-up with
-        a taken id…) it raises and records nothing; the worker then tries each outcome
-        alone and writes one that still fails as Dead with the reason."""
+        docstring): all or nothing. When the store refuses the batch because of what
+        it holds (a follow-up with a taken id or key) it raises ``OutcomeRefused`` and
+        records nothing: the worker then tries each outcome alone and writes one that
+        is still refused as Dead with the reason. When the store is unavailable it
+        raises ``StorageError``: the worker keeps the outcomes and tries again later."""
         raise NotImplementedError
 
     def next_due(self) -> float | None:
         """The earliest ``run_at`` (epoch seconds) of a task still waiting in this
-        queue (Pending or Failed), due or not; None when there is none."""
+        queue (Pending or Failed), due or not; None when there is none. A store that
+        cannot tell returns the current time: the worker then claims after each
+        polling delay."""
         raise NotImplementedError
 
     def beat(self, ctx: WorkerContext) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import clock, events
 from .context import WorkerContext
-from .errors import BuildError, PipeError
+from .errors import BuildError, OutcomeRefused, PipeError, TaskpipeError
 from .injection import Signature, analyse
 from .layers import RetryPolicy
 from .signals import graceful_signals
@@ -49,6 +49,7 @@ log = logging.getLogger("taskpipe.worker")
 EventCallback = Callable[[WorkerContext, events.Event], Any]
 INTERRUPTED_RETRY_DELAY = 1.0
 ACK_DELAY = 0.05  # the longest a finished task waits for its outcome to be written
+ACK_RETRY_MIN, ACK_RETRY_MAX = 0.05, 2.0  # pauses between tries while the store is unavailable
 HEARTBEAT_JOIN = 1.0  # how long a stopping run waits for its heartbeat thread
 
 
@@ -258,7 +259,8 @@ class _Run:
         self.active: dict[int, Claim] = {}  # running in a pool thread
         self.threads = 0  # pool threads started
         self.idle_threads = 0  # pool threads waiting for a task
-        self.isolated = 0  # claimed tasks that must run alone
+        self.ack_retry_at = 0.0  # after a failed write: not before this (real monotonic)
+        self.ack_backoff = 0.0
         self.closing = False  # the pool threads should end
         self.handled = 0
         self.pipe_error: PipeError | None = None
@@ -338,6 +340,13 @@ class _Run:
         check_first = False  # after a silent wait: look with a cheap read before claiming
         next_beat = clock.real_monotonic() + ctx.beat_interval
         while not ctx.stopping:
+            if ctx.beats == 0:  # not registered yet: its claims would look orphaned
+                self._beat()
+                if ctx.beats == 0:
+                    if self.until_idle:
+                        break
+                    ctx.wait(strategy.next_delay())
+                    continue
             if self._ack_due(busy):
                 self._flush()
             if self.until_idle and clock.real_monotonic() >= next_beat:
@@ -395,25 +404,25 @@ class _Run:
 
     def _ack_due(self, busy: bool) -> bool:
         """Write outcomes in batches: at once when idle, else when half the capacity
-        has finished or the oldest outcome has waited ``ACK_DELAY``."""
+        has finished or the oldest outcome has waited ``ACK_DELAY``; after a failed
+        write, not before its backoff ends."""
         with self.cond:
             pending = len(self.outcomes)
-            if not pending:
+            if not pending or clock.real_monotonic() < self.ack_retry_at:
                 return False
             if not busy or pending >= self.threshold or self.ctx.in_flight == 0:
                 return True
             return clock.real_monotonic() - self.first_outcome_at >= ACK_DELAY
 
     def _has_room(self) -> bool:
-        with self.cond:
-            if self.isolated:  # a task that must run alone: nothing else until it ends
-                return self.ctx.in_flight == 0
+        with self.cond:  # (no free slots while a task that must run alone is held)
             return self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold
 
     def _wait_for_room(self) -> None:
         with self.cond:
             if self.outcomes:
-                timeout: float | None = max(0.0, self.first_outcome_at + ACK_DELAY - clock.real_monotonic())
+                due = max(self.first_outcome_at + ACK_DELAY, self.ack_retry_at)
+                timeout: float | None = max(0.0, due - clock.real_monotonic())
             else:
                 timeout = self.ctx.beat_interval if self.until_idle else None
             if not self.ctx._woken and not self.ctx.stopping:
@@ -429,7 +438,7 @@ class _Run:
         with self.cond:
             self.ctx.in_flight += 1
             if claim.isolated:
-                self.isolated += 1
+                self.ctx.isolated += 1
             self.queued.append(claim)
             if self.idle_threads:
                 self.work.notify()
@@ -509,7 +518,7 @@ class _Run:
         self.active.pop(claim.id, None)
         self.ctx.in_flight -= 1
         if claim.isolated:
-            self.isolated -= 1
+            self.ctx.isolated -= 1
         if not self.outcomes:
             self.first_outcome_at = clock.real_monotonic()
         self.outcomes.append(outcome)
@@ -527,44 +536,52 @@ class _Run:
     # Writing outcomes ---------------------------------------------------------------------
     def _flush(self) -> None:
         with self.cond:
-            if not self.outcomes:
+            if not self.outcomes or clock.real_monotonic() < self.ack_retry_at:
                 return
             batch, self.outcomes = self.outcomes, []
-        if not self._ack(batch):
-            with self.cond:  # keep them: the next flush tries again
-                self.outcomes[:0] = batch
-            return
-        for outcome in batch:
+        written, unwritten = self._ack(batch)
+        with self.cond:
+            if unwritten:  # the store is unavailable: keep them, try again after a pause
+                self.outcomes[:0] = unwritten
+                self.ack_backoff = min(max(2 * self.ack_backoff, ACK_RETRY_MIN), ACK_RETRY_MAX)
+                self.ack_retry_at = clock.real_monotonic() + self.ack_backoff
+            else:
+                self.ack_backoff = self.ack_retry_at = 0.0
+        for outcome in written:
             self._announce(outcome)
 
-    def _ack(self, batch: list[Outcome]) -> bool:
-        """Write ``batch``; True when every outcome was written. If the batch cannot be
-        written, each outcome is tried alone, and one that still fails is written as
-        Dead with the reason, so that one bad outcome never blocks the others."""
+    def _ack(self, batch: list[Outcome]) -> tuple[list[Outcome], list[Outcome]]:
+        """Write ``batch``; return (written, not written). When the store refuses the
+        batch because of one outcome (``OutcomeRefused``, or a value it cannot take),
+        each is tried alone and the refused one is written as Dead with the reason, so
+        that one bad outcome never blocks the others. When the store is unavailable,
+        nothing is written now: the worker tries again later."""
         try:
             self.store.ack(batch)
-            return True
+            return batch, []
         except Exception as exc:
             self._report(exc)
-            if len(batch) == 1 and batch[0].kind == OutcomeKind.DEAD and not batch[0].follow_ups:
-                return False  # even the plainest outcome failed: the store is down
-        written = True
+            if not _refused(exc):
+                return [], batch
+        written: list[Outcome] = []
         for index, outcome in enumerate(batch):
             try:
                 self.store.ack([outcome])
+                written.append(outcome)
                 continue
             except Exception as exc:
+                if not _refused(exc):
+                    self._report(exc)
+                    return written, batch[index:]
                 reason = safe_text(f"the outcome could not be stored: {_describe(exc)}", 2000)
             fallback = Outcome(outcome.claim, OutcomeKind.DEAD, error=reason, task=outcome.task)
             try:
                 self.store.ack([fallback])
             except Exception as exc:
                 self._report(exc)
-                written = False
-                continue
-            outcome.accepted = False
-            batch[index] = fallback
-        return written
+                return written, batch[index:]
+            written.append(fallback)
+        return written, []
 
     def _announce(self, outcome: Outcome) -> None:
         worker, ctx = self.worker, self.ctx
@@ -594,7 +611,7 @@ class _Run:
                 return
             unstarted, self.queued = list(self.queued), deque()
             self.ctx.in_flight -= len(unstarted)
-            self.isolated -= sum(1 for claim in unstarted if claim.isolated)
+            self.ctx.isolated -= sum(1 for claim in unstarted if claim.isolated)
             self.outcomes.extend(Outcome(claim, OutcomeKind.RELEASE) for claim in unstarted)
 
     def _shutdown(self) -> None:
@@ -621,21 +638,30 @@ class _Run:
                     self.cond.wait(timeout)
                 ctx._woken = False
         self._release_unstarted()  # a hard stop leaves no time to start them
-        self._flush()
-        with self.cond:
+        with self.cond:  # what finished (even during the last flush), and what still runs
             leftover = list(self.active.values())
             self.active.clear()
+            finished, self.outcomes = self.outcomes, []
         if leftover:
             log.warning(
                 "worker %s: %d task(s) still running after the grace: handing them back",
                 self.worker.name,
                 len(leftover),
             )
-            interrupted = [
-                Outcome(claim, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=INTERRUPTED_RETRY_DELAY)
-                for claim in leftover
-            ]
-            self._call(self.store.ack, interrupted)
+        interrupted = [
+            Outcome(claim, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=INTERRUPTED_RETRY_DELAY)
+            for claim in leftover
+        ]
+        if finished or interrupted:
+            written, _ = self._ack(finished + interrupted)
+            for outcome in written:
+                if outcome.kind != OutcomeKind.INTERRUPTED:
+                    self._announce(outcome)
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when a failed ack is about an outcome itself, not the store's availability."""
+    return isinstance(exc, OutcomeRefused) or not isinstance(exc, TaskpipeError)
 
 
 def _describe(exc: BaseException) -> str:

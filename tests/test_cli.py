@@ -1027,7 +1027,7 @@ def test_show_lists_the_recoveries(invoke, dbfile, storage):
         task_id = storage.push("held")
         gone = WorkerContext("gone", capacity=1, report=print)
         elsewhere = SqliteStorage(storage.db)
-        elsewhere._hostname = "another-host"  # only its silence tells that it died
+        elsewhere._host_id = "another-host"  # only its silence tells that it died
         elsewhere.beat(gone)
         elsewhere.claim(gone, 1)
         frozen.tick(61)

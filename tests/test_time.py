@@ -263,7 +263,7 @@ class Zombie:
         self.ctx = WorkerContext(name, capacity=1, report=self.reported.append)
         self.storage = SqliteStorage(storage.db, queue=storage.queue, config=storage.config)
         if not here:
-            self.storage._hostname = "another-host"
+            self.storage._host_id = "another-host"
         beat_once(self.storage, self.ctx)
         [self.task] = self.storage.claim(self.ctx, 1)
         assert not self.reported

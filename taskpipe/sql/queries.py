@@ -68,7 +68,10 @@ class Queries:
         f"RETURNING {CLAIMED}"
     )
     # (queue,)
-    any_isolated: str = f"SELECT 1 FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = ? LIMIT 1"
+    # (queue, now)
+    any_isolated: str = (
+        f"SELECT 1 FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = ? AND run_at <= ? LIMIT 1"
+    )
     # Acks only touch a row still running under the same lease: a zombie's late ack,
     # or an ack for a task killed meanwhile, changes nothing.
     # (result, done_at, id, lease)
@@ -95,10 +98,10 @@ class Queries:
     )
     # (job_id, attempt, error, traceback, at)
     insert_error: str = f"INSERT INTO {ERRORS} (job_id, attempt, error, traceback, at) VALUES (?, ?, ?, ?, ?)"
-    # (run_id, name, queues, hostname, pid, started_at, last_seen)
+    # (run_id, name, queues, hostname, host_id, pid, started_at, last_seen)
     beat: str = (
-        f"INSERT INTO {WORKERS} (run_id, name, queues, hostname, pid, started_at, last_seen) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET last_seen = excluded.last_seen"
+        f"INSERT INTO {WORKERS} (run_id, name, queues, hostname, host_id, pid, started_at, last_seen) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET last_seen = excluded.last_seen"
     )
     forget_worker: str = f"DELETE FROM {WORKERS} WHERE run_id = ?"
     # (older_than,)
@@ -107,7 +110,7 @@ class Queries:
         f"(SELECT worker FROM {JOBS} WHERE status = {RUNNING} AND worker IS NOT NULL)"
     )
     # Every run the workers table knows, and every running task with its run.
-    runs: str = f"SELECT run_id, hostname, pid, last_seen FROM {WORKERS}"
+    runs: str = f"SELECT run_id, host_id, pid, last_seen FROM {WORKERS}"
     running: str = f"SELECT id, worker FROM {JOBS} WHERE status = {RUNNING}"
     # (max_recoveries, max_recoveries, now, id, worker): back to the queue, a recovery
     # counted, the attempt taken back, claimed alone from now on; Dead after too many.

@@ -101,6 +101,8 @@ class WorkerModel(_Base):
     name = pw.TextField()
     queues = pw.TextField()
     hostname = pw.TextField()
+    # Where ``pid`` means something: host, boot and PID namespace (see ``host_identity``).
+    host_id = pw.TextField(null=True)
     pid = pw.IntegerField()
     started_at = pw.DoubleField()
     last_seen = pw.DoubleField()
@@ -181,10 +183,11 @@ def _index_sql() -> list[str]:
 def _migrate(db: pw.Database, models: Models, version: int) -> None:
     """Bring a database at ``version`` up to ``SCHEMA_VERSION`` (inside setup's
     transaction). Tables that did not exist yet were just created whole."""
-    if version < 2:  # 0.1.0 -> 2: the isolate flag (the recoveries table is new)
-        columns = {c.name for c in db.get_columns(JOBS)}
-        if "isolate" not in columns:
+    if version < 2:  # 0.1.0 -> 2: the isolate flag, host_id (the recoveries table is new)
+        if "isolate" not in {c.name for c in db.get_columns(JOBS)}:
             db.execute_sql(f"ALTER TABLE {JOBS} ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0")
+        if "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
+            db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 

@@ -128,7 +128,9 @@ class SharedSqliteStorage:
                 return storage._claim_alone(ctx, limit)
             if not mine.buffer:
                 for lane in self._lanes.values():
-                    room = limit if lane is mine else lane.room()
+                    # Another lane gets tasks only when it has room and none waiting in
+                    # its buffer (a task that must run alone goes to an empty one).
+                    room = limit if lane is mine else (0 if lane.buffer else lane.room())
                     if room <= 0 or lane.ctx.stopping:
                         continue
                     claims = lane.storage._claim_alone(lane.ctx, min(room, lane.storage.config.claim_batch))

@@ -22,7 +22,7 @@ import peewee as pw
 from .. import clock
 from ..config import Config
 from ..context import WorkerContext
-from ..errors import PushError, SetupError, StorageError
+from ..errors import OutcomeRefused, PushError, SetupError, StorageError
 from ..store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store, safe_text
 from ..task import Status, TaskId
 from . import schema
@@ -70,6 +70,7 @@ class SqlStorage(SqlExpose, Store):
         self.wakeups = self.dialect.wakeups(db)
         self._guard = getattr(db, "taskpipe_lock", None) or contextlib.nullcontext()
         self._hostname = socket.gethostname()
+        self._host_id = host_identity()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.db.database!r}, queue={self.queue!r})"
@@ -187,8 +188,10 @@ class SqlStorage(SqlExpose, Store):
         q = self.dialect.queries
         now = clock.timestamp()
         lease = ctx.new_lease()
-        rows: list[dict[str, Any]] = []
-        if ctx.in_flight == 0 and self._execute(q.any_isolated, (self.queue,)).fetchone() is not None:
+        rows: list[Any] = []
+        if self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
+            if ctx.in_flight:  # one must run alone: let this run drain first
+                return []
             rows = self.dialect.claim(self.db, q.claim_isolated, (lease, ctx.run_id, now, self.queue, now))
         if not rows:
             rows = self.dialect.claim(self.db, q.claim, (lease, ctx.run_id, now, self.queue, now, limit))
@@ -231,8 +234,14 @@ class SqlStorage(SqlExpose, Store):
         """Record a batch of outcomes in one transaction, with their follow-ups. An
         outcome whose task is no longer running under its lease (a zombie's, or
         killed) is marked ``accepted = False`` and changes nothing."""
-        if outcomes:
-            self._run(self._ack_once, outcomes)
+        if not outcomes:
+            return
+        try:
+            self._retrying(self._ack_once, outcomes)
+        except self.dialect.errors as exc:
+            if self.dialect.classify(exc) is ErrorKind.INTEGRITY:  # a follow-up's id or key
+                raise OutcomeRefused(f"the store refused the outcomes: {exc}") from exc
+            raise self._storage_error(exc) from exc
 
     def _ack_once(self, outcomes: Sequence[Outcome]) -> None:
         q = self.dialect.queries
@@ -287,7 +296,7 @@ class SqlStorage(SqlExpose, Store):
         q = self.dialect.queries
         now = clock.timestamp()
         with self._write_tx():
-            params = (ctx.run_id, ctx.name, self.queue, self._hostname, os.getpid(), now, now)
+            params = (ctx.run_id, ctx.name, self.queue, self._hostname, self._host_id, os.getpid(), now, now)
             self._execute(q.beat, params)
             if ctx.beats == 0:
                 self._execute(q.forget_stale_workers, (now - STALE_WORKER_ROWS_AFTER,))
@@ -303,9 +312,9 @@ class SqlStorage(SqlExpose, Store):
         q = self.dialect.queries
         last_seen_of: dict[str, float] = {}
         dead: set[str] = set()
-        for run_id, hostname, pid, last_seen in self._execute(q.runs).fetchall():
+        for run_id, host_id, pid, last_seen in self._execute(q.runs).fetchall():
             last_seen_of[run_id] = last_seen
-            if run_id != ctx.run_id and not self._alive(hostname, pid, last_seen, now):
+            if run_id != ctx.run_id and not self._alive(host_id, pid, last_seen, now):
                 dead.add(run_id)
         by_run: dict[str | None, list[int]] = {}
         for task_id, worker in self._execute(q.running).fetchall():
@@ -339,11 +348,11 @@ class SqlStorage(SqlExpose, Store):
         else:
             log.info("task %s re-enqueued: its worker %s stopped beating", task_id, worker)
 
-    def _alive(self, hostname: str | None, pid: int | None, last_seen: float | None, now: float) -> bool:
+    def _alive(self, host_id: str | None, pid: int | None, last_seen: float | None, now: float) -> bool:
         if last_seen is None:  # the run's row is gone: it stopped, or was forgotten
             return False
         window = self.config.orphaned_after_seconds
-        if hostname == self._hostname and pid is not None:
+        if host_id == self._host_id and pid is not None:
             # Same host: the process table is the truth. A live process whose beats
             # wait behind a busy write lock is not taken for dead; a stopped one
             # (SIGSTOP, a frozen job) or a gone one is.
@@ -379,6 +388,21 @@ class SqlStorage(SqlExpose, Store):
         """This store, declaring other capabilities (``with_hook`` adds ``wakeups``)."""
         self.capabilities = replace(self.capabilities, **changes)
         return self
+
+
+def host_identity() -> str:
+    """Where a pid means something: this host's name, its boot and this process's PID
+    namespace. Runs with the same identity are judged by the process table; others
+    (another host, a container with its own PID namespace, a run before a reboot) only
+    by their heartbeats."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # no /proc here: the host name alone
+        pass
+    return "|".join(parts)
 
 
 def _first_per_claim(outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
