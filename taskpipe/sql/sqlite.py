@@ -221,6 +221,9 @@ class SqliteDialect(Dialect):
         claim_isolated=Queries.claim_isolated.replace(
             f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE"
         ),
+        any_isolated=Queries.any_isolated.replace(
+            f"FROM {JOBS} WHERE", f"FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE"
+        ),
     )
 
     def write_tx(self, db: pw.Database) -> Any:
