@@ -17,6 +17,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from . import clock
+
 __all__ = ["EventLoopThread"]
 
 T = TypeVar("T")
@@ -90,6 +92,9 @@ class EventLoopThread:
         """The loop, creating it and its thread on first use (call with the lock held)."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
+            # Timers (asyncio.sleep, wait_for) on the real clock: under freezegun the
+            # loop's own clock (time.monotonic) stands still and they never fire.
+            self._loop.time = clock.real_monotonic  # type: ignore[method-assign]
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
             self._thread.start()
         return self._loop

@@ -6,7 +6,7 @@
     storage = taskpipe.open_storage("jobs.db", queue="emails")
     storage = taskpipe.open_storage(db, queue="emails")   # a database already open
 
-The CLI, the board and the framework integrations open stores with these two and
+The CLI (and the integrations to come) open stores with these two and
 nothing else. Engines other than SQLite live in their own modules, imported when a
 URL names them (``postgresql://…`` → ``taskpipe.postgres``), so their drivers are
 needed only by those who use them.
@@ -82,7 +82,9 @@ def open_storage(
     url_or_db: Any, queue: str = "default", *, codec: Any = None, config: Config | None = None
 ) -> Store:
     """The store for a URL, a path or an open database: a ``SqliteStorage`` for SQLite,
-    the engine's store for the others. Call the store's ``setup`` once first."""
+    the engine's store for the others. Set the database up once first:
+    ``type(store).setup(store)`` (for SQLite, ``SqliteStorage.setup(db)``, or
+    ``taskpipe setup`` on the command line)."""
     db = connect(url_or_db) if isinstance(url_or_db, (str, os.PathLike)) else url_or_db
     import peewee as pw
 

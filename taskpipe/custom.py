@@ -1,4 +1,4 @@
-"""``BackendBuilder``: a backend from your own store, a fetcher and a sink (seed 002).
+"""``BackendBuilder``: a backend from your own store, a fetcher and a sink.
 
 ::
 
@@ -18,8 +18,9 @@
     WorkerBuilder("emails").backend(backend).build(send_email).run()
 
 The fetcher yields, and the sink receives, ``Task`` objects whose ``args`` are your own
-values: there is no codec (``codec`` is None, as for the memory backend), so the
-handler gets exactly what the fetcher built.
+values: nothing is encoded (the ``ValueCodec`` passes values through), so the
+handler gets what the fetcher built, converted to its annotated type when it is
+plain data (a dict becomes the handler's dataclass).
 
 - **The fetcher** is called once per worker run with ``(db, config, worker_ctx)``. The
   worker asks it for one task at a time, only when it has room. Yield ``None`` when
@@ -61,7 +62,6 @@ from .errors import BuildError, CodecError, PushError, StorageError
 from .polling import as_strategy
 from .store import Capabilities, Claim, Outcome, Row, Store
 from .task import Task, TaskId
-from .wakeups import WakeRegistry
 
 __all__ = ["BackendBuilder", "CustomBackend", "ValueCodec"]
 
@@ -190,9 +190,8 @@ class CustomBackend(Store):
     ):
         self.db = db
         self.settings = config
-        self._init_store(queue, ValueCodec(), Config(queue=queue, poll_interval=poll_interval))
+        super().__init__(queue, ValueCodec(), Config(queue=queue, poll_interval=poll_interval))
         self.capabilities = Capabilities(outcomes=on_outcome is not None)
-        self.wakeups = WakeRegistry()
         self._fetcher = fetcher
         self._persist = persist
         self._on_outcome = on_outcome

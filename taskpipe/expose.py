@@ -1,6 +1,7 @@
-"""Introspection ("Expose", seed 000): see and steer the tasks of a store.
+"""Introspection: see and steer the tasks of a store.
 
-Every store has these methods (a ``Pipe`` passes them through to its store)::
+Every store that declares the ``introspection`` capability has these methods (the
+SQL and memory stores do; a ``Pipe`` passes them through to its store)::
 
     list_tasks(queue=None, status=None, limit=50, offset=0)  -> list[TaskInfo], newest first
     fetch_by_id(id)                                          -> TaskInfo, or TaskNotFound
@@ -18,7 +19,7 @@ of rows, or SQL aggregates); none loads a whole table.
 
 ``SqlStorage`` gets these from ``taskpipe.sql.expose.SqlExpose``; ``MemoryBackend``
 from ``MemoryExpose`` below. ``jsonable`` turns their records into plain JSON values
-(the CLI's and the board's ``--json`` output).
+(the CLI's ``--json`` output).
 """
 
 from __future__ import annotations

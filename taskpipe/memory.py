@@ -1,4 +1,4 @@
-"""An in-memory store (the seeds' ``dequeue::backend``): no persistence, for tests,
+"""An in-memory store: no persistence, for tests,
 short scripts and as a bounded buffer behind ``pipe_to``.
 
 ``memory.backend(poll_interval=…, maxsize=None, codec=None)``. It behaves like the
@@ -30,7 +30,6 @@ from .errors import OutcomeRefused, PushError
 from .expose import MemoryExpose
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store
 from .task import Status, TaskId
-from .wakeups import WakeRegistry
 
 __all__ = ["MemoryBackend", "backend"]
 
@@ -82,10 +81,9 @@ class MemoryBackend(MemoryExpose, Store):
     ):
         if maxsize is not None and (not isinstance(maxsize, int) or maxsize < 1):
             raise ValueError(f"maxsize must be a positive int or None, got {maxsize!r}")
-        self._init_store(queue, codec, Config(queue=queue, poll_interval=poll_interval))
+        super().__init__(queue, codec, Config(queue=queue, poll_interval=poll_interval))
         self.maxsize = maxsize
         self.keep_finished = keep_finished
-        self.wakeups = WakeRegistry()
         self._cond = threading.Condition()
         # Waiting tasks enter ``_later`` by due time; a claim moves the due ones into
         # ``_ready`` (by priority, then due time, then id) and takes from there, so a

@@ -304,9 +304,12 @@ class TaskSink:
 class Store(TaskSink):
     """The base of every store (see the module docstring for the contract).
 
-    A subclass sets ``capabilities`` and implements ``insert``, ``claim``, ``ack``,
-    ``next_due``; it may override ``beat``, ``retire``, ``check_setup``,
-    ``open_run``/``close_run`` and ``close_thread_connection``.
+    A subclass calls ``super().__init__(queue=…, codec=…, config=…)``, sets
+    ``capabilities`` and implements ``insert``, ``claim``, ``ack``, ``next_due``; it
+    may override ``beat``, ``retire``, ``check_setup``, ``open_run``/``close_run``,
+    ``idle`` and ``close_thread_connection``. Introspection (``list_tasks``,
+    ``fetch_by_id``, ``stats``…, see ``taskpipe.expose.Expose``) is a capability of
+    its own: a store that declares ``introspection`` implements those methods too.
     """
 
     capabilities: Capabilities = Capabilities()
@@ -317,14 +320,16 @@ class Store(TaskSink):
     #: The in-process registry that pushes notify and idle workers wait on.
     wakeups: WakeRegistry
 
-    def _init_store(self, queue: str | None, codec: Any, config: Config | None) -> None:
-        """Set ``config`` (``queue`` wins over ``config.queue``), ``queue`` and ``codec``."""
+    def __init__(self, queue: str | None = None, codec: Any = None, config: Config | None = None):
+        """Set ``config`` (``queue`` wins over ``config.queue``), ``queue``, ``codec``
+        (JSON by default) and ``wakeups`` (a registry of this store's own)."""
         config = config or Config()
         if queue is not None:
             config = config.with_queue(queue)
         self.config = config
         self.queue = config.queue
         self.codec = resolve_codec(codec)
+        self.wakeups = WakeRegistry()
 
     # Primitives ------------------------------------------------------------------------
     def insert(self, rows: Sequence[Row]) -> list[TaskId]:

@@ -84,7 +84,7 @@ class Task(Generic[T]):
     _: KW_ONLY
     id: TaskId | None = None
     priority: int = 0
-    run_after: timedelta | datetime | None = None
+    run_after: timedelta | datetime | float | None = None
     max_attempts: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     key: str | None = None

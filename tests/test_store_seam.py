@@ -283,3 +283,64 @@ def test_a_database_newer_than_this_code_is_refused(tmp_path, db):
 def test_the_unknown_engines_say_so():
     with pytest.raises(StorageError, match="PostgreSQL"):
         taskpipe.connect("postgresql://localhost/none")
+
+
+def test_an_async_handler_that_awaits_a_timer_runs_under_a_frozen_clock(storage):
+    async def pause_then_answer(n: int) -> int:
+        await asyncio.sleep(0.01)  # a timer on the loop: real time, whatever freezegun says
+        return n + 1
+
+    with freeze_time("2026-01-01 12:00:00"):
+        task_id = storage.push(41)
+        worker = WorkerBuilder("w").backend(storage).build(pause_then_answer)
+        assert worker.run_until_idle() == 1
+    assert storage.fetch_by_id(task_id).result == 42
+
+
+def test_a_store_written_from_the_contract_alone_works():
+    """What the README and ``Store``'s docstring tell a store author, and nothing more."""
+    from taskpipe.store import Capabilities, Claim, Store
+
+    class DictStore(Store):
+        capabilities = Capabilities()
+
+        def __init__(self):
+            super().__init__(queue="dicts")
+            self.rows: dict[int, tuple] = {}
+
+        def insert(self, rows):
+            ids = []
+            for row in rows:
+                task_id = len(self.rows) + 1
+                self.rows[task_id] = (row, "pending", None)
+                ids.append(TaskId(task_id))
+            return ids
+
+        def claim(self, ctx, limit):
+            out = []
+            for task_id, (row, status, _) in self.rows.items():
+                if status == "pending" and len(out) < limit:
+                    self.rows[task_id] = (row, "running", None)
+                    out.append(Claim(TaskId(task_id), self.queue, row.payload, 1, ctx.new_lease()))
+            return out
+
+        def ack(self, outcomes):
+            for o in outcomes:
+                row, _, _ = self.rows[o.task_id]
+                self.rows[o.task_id] = (row, o.kind.value, o.encoded_result)
+
+        def next_due(self):
+            waiting = [row.run_at for row, status, _ in self.rows.values() if status == "pending"]
+            return min(waiting, default=None)
+
+    store = DictStore()
+    store.push_bulk([{"to": "a@example.com"}, {"to": "b@example.com"}])
+    got: list[Email] = []
+
+    def handler(job: Email) -> str:
+        got.append(job)
+        return "sent"
+
+    assert WorkerBuilder("w").backend(store).build(handler).run_until_idle() == 2
+    assert got == [Email("a@example.com"), Email("b@example.com")]
+    assert [status for _, status, _ in store.rows.values()] == ["done", "done"]

@@ -466,14 +466,12 @@ def test_a_finite_backend_runs_every_task_it_handed_out():
     """A store whose claim says "no more, ever" (None) is not a stop: the tasks it
     already handed out run."""
     from taskpipe.store import Claim, OutcomeKind, Store
-    from taskpipe.wakeups import WakeRegistry
 
     acks = []
 
     class Finite(Store):
         def __init__(self):
-            self._init_store(None, None, None)
-            self.wakeups = WakeRegistry()
+            super().__init__()
             self.left = list(range(10))
 
         def claim(self, ctx, limit):

@@ -64,7 +64,7 @@ class SqlStorage(SqlExpose, Store):
             raise TypeError(
                 f"{type(self).__name__} needs a peewee database (taskpipe.connect(url)), got {db!r}"
             )
-        self._init_store(queue, codec, config)
+        super().__init__(queue, codec, config)
         self.db = db
         self.models = schema.models_for(db)
         self.wakeups = self.dialect.wakeups(db)
