@@ -121,9 +121,9 @@ class Task(Generic[T]):
         now = clock.timestamp() if now is None else now
         if self.run_after is None:
             return now
-        if isinstance(self.run_after, timedelta):
-            return now + self.run_after.total_seconds()
-        return clock.to_timestamp(self.run_after)
+        if isinstance(self.run_after, datetime):
+            return clock.to_timestamp(self.run_after)
+        return now + clock.seconds(self.run_after)  # a timedelta (seconds became one)
 
     @staticmethod
     def builder(args: T) -> TaskBuilder[T]:
