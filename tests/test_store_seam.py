@@ -281,5 +281,5 @@ def test_a_database_newer_than_this_code_is_refused(tmp_path, db):
 
 
 def test_the_unknown_engines_say_so():
-    with pytest.raises(StorageError, match="PostgreSQL"):
-        taskpipe.connect("postgresql://localhost/none")
+    with pytest.raises(StorageError, match="MySQL"):
+        taskpipe.connect("mysql://localhost/none")

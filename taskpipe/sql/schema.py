@@ -47,7 +47,7 @@ class _Base(pw.Model):
 class JobModel(_Base):
     """One task: its payload, where it is in its life, its lease and its result."""
 
-    id = pw.AutoField()
+    id = pw.BigAutoField()  # 64-bit where the engine has a choice (BIGSERIAL)
     queue = pw.TextField()
     status = pw.TextField(default=Status.PENDING.value, constraints=[pw.SQL(f"DEFAULT '{Status.PENDING.value}'")])
     payload = pw.BlobField(null=True)
@@ -73,7 +73,7 @@ class ErrorModel(_Base):
     """One failed attempt of a task: the error line and its traceback."""
 
     id = pw.AutoField()
-    job_id = pw.IntegerField(index=True)
+    job_id = pw.BigIntegerField(index=True)
     attempt = pw.IntegerField()
     error = pw.TextField()
     traceback = pw.TextField(null=True)
@@ -85,7 +85,7 @@ class RecoveryModel(_Base):
     last seen, and whether it counted towards ``max_recoveries``."""
 
     id = pw.AutoField()
-    job_id = pw.IntegerField(index=True)
+    job_id = pw.BigIntegerField(index=True)
     worker = pw.TextField(null=True)
     last_seen = pw.DoubleField(null=True)
     counted = pw.IntegerField()
