@@ -142,7 +142,8 @@ class PostgresDatabase(pw.PostgresqlDatabase):
     taskpipe_engine = "postgresql"
 
     def init(self, database: str, **kwargs: Any) -> None:
-        kwargs.setdefault("application_name", APPLICATION_NAME)
+        if "application_name" not in str(database):  # a URL may name it itself
+            kwargs.setdefault("application_name", APPLICATION_NAME)
         kwargs.setdefault("connect_timeout", 10)
         super().init(database, **kwargs)
         self.ever_connected = False
@@ -154,7 +155,7 @@ class PostgresDatabase(pw.PostgresqlDatabase):
             if self.ever_connected:
                 raise
             raise ServerUnreachable(
-                f"cannot reach the PostgreSQL server {describe(self)}: {str(exc).strip()} "
+                f"cannot reach the PostgreSQL server {describe(self)}: {_first_line(exc)} "
                 "(is it running, and does the URL name the right host, port, user and database?)"
             ) from exc
         self.ever_connected = True
@@ -168,6 +169,11 @@ class PostgresDatabase(pw.PostgresqlDatabase):
         else:
             params.setdefault("dbname", self.database)
         return params
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe(db: pw.Database) -> str:
