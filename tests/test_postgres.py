@@ -317,3 +317,13 @@ def _split(sql: str) -> list[str]:
             out.append("%s")
         out.append(part)
     return out
+
+
+def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
+    import taskpipe
+
+    for name in ("taskpipe.postgres", "taskpipe.sql.postgres"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # "import psycopg" fails
+    with pytest.raises(StorageError, match=r"pip install 'taskpipe\[postgres\]'"):
+        taskpipe.connect("postgresql://postgres@127.0.0.1:5432/test")
