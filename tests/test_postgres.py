@@ -327,3 +327,32 @@ def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)  # "import psycopg" fails
     with pytest.raises(StorageError, match=r"pip install 'taskpipe\[postgres\]'"):
         taskpipe.connect("postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_a_push_and_a_retry_notify_the_queue_on_commit(pg_url):
+    from taskpipe import Task
+    from taskpipe.context import WorkerContext
+    from taskpipe.store import Outcome, OutcomeKind
+
+    queue = _queue()
+    storage = PostgresStorage(connect(pg_url), queue=queue)
+
+    def heard(listener, timeout: float) -> bool:
+        # Other sessions on this database may notify for their own queues.
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if any(n.payload == queue for n in listener.notifies(timeout=left, stop_after=1)):
+                return True
+        return False
+
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute("LISTEN taskpipe")
+        with storage.db.atomic():
+            task_id = storage.push_task(Task("x", max_attempts=1))
+            assert not heard(listener, 0.2)  # not before COMMIT
+        assert heard(listener, LIMIT)
+        run = WorkerContext("w", capacity=1, report=lambda exc: None)
+        [claim] = storage.claim(run, 1)
+        storage.ack([Outcome(claim, OutcomeKind.DEAD, error="boom")])
+        assert storage.retry(task_id)
+        assert heard(listener, LIMIT)

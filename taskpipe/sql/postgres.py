@@ -493,4 +493,27 @@ class PostgresStorage(SqlStorage):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe(self.db)!r}, queue={self.queue!r})"
 
+    def retry(self, task_id: int) -> bool:
+        """``SqlStorage.retry``, and a NOTIFY so that idle workers on other hosts take
+        the task at once."""
+        retried = super().retry(task_id)
+        if retried:
+            self._notify(self.fetch_by_id(task_id).queue)
+        return retried
+
+    def retry_dead(self, queue: str | None = None) -> int:
+        """``SqlStorage.retry_dead``, and a NOTIFY for each queue (see ``retry``)."""
+        count = super().retry_dead(queue)
+        if count:
+            queues = [queue] if queue is not None else [q.name for q in self.list_queues()]
+            for name in queues:
+                self._notify(name)
+        return count
+
+    def _notify(self, queue: str) -> None:
+        try:
+            self._run(self._execute, "SELECT pg_notify(%s, %s)", (CHANNEL, queue))
+        except StorageError as exc:  # the workers' timed poll finds the task anyway
+            log.debug("NOTIFY for %r failed: %s", queue, exc)
+
 
