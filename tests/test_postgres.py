@@ -356,3 +356,14 @@ def test_a_push_and_a_retry_notify_the_queue_on_commit(pg_url):
         storage.ack([Outcome(claim, OutcomeKind.DEAD, error="boom")])
         assert storage.retry(task_id)
         assert heard(listener, LIMIT)
+
+
+def test_an_id_given_by_hand_is_never_handed_out_again(pg_url):
+    from taskpipe import Task
+
+    storage = PostgresStorage(connect(pg_url), queue=_queue())
+    first = storage.push("a")
+    ahead = storage.push_task(Task("b", id=first + 1000))
+    assert ahead == first + 1000
+    assert storage.push("c") > ahead
+    assert min(storage.push_bulk(range(100))) > ahead  # the COPY path takes its ids after it

@@ -41,7 +41,7 @@ from ..task import TaskId
 from ..wakeups import WakeRegistry
 from . import schema
 from .dialect import Dialect, ErrorKind
-from .queries import RUNNING, Queries
+from .queries import RUNNING, WAITING, Queries
 from .schema import JOBS
 from .store import SqlStorage
 
@@ -63,7 +63,7 @@ CHANNEL = "taskpipe"
 APPLICATION_NAME = "taskpipe"
 #: A lock key for ``setup()`` (several processes may set up at once).
 _SETUP_LOCK = 0x7461736B70697065  # "taskpipe"
-#: Rows per multi-row statement when a bulk insert is too small for COPY.
+#: Inserts of at least this many plain rows go through COPY (ids from the sequence).
 _COPY_FROM = 64
 #: How often the listener looks whether it is still needed.
 LISTEN_TIMEOUT = 0.5
@@ -75,7 +75,7 @@ _CLAIMED = (
     "j.id, j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, "
     "convert_to(j.meta, 'UTF8') AS meta, j.isolate"
 )
-_PICK = f"SELECT id FROM {JOBS} WHERE status IN ('pending', 'failed') AND queue = %s AND run_at <= %s"
+_PICK = f"SELECT id FROM {JOBS} WHERE status IN {WAITING} AND queue = %s AND run_at <= %s"
 _SET_RUNNING = (
     f"UPDATE {JOBS} j SET status = {RUNNING}, attempts = j.attempts + 1, lease = %s, worker = %s, "
     "started_at = %s FROM picked WHERE j.id = picked.id "
@@ -92,9 +92,6 @@ def _postgres_queries() -> Queries:
     }
     for name, sql in ack.items():
         assert safe_fence in sql, name
-    from .queries import WAITING
-
-    assert WAITING == "('pending', 'failed')"
     # A row without an id takes the sequence's next (SQLite: a NULL rowid does that).
     first_value = "VALUES (%s, "
     auto_id = f"VALUES (coalesce(%s, nextval('{JOBS}_id_seq'::regclass)), "
@@ -104,13 +101,14 @@ def _postgres_queries() -> Queries:
         **ack,
         insert=base.insert.replace(first_value, auto_id) + " RETURNING id",
         insert_keyed=base.insert_keyed.replace(first_value, auto_id) + " RETURNING id",
-        # (lease, worker, started_at, queue, now, limit), as SQLite's
+        # (queue, now, limit, lease, worker, started_at): ``PostgresDialect.claim``
+        # reorders the core's (lease, worker, started_at, queue, now, limit)
         claim=(
             f"WITH picked AS MATERIALIZED ({_PICK} AND isolate = 0 "
             "ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"{_SET_RUNNING}RETURNING {_CLAIMED}"
         ),
-        # (lease, worker, started_at, queue, now)
+        # (queue, now, lease, worker, started_at), reordered likewise
         claim_isolated=(
             f"WITH picked AS MATERIALIZED ({_PICK} AND isolate = 1 "
             "ORDER BY priority DESC, run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
@@ -271,6 +269,9 @@ class PostgresDialect(Dialect):
 
     def insert_one(self, db: pw.Database, row: Any) -> TaskId:
         """One row and its NOTIFY in one autocommit statement (one transaction)."""
+        if row.id is not None:  # the sequence may need to move past it: see insert_rows
+            with self.write_tx(db):
+                return self.insert_rows(db, [row])[0]
         sql = (
             f"WITH ins AS ({self.queries.insert}) "
             f"SELECT ins.id, pg_notify('{CHANNEL}', %s) FROM ins"
@@ -306,11 +307,11 @@ class PostgresDialect(Dialect):
             ids.append(TaskId(found[0]))
         if explicit:
             # An id given by hand must not be handed out again by the sequence later.
+            # Only ever forwards: a sequence behind the given id jumps past it.
             self.execute(
                 db,
-                f"SELECT setval(pg_get_serial_sequence('{JOBS}', 'id'), %s) "
-                f"WHERE %s > (SELECT coalesce(max(id), 0) FROM {JOBS} WHERE id < %s)",
-                (explicit, explicit, explicit),
+                f"SELECT setval('{JOBS}_id_seq'::regclass, %s) FROM {JOBS}_id_seq WHERE last_value < %s",
+                (explicit, explicit),
             )
         return ids
 
