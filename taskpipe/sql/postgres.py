@@ -434,7 +434,7 @@ class PgListener(threading.Thread):
         """Listen and wake until no worker needs it; reconnect when the connection drops."""
         delay = RECONNECT_DELAY
         first = True
-        while not self.registry.probe_may_stop(self):
+        while not self.registry.probe_may_stop(self):  # once True, the registry forgot us
             try:
                 conn = psycopg.connect(**self.conninfo, autocommit=True)
             except psycopg.Error as exc:
@@ -450,7 +450,9 @@ class PgListener(threading.Thread):
                     for queue in self.registry.watched_queues():
                         self.registry.wake_queue(queue)
                 first = False
-                while not self.registry.probe_may_stop(self):
+                while True:
+                    if self.registry.probe_may_stop(self):
+                        return  # not asked again: a newer listener may exist by then
                     for note in conn.notifies(timeout=LISTEN_TIMEOUT):
                         self.notifications += 1
                         self.registry.wake_queue(note.payload)
