@@ -281,8 +281,8 @@ def test_a_database_newer_than_this_code_is_refused(tmp_path, db):
 
 
 def test_the_unknown_engines_say_so():
-    with pytest.raises(StorageError, match="PostgreSQL"):
-        taskpipe.connect("postgresql://localhost/none")
+    with pytest.raises(StorageError, match="MySQL"):
+        taskpipe.connect("mysql://localhost/none")
 
 
 def test_an_async_handler_that_awaits_a_timer_runs_under_a_frozen_clock(storage):

@@ -103,6 +103,14 @@ class Dialect:
             return ErrorKind.INTEGRITY
         return ErrorKind.OTHER
 
+    def reset_connection(self, db: pw.Database) -> None:
+        """Drop this thread's connection after it was lost (``ErrorKind.GONE``): the
+        next statement opens a new one."""
+        try:
+            db.close()
+        except Exception:  # a connection that is gone may fail to close: forget it
+            db._state.reset()
+
     def setup(self, db: pw.Database) -> None:
         """Create or migrate taskpipe's tables; idempotent."""
         schema.setup(db)

@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 #: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
-SCHEMA_VERSION = 2
+#: 3: the workers' ``host_id`` (where their pid means something).
+SCHEMA_VERSION = 3
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
@@ -49,7 +50,7 @@ class _Base(pw.Model):
 class JobModel(_Base):
     """One task: its payload, where it is in its life, its lease and its result."""
 
-    id = pw.AutoField()
+    id = pw.BigAutoField()  # 64-bit where the engine has a choice (BIGSERIAL)
     queue = pw.TextField()
     status = pw.TextField(default=Status.PENDING.value, constraints=[pw.SQL(f"DEFAULT '{Status.PENDING.value}'")])
     payload = pw.BlobField(null=True)
@@ -75,7 +76,7 @@ class ErrorModel(_Base):
     """One failed attempt of a task: the error line and its traceback."""
 
     id = pw.AutoField()
-    job_id = pw.IntegerField(index=True)
+    job_id = pw.BigIntegerField(index=True)
     attempt = pw.IntegerField()
     error = pw.TextField()
     traceback = pw.TextField(null=True)
@@ -87,7 +88,7 @@ class RecoveryModel(_Base):
     last seen, and whether it counted towards ``max_recoveries``."""
 
     id = pw.AutoField()
-    job_id = pw.IntegerField(index=True)
+    job_id = pw.BigIntegerField(index=True)
     worker = pw.TextField(null=True)
     last_seen = pw.DoubleField(null=True)
     counted = pw.IntegerField()
@@ -183,11 +184,11 @@ def _index_sql() -> list[str]:
 def _migrate(db: pw.Database, models: Models, version: int) -> None:
     """Bring a database at ``version`` up to ``SCHEMA_VERSION`` (inside setup's
     transaction). Tables that did not exist yet were just created whole."""
-    if version < 2:  # 0.1.0 -> 2: the isolate flag, host_id (the recoveries table is new)
-        if "isolate" not in {c.name for c in db.get_columns(JOBS)}:
-            db.execute_sql(f"ALTER TABLE {JOBS} ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0")
-        if "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
-            db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
+    if version < 2 and "isolate" not in {c.name for c in db.get_columns(JOBS)}:
+        # 0.1.0 -> 2: the isolate flag (the recoveries table is new: made whole above)
+        db.execute_sql(f"ALTER TABLE {JOBS} ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0")
+    if version < 3 and "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
+        db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 

@@ -94,7 +94,7 @@ class SqlStorage(SqlExpose, Store):
                 dialect.setup(db)
 
         try:
-            _retry_busy(dialect, once)
+            _retry_busy(dialect, once, db)
         except dialect.errors as exc:
             raise SetupError(f"could not set up taskpipe's tables: {type(exc).__name__}: {exc}") from exc
 
@@ -117,7 +117,7 @@ class SqlStorage(SqlExpose, Store):
             with self._guard:
                 return fn(*args)
 
-        return _retry_busy(self.dialect, guarded)
+        return _retry_busy(self.dialect, guarded, self.db)
 
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """``_retrying``, with driver errors turned into ``StorageError`` (``SetupError``
@@ -420,16 +420,21 @@ def _first_per_claim(outcomes: Sequence[Outcome]) -> Sequence[Outcome]:
     return kept if len(kept) != len(outcomes) else outcomes
 
 
-def _retry_busy(dialect: Dialect, fn: Callable[[], T]) -> T:
+def _retry_busy(dialect: Dialect, fn: Callable[[], T], db: pw.Database | None = None) -> T:
     """Call ``fn`` again while ``dialect`` says its error means "busy" (for up to
-    ``LOCKED_RETRY_SECONDS``), with a growing pause."""
+    ``LOCKED_RETRY_SECONDS``), with a growing pause. With ``db``, a lost connection
+    (``GONE``) is dropped and ``fn`` tried again on a new one, the same way, unless
+    the caller's own transaction was open on it (that transaction is lost)."""
     deadline = None
     delay = 0.005
     while True:
         try:
             return fn()
         except dialect.errors as exc:
-            if dialect.classify(exc) is not ErrorKind.BUSY:
+            kind = dialect.classify(exc)
+            if kind is ErrorKind.GONE and db is not None and not db.in_transaction():
+                dialect.reset_connection(db)
+            elif kind is not ErrorKind.BUSY:
                 raise
             now = clock.real_monotonic()
             if deadline is None:

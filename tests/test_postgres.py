@@ -1,0 +1,369 @@
+"""PostgreSQL beyond the contract suite: many processes, lost connections, wake-ups.
+
+Needs a server: set ``TASKPIPE_TEST_POSTGRES_URL`` (CI sets it, and there a missing
+URL fails instead of skipping). Every test works in a schema of its own session
+(``taskpipe_test_<hex>``, created here and dropped at the end), reached through the
+URL's ``search_path``, so it touches nothing it did not create.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import quote
+
+import pytest
+
+from taskpipe import TaskId, WorkerBuilder, events
+
+psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL tests need psycopg 3 (taskpipe[postgres])")
+
+from taskpipe.config import Config  # noqa: E402
+from taskpipe.errors import StorageError  # noqa: E402
+from taskpipe.postgres import PostgresStorage, ServerUnreachable, connect  # noqa: E402
+
+URL_VARIABLE = "TASKPIPE_TEST_POSTGRES_URL"
+LIMIT = 60.0  # seconds any one wait may take before the test fails
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A URL whose connections work in a fresh schema of this module's (dropped after)."""
+    base = os.environ.get(URL_VARIABLE, "").strip()
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail(f"{URL_VARIABLE} is not set (CI: not skipping)", pytrace=False)
+        pytest.skip(f"set {URL_VARIABLE} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run these")
+    schema = f"taskpipe_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    url = f"{base}{sep}options={quote(f'-c search_path={schema}')}"
+    db = connect(url)
+    PostgresStorage.setup(db)
+    db.close()
+    yield url
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _until(condition, what: str, limit: float = LIMIT) -> None:
+    """Wait until ``condition()`` holds (checking every 20 ms), or fail saying ``what``."""
+    deadline = time.monotonic() + limit
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {limit}s waiting for {what}")
+        pause.wait(0.02)
+
+
+def _queue() -> str:
+    return f"pg-{uuid.uuid4().hex[:12]}"
+
+
+def _fast_config() -> Config:
+    return Config(keep_alive=0.2, reenqueue_orphaned_after=2.0, poll_interval=0.1)
+
+
+# Many processes, one killed --------------------------------------------------------------
+DRAIN_TASKS = 20_000
+DRAIN_PROCESSES = 4
+VICTIM_BLOCKS_AT = 1500  # the victim's handler blocks on its 1500th task, then is killed
+
+
+def _drain_process(url, queue, name, barrier, record_path, blocked) -> None:
+    """One worker process: 4 threads, stopped gracefully by SIGTERM; records every task
+    it starts in ``record_path``. With ``blocked``, its ``VICTIM_BLOCKS_AT``-th task
+    blocks and says so."""
+    db = connect(url)
+    storage = PostgresStorage(db, queue=queue, config=_fast_config())
+    fd = os.open(record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    lock = threading.Lock()
+    started = [0]
+
+    def handler(item: int, task_id: TaskId) -> None:
+        os.write(fd, f"{int(task_id)}\n".encode())
+        if blocked is None:
+            return
+        with lock:
+            started[0] += 1
+            mine = started[0]
+        if mine == VICTIM_BLOCKS_AT:
+            os.write(fd, f"blocked {int(task_id)}\n".encode())
+            blocked.set()
+            threading.Event().wait()  # until SIGKILL
+
+    worker = WorkerBuilder(name).backend(storage).concurrency(4).build(handler)
+    barrier.wait()
+    worker.run()
+
+
+def _runs(path: str) -> tuple[list[int], int | None]:
+    """The task ids started in one process (a torn last line is ignored), and the
+    task it blocked on."""
+    started, blocked = [], None
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                continue
+            if line.startswith("blocked "):
+                blocked = int(line.split()[1])
+            else:
+                started.append(int(line))
+    return started, blocked
+
+
+def test_four_processes_drain_every_task_once_and_recover_a_killed_ones(pg_url, tmp_path):
+    queue = _queue()
+    storage = PostgresStorage(connect(pg_url), queue=queue, config=_fast_config())
+    ids = storage.push_bulk(range(DRAIN_TASKS))
+    assert len(set(ids)) == DRAIN_TASKS
+
+    mp = multiprocessing.get_context("spawn")
+    barrier = mp.Barrier(DRAIN_PROCESSES + 1, timeout=LIMIT)
+    blocked = mp.Event()
+    paths = [str(tmp_path / f"runs-{i}.txt") for i in range(DRAIN_PROCESSES)]
+    procs = [
+        mp.Process(
+            target=_drain_process,
+            args=(pg_url, queue, f"drain-{i}", barrier, paths[i], blocked if i == 0 else None),
+        )
+        for i in range(DRAIN_PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait()
+        assert blocked.wait(LIMIT), "the victim never reached its blocking task"
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].join(LIMIT)
+        _until(lambda: storage.stats(queue)["done"] == DRAIN_TASKS, "every task to be done")
+    finally:
+        for p in procs[1:]:
+            p.terminate()  # SIGTERM: a graceful stop
+        for p in procs[1:]:
+            p.join(LIMIT)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [-signal.SIGKILL, 0, 0, 0]
+
+    stats = storage.stats(queue)
+    assert {k: stats[k] for k in ("pending", "running", "failed", "dead", "done")} == {
+        "pending": 0, "running": 0, "failed": 0, "dead": 0, "done": DRAIN_TASKS,
+    }
+    victim_runs, blocked_id = _runs(paths[0])
+    runs = collections.Counter(victim_runs)
+    for path in paths[1:]:
+        survivor_runs, _ = _runs(path)
+        assert survivor_runs, f"{path}: this process ran nothing"
+        runs.update(survivor_runs)
+    assert set(runs) == set(ids)
+    # Only tasks the killed process had started ran twice: once there, once after
+    # their recovery; never twice by live workers.
+    twice = {task_id for task_id, n in runs.items() if n > 1}
+    assert max(runs.values()) <= 2
+    assert blocked_id in twice
+    assert twice <= set(victim_runs)
+    for task_id in twice:
+        assert storage.fetch_by_id(task_id).recoveries, f"task {task_id} ran twice without a recovery"
+
+
+# Connections killed mid-drain --------------------------------------------------------------
+TERMINATE_TASKS = 6000
+TERMINATE_AT = (1000, 2500, 4000)
+
+
+def test_workers_reconnect_after_their_connections_are_terminated(pg_url):
+    app = f"taskpipe test {uuid.uuid4().hex[:8]}"
+    queue = _queue()
+    db = connect(pg_url, application_name=app)
+    storage = PostgresStorage(db, queue=queue, config=_fast_config())
+    ids = storage.push_bulk(range(TERMINATE_TASKS))
+
+    runs: collections.Counter[int] = collections.Counter()
+    lock = threading.Lock()
+    reached = {n: threading.Event() for n in TERMINATE_AT}
+    errors: list[BaseException] = []
+
+    def handler(item: int, task_id: TaskId) -> None:
+        with lock:
+            runs[int(task_id)] += 1
+            event = reached.get(sum(runs.values()))
+        if event is not None:
+            event.set()
+
+    def on_event(ctx, event) -> None:
+        if isinstance(event, events.Error):
+            errors.append(event.error)
+
+    worker = WorkerBuilder("terminated").backend(storage).concurrency(4).on_event(on_event).build(handler)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    terminated = 0
+    try:
+        with psycopg.connect(pg_url, autocommit=True, application_name="taskpipe test killer") as killer:
+            for n in TERMINATE_AT:
+                assert reached[n].wait(LIMIT), f"the drain never reached {n} tasks"
+                rows = killer.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                    (app,),
+                ).fetchall()
+                terminated += sum(1 for (ok,) in rows if ok)
+            _until(lambda: storage.stats(queue)["done"] == TERMINATE_TASKS, "every task to be done")
+    finally:
+        worker.stop()
+        thread.join(LIMIT)
+    assert not thread.is_alive()
+    assert terminated >= len(TERMINATE_AT)  # the fetch, pool and listener connections, at least
+    assert set(runs) == set(ids)
+    assert max(runs.values()) == 1, "a task ran twice"
+    assert errors == []
+    assert storage.stats(queue)["running"] == 0
+
+
+# Wake-ups across processes -------------------------------------------------------------------
+PUSHER = """
+import sys, time
+import taskpipe
+storage = taskpipe.open_storage(sys.argv[1], queue=sys.argv[2])
+storage.push("from another process")
+print(time.time())
+"""
+
+
+def test_an_idle_worker_is_woken_by_another_processs_push(pg_url):
+    queue = _queue()
+    storage = PostgresStorage(connect(pg_url), queue=queue, config=Config(poll_interval=30.0))
+    idle, ran = threading.Event(), threading.Event()
+    started_at: list[float] = []
+
+    def handler(item: str) -> None:
+        started_at.append(time.time())
+        ran.set()
+
+    def on_event(ctx, event) -> None:
+        if isinstance(event, events.Idle):
+            idle.set()
+
+    worker = WorkerBuilder("sleeper").backend(storage).on_event(on_event).build(handler)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert idle.wait(LIMIT), "the worker never became idle"
+        listener = storage.wakeups.probe
+        assert listener is not None and listener.connected.wait(LIMIT), "no listener"
+        heard_before = listener.notifications
+        pushed = subprocess.run(
+            [sys.executable, "-c", PUSHER, pg_url, queue], capture_output=True, text=True, timeout=LIMIT
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        pushed_at = float(pushed.stdout.split()[-1])
+        # The poll is 30 s away: a pick-up within 20 s can only be the wake-up.
+        assert ran.wait(20.0), "the push did not wake the idle worker"
+    finally:
+        worker.stop()
+        thread.join(LIMIT)
+    assert started_at[0] - pushed_at < 1.0
+    assert listener.notifications > heard_before
+
+
+# Start-up and the plans ----------------------------------------------------------------------
+def test_an_unreachable_server_is_one_clear_error_at_once():
+    db = connect("postgresql://nobody@127.0.0.1:1/none")  # port 1: nothing listens
+    began = time.monotonic()
+    with pytest.raises(ServerUnreachable, match=r"cannot reach the PostgreSQL server 127\.0\.0\.1:1/none"):
+        PostgresStorage(db).push(1)
+    with pytest.raises(StorageError, match="cannot reach"):
+        PostgresStorage.setup(db)
+    assert time.monotonic() - began < 10
+
+
+def test_the_ack_stays_on_the_primary_key_in_the_generic_plan(pg_url):
+    """PERFORMANCE.md's trap: an ack fenced with ``status = 'running'`` may walk the
+    partial attention index; psycopg prepares statements after 5 runs, so the
+    generic plan is the one that matters."""
+    from taskpipe.sql.postgres import PostgresDialect
+
+    q = PostgresDialect.queries
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        for name, sql, types in (
+            ("ack_done", q.ack_done, "bytea, float8, bigint, text"),
+            ("ack_failed", q.ack_failed, "text, float8, float8, bigint, text"),
+        ):
+            n = iter(range(1, 10))
+            numbered = "".join(f"${next(n)}" if part == "%s" else part for part in _split(sql))
+            conn.execute(f"PREPARE {name} ({types}) AS {numbered}")
+            args = ", ".join("NULL" for _ in types.split(","))
+            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE {name} ({args})"))
+            assert "taskpipe_jobs_pkey" in plan, plan
+            assert "attention" not in plan, plan
+
+
+def _split(sql: str) -> list[str]:
+    parts = sql.split("%s")
+    out: list[str] = []
+    for i, part in enumerate(parts):
+        if i:
+            out.append("%s")
+        out.append(part)
+    return out
+
+
+def test_without_psycopg_the_error_says_what_to_install(monkeypatch):
+    import taskpipe
+
+    for name in ("taskpipe.postgres", "taskpipe.sql.postgres"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # "import psycopg" fails
+    with pytest.raises(StorageError, match=r"pip install 'taskpipe\[postgres\]'"):
+        taskpipe.connect("postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_a_push_and_a_retry_notify_the_queue_on_commit(pg_url):
+    from taskpipe import Task
+    from taskpipe.context import WorkerContext
+    from taskpipe.store import Outcome, OutcomeKind
+
+    queue = _queue()
+    storage = PostgresStorage(connect(pg_url), queue=queue)
+
+    def heard(listener, timeout: float) -> bool:
+        # Other sessions on this database may notify for their own queues.
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if any(n.payload == queue for n in listener.notifies(timeout=left, stop_after=1)):
+                return True
+        return False
+
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute("LISTEN taskpipe")
+        with storage.db.atomic():
+            task_id = storage.push_task(Task("x", max_attempts=1))
+            assert not heard(listener, 0.2)  # not before COMMIT
+        assert heard(listener, LIMIT)
+        run = WorkerContext("w", capacity=1, report=lambda exc: None)
+        [claim] = storage.claim(run, 1)
+        storage.ack([Outcome(claim, OutcomeKind.DEAD, error="boom")])
+        assert storage.retry(task_id)
+        assert heard(listener, LIMIT)
+
+
+def test_an_id_given_by_hand_is_never_handed_out_again(pg_url):
+    from taskpipe import Task
+
+    storage = PostgresStorage(connect(pg_url), queue=_queue())
+    first = storage.push("a")
+    ahead = storage.push_task(Task("b", id=first + 1000))
+    assert ahead == first + 1000
+    assert storage.push("c") > ahead
+    assert min(storage.push_bulk(range(100))) > ahead  # the COPY path takes its ids after it
