@@ -934,6 +934,21 @@ class RedisStorage(ExposeMixin, Store):
         except StorageError as exc:
             log.warning("could not unregister worker %s: %s", ctx.run_id, exc)
 
+    def drop(self) -> int:
+        """Delete every key under this store's prefix (every queue, every task, the
+        layout): for tests and for retiring an application. Returns how many keys."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
+        count = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                count += self._do(self.client.unlink, *batch)
+                batch = []
+        if batch:
+            count += self._do(self.client.unlink, *batch)
+        return count
+
     def close(self) -> None:
         """Close the client's connections (the store is unusable afterwards)."""
         self.client.close()
