@@ -21,6 +21,7 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
 
     {p}:layout               the layout version (``setup``)
     {p}:ids                  INCR counter for task ids (one sequence for every queue)
+    {p}:maxid                the greatest explicit id pushed (INCR skips taken ids)
     {p}:t:{id}               hash: the task (payload, priority, run_at, status, lease…)
     {p}:e:{id}  {p}:r:{id}   lists: its errors, its recovery records (JSON)
     {p}:keys  {p}:keyidx     hash key → id, and a lexical index of keys (``last_key``)
@@ -155,7 +156,7 @@ local function unschedule(id, q)
   local m = redis.call('HGET', tk(id), 'm')
   redis.call('ZREM', qk(q, 'later'), id)
   redis.call('ZREM', qk(q, 'wait'), id)
-  if m then
+  if m and m ~= '' then
     redis.call('ZREM', qk(q, 'ready'), m)
     redis.call('ZREM', qk(q, 'iso'), m)
     redis.call('HDEL', tk(id), 'm')
@@ -228,6 +229,8 @@ local function taken_id(a, i, n, seen)
   return nil
 end
 
+local explicit_max = nil  -- the greatest explicit id ever inserted ({p}:maxid)
+
 local function insert_row(a, i, now, queues)
   local id, q, key = a[i], a[i + 1], a[i + 8]
   if key ~= '' then
@@ -235,14 +238,22 @@ local function insert_row(a, i, now, queues)
     local existing = redis.call('HGET', P .. ':keys', key)
     if existing then return existing end
   end
+  if explicit_max == nil then explicit_max = tonumber(redis.call('GET', P .. ':maxid') or '-1') end
   if id == '' then
-    repeat
-      id = tostring(redis.call('INCR', P .. ':ids'))
-    until redis.call('EXISTS', tk(id)) == 0
+    id = redis.call('INCR', P .. ':ids')
+    while id <= explicit_max and redis.call('EXISTS', tk(id)) == 1 do
+      id = redis.call('INCR', P .. ':ids')
+    end
+    id = string.format('%d', id)
+  elseif tonumber(id) > explicit_max then
+    explicit_max = tonumber(id)
+    redis.call('SET', P .. ':maxid', id)
   end
-  local h = tk(id)
-  redis.call('HSET', h, 'q', q, 'p', a[i + 2], 'pr', a[i + 3], 'sc', a[i + 4], 'ra', a[i + 5],
-    'ca', a[i + 9], 'st', 'pending', 'at', 0, 'iso', 0, 'rc', 0)
+  local h, ra = tk(id), a[i + 5]
+  local due = tonumber(ra) <= tonumber(now)
+  local m = due and member(id, ra) or ''
+  redis.call('HSET', h, 'q', q, 'p', a[i + 2], 'pr', a[i + 3], 'sc', a[i + 4], 'ra', ra,
+    'ca', a[i + 9], 'st', 'pending', 'at', 0, 'iso', 0, 'rc', 0, 'm', m)
   if a[i + 6] ~= '' then redis.call('HSET', h, 'ma', a[i + 6]) end
   if a[i + 7] ~= '' then redis.call('HSET', h, 'me', a[i + 7]) end
   if key ~= '' then
@@ -250,8 +261,13 @@ local function insert_row(a, i, now, queues)
     redis.call('HSET', P .. ':keys', key, id)
     redis.call('ZADD', P .. ':keyidx', 0, key)
   end
-  set_status(id, q, nil, 'pending')
-  schedule(id, q, a[i + 5], now)
+  redis.call('ZADD', qk(q, 's:pending'), id, id)
+  redis.call('ZADD', qk(q, 'wait'), ra, id)
+  if due then
+    redis.call('ZADD', qk(q, 'ready'), a[i + 4], m)
+  else
+    redis.call('ZADD', qk(q, 'later'), ra, id)
+  end
   if not queues[q] then
     queues[q] = true
     redis.call('SADD', P .. ':queues', q)
