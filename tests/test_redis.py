@@ -242,7 +242,10 @@ def test_a_sigkilled_workers_tasks_are_recovered(env):
         assert (info.status, info.attempts, len(info.recoveries)) == (Status.DONE, 1, 1)
 
 
-def test_an_idle_worker_polling_every_30s_takes_another_process_push_within_a_second(env):
+@pytest.mark.parametrize("kill_listener", [False, True], ids=["listening", "listener-killed"])
+def test_an_idle_worker_polling_every_30s_takes_another_process_push_within_a_second(
+    env, kill_listener
+):
     store = env.store(poll_interval=30)
     idle = threading.Event()
     ran = threading.Event()
@@ -261,11 +264,10 @@ def test_an_idle_worker_polling_every_30s_takes_another_process_push_within_a_se
     thread.start()
     try:
         assert idle.wait(10), "the worker never went idle"
-        channel = f"{env.prefix}:wake"
-        deadline = time.monotonic() + 10
-        while dict(env.acct.pubsub_numsub(channel)).get(channel.encode(), 0) < 1:
-            assert time.monotonic() < deadline, "the wake-up listener never subscribed"
-            threading.Event().wait(0.01)
+        _wait_for_subscriber(env)
+        if kill_listener:  # its connection dies: it must subscribe again by itself
+            assert _kill_worker_connections(env) >= 1
+            _wait_for_subscriber(env)
         _join_all([_start(_push_child, env.url, env.base, env.prefix, env.queue)])
         assert ran.wait(5), "the push was not taken within 5 s (the poll is 30 s)"
     finally:
@@ -274,6 +276,19 @@ def test_an_idle_worker_polling_every_30s_takes_another_process_push_within_a_se
     pushed_at = float(env.acct.get(env.key("pushed_at")))
     assert started_at[0] - pushed_at < 1.0
     assert not thread.is_alive()
+
+
+def _wait_for_subscriber(env: Env) -> None:
+    """Wait (10 s at most) until a connection of this test's stores listens on its
+    wake-up channel."""
+    channel = f"{env.prefix}:wake"
+    deadline = time.monotonic() + 10
+    while True:
+        names = {c.get("name") for c in env.acct.client_list() if int(c.get("sub", 0)) > 0}
+        if env.worker_name in names and dict(env.acct.pubsub_numsub(channel)).get(channel.encode()):
+            return
+        assert time.monotonic() < deadline, "the wake-up listener never subscribed"
+        threading.Event().wait(0.01)
 
 
 # Single-process behaviour ------------------------------------------------------------------
