@@ -42,6 +42,11 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
 Priorities are exact up to 2**53 in magnitude (a zset score is a double). Run times
 are ordered to the microsecond; ids up to 20 digits (non-negative).
 
+Big batches: a ``push_bulk`` is one script, and Redis runs nothing else meanwhile
+(about 3 s for 100,000 tasks on a small machine); past ``busy-reply-threshold``
+(5 s) other clients get ``BUSY`` errors. ``push_stream``/``push_all`` write batches of
+1,000, each one script call.
+
 Retention: finished tasks are kept for introspection and ``wait_for``, at most
 ``keep_finished`` Done and ``keep_finished`` Dead tasks per queue (default 10,000
 each); finishing one more forgets the oldest (its key becomes free again). ``purge``
@@ -586,6 +591,7 @@ def connect(url: str, **options: Any) -> redis.Redis:
     options.setdefault("retry_on_error", list(_ERRORS))
     options.setdefault("client_name", name.replace(" ", "_"))
     options.setdefault("socket_keepalive", True)
+    options.setdefault("socket_timeout", 30.0)  # a 100k-task push_bulk is one script call
     client = redis.Redis.from_url(clean, **options)
     client.taskpipe_prefix = prefix  # type: ignore[attr-defined]
     return client
@@ -1113,7 +1119,8 @@ class RedisStorage(ExposeMixin, Store):
 
     def stats(self, queue: str | None = None) -> dict[str, Any]:
         """Counts per status, Done and failed attempts in the last hour and day, the
-        age of the oldest due waiting task and the mean run time of the Done tasks kept."""
+        age of the oldest due waiting task (Pending, or Failed and due to retry) and
+        the mean run time of the Done tasks kept."""
         stats = _empty_stats()
         queues = self._queues(queue)
         if not queues:
