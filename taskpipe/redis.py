@@ -193,25 +193,46 @@ local function forget(id)
   redis.call('DEL', h, P .. ':e:' .. id, P .. ':r:' .. id)
 end
 
--- a task becomes Done or Dead; the oldest beyond `keep` are forgotten
-local function finish(id, q, old, st, now, keep)
-  local h = tk(id)
-  redis.call('HSET', h, 'da', now, 'iso', 0)
-  redis.call('HDEL', h, 'ls')
-  set_status(id, q, old, st)
-  local fin = qk(q, 'fin:' .. st)
-  redis.call('ZADD', fin, now, id)
-  if st == 'done' then
-    local sa = redis.call('HGET', h, 'sa')
-    if sa then
-      redis.call('HINCRBYFLOAT', qk(q, 'rt'), 'sum', tostring(tonumber(now) - tonumber(sa)))
-      redis.call('HINCRBY', qk(q, 'rt'), 'n', 1)
-    end
-  end
+local function trim(fin, keep)
   local excess = redis.call('ZCARD', fin) - tonumber(keep)
   if excess > 0 then
     for _, old_id in ipairs(redis.call('ZRANGE', fin, 0, excess - 1)) do forget(old_id) end
   end
+end
+
+-- a task becomes Done or Dead; the oldest beyond `keep` are forgotten (at once, or at
+-- flush(batch) when a batch is given); `sa` is its started_at when the caller has it
+local function finish(id, q, old, st, now, keep, sa, batch)
+  local h = tk(id)
+  redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
+  redis.call('HDEL', h, 'ls')
+  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+  redis.call('ZADD', qk(q, 's:' .. st), id, id)
+  local fin = qk(q, 'fin:' .. st)
+  redis.call('ZADD', fin, now, id)
+  if st == 'done' then
+    if sa == nil then sa = redis.call('HGET', h, 'sa') end
+    if sa then
+      local rt, took = qk(q, 'rt'), tonumber(now) - tonumber(sa)
+      if batch then
+        local e = batch.rt[rt] or {0, 0}
+        e[1], e[2] = e[1] + took, e[2] + 1
+        batch.rt[rt] = e
+      else
+        redis.call('HINCRBYFLOAT', rt, 'sum', tostring(took))
+        redis.call('HINCRBY', rt, 'n', 1)
+      end
+    end
+  end
+  if batch then batch.fin[fin] = true else trim(fin, keep) end
+end
+
+local function flush(batch, keep)
+  for rt, e in pairs(batch.rt) do
+    redis.call('HINCRBYFLOAT', rt, 'sum', string.format('%.6f', e[1]))
+    redis.call('HINCRBY', rt, 'n', e[2])
+  end
+  for fin, _ in pairs(batch.fin) do trim(fin, keep) end
 end
 
 local function add_error(id, q, err, now)
@@ -322,11 +343,12 @@ return ids
 _CLAIM = r"""
 local lease, now, q, limit, run = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local tok = P .. ':tok:' .. lease
-local ids = {}
+local ids, out = {}, {}
 local prev = redis.call('GET', tok)
 if prev then
   for _, id in ipairs(split(prev)) do
-    if redis.call('HGET', tk(id), 'ls') == lease then table.insert(ids, id) end
+    local v = redis.call('HMGET', tk(id), 'ls', 'p', 'at', 'pr', 'ma', 'me', 'iso')
+    if v[1] == lease then table.insert(out, {id, v[2], v[3], v[4], v[5], v[6], v[7]}) end
   end
 else
   local later = qk(q, 'later')
@@ -348,26 +370,23 @@ else
   for j = 1, #popped, 2 do
     local id = id_of(popped[j])
     local h = tk(id)
-    local st = redis.call('HGET', h, 'st')
+    local v = redis.call('HMGET', h, 'st', 'p', 'at', 'pr', 'ma', 'me', 'iso')
+    local st = v[1]
     if st == 'pending' or st == 'failed' then
-      redis.call('HSET', h, 'ls', lease, 'w', run, 'sa', now)
-      redis.call('HDEL', h, 'm')
-      redis.call('HINCRBY', h, 'at', 1)
+      local at = (tonumber(v[3]) or 0) + 1
+      redis.call('HSET', h, 'ls', lease, 'w', run, 'sa', now, 'st', 'running', 'm', '', 'at', at)
       redis.call('ZREM', qk(q, 'wait'), id)
-      set_status(id, q, st, 'running')
+      redis.call('ZREM', qk(q, 's:' .. st), id)
+      redis.call('ZADD', qk(q, 's:running'), id, id)
       redis.call('SADD', held, id)
       table.insert(ids, id)
+      table.insert(out, {id, v[2], tostring(at), v[4], v[5], v[6], v[7]})
     end
   end
   if #ids > 0 then
     redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
     redis.call('ZADD', P .. ':seen', 'NX', now, run)
   end
-end
-local out = {}
-for _, id in ipairs(ids) do
-  local v = redis.call('HMGET', tk(id), 'p', 'at', 'pr', 'ma', 'me', 'iso')
-  table.insert(out, {id, v[1], v[2], v[3], v[4], v[5], v[6]})
 end
 return out
 """
@@ -386,11 +405,11 @@ for _ = 1, n do
              result = ARGV[i + 4], err = ARGV[i + 5], ra = ARGV[i + 6],
              nf = tonumber(ARGV[i + 7]), fi = i + 8}
   i = i + 8 + o.nf * 10
-  local v = redis.call('HMGET', tk(o.id), 'st', 'ls', 'q', 'w')
+  local v = redis.call('HMGET', tk(o.id), 'st', 'ls', 'q', 'w', 'sa')
   o.ok = v[1] == 'running' and v[2] == o.lease and not used[o.id]
   if o.ok then
     used[o.id] = true
-    o.q, o.w = v[3], v[4]
+    o.q, o.w, o.sa = v[3], v[4], v[5]
     local bad = taken_id(ARGV, o.fi, o.nf, seen)
     if bad then
       return redis.error_reply('DUPLICATE follow-up id ' .. bad .. ' is taken by another task')
@@ -398,17 +417,17 @@ for _ = 1, n do
   end
   table.insert(outcomes, o)
 end
-local flags, queues = {}, {}
+local flags, queues, batch = {}, {}, {rt = {}, fin = {}}
 for _, o in ipairs(outcomes) do
   if o.ok then
     local id, q, h = o.id, o.q, tk(o.id)
     if o.w then redis.call('SREM', P .. ':held:' .. o.w, id) end
     if o.kind == 'done' then
-      if o.has == '1' then redis.call('HSET', h, 'r', o.result) else redis.call('HDEL', h, 'r') end
-      finish(id, q, 'running', 'done', now, keep)
+      if o.has == '1' then redis.call('HSET', h, 'r', o.result) end
+      finish(id, q, 'running', 'done', now, keep, o.sa, batch)
     elseif o.kind == 'dead' then
       add_error(id, q, o.err, now)
-      finish(id, q, 'running', 'dead', now, keep)
+      finish(id, q, 'running', 'dead', now, keep, o.sa, batch)
     elseif o.kind == 'release' then
       redis.call('HINCRBY', h, 'at', -1)
       redis.call('HDEL', h, 'ls', 'w', 'sa')
@@ -436,6 +455,7 @@ for _, o in ipairs(outcomes) do
     table.insert(flags, '0')
   end
 end
+flush(batch, keep)
 redis.call('SET', tok, table.concat(flags, ','), 'EX', %(ttl)d)
 publish(queues)
 return flags
