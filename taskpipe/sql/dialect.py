@@ -109,7 +109,7 @@ class Dialect:
         try:
             db.close()
         except Exception:  # a connection that is gone may fail to close: forget it
-            db._state.reset()
+            db._state.reset()  # type: ignore[attr-defined]  # peewee's per-thread state
 
     def setup(self, db: pw.Database) -> None:
         """Create or migrate taskpipe's tables; idempotent."""

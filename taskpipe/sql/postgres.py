@@ -139,7 +139,7 @@ class PostgresDatabase(pw.PostgresqlDatabase):
 
     taskpipe_engine = "postgresql"
 
-    def init(self, database: str, **kwargs: Any) -> None:
+    def init(self, database: str, **kwargs: Any) -> None:  # type: ignore[override]
         if "application_name" not in str(database):  # a URL may name it itself
             kwargs.setdefault("application_name", APPLICATION_NAME)
         kwargs.setdefault("connect_timeout", 10)
@@ -148,7 +148,7 @@ class PostgresDatabase(pw.PostgresqlDatabase):
 
     def _connect(self) -> Any:
         try:
-            conn = super()._connect()
+            conn = super()._connect()  # type: ignore[misc]
         except psycopg.OperationalError as exc:
             if self.ever_connected:
                 raise

@@ -120,6 +120,8 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Sto
 
     else:
         url = engine_url(kind)
+        if kind == "redis":  # a key prefix of the test's own, its keys deleted after it
+            url += ("&" if "?" in url else "?") + f"prefix=tp-contract-{uuid.uuid4().hex[:12]}"
 
         def make(queue: str | None = None, codec: Any = None) -> Store:
             store = taskpipe.open_storage(url, queue=queue or unique_queue(), codec=codec)
@@ -127,6 +129,9 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Sto
             close = getattr(store, "close_thread_connection", None)
             if close is not None:
                 cleanups.append(close)
+            drop = getattr(store, "drop", None)
+            if kind == "redis" and drop is not None:
+                cleanups.append(drop)
             return store
 
     yield make

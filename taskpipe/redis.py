@@ -1,0 +1,1234 @@
+"""A Redis store (issue 12): ``RedisStorage``, the first store that is not SQL.
+
+::
+
+    from taskpipe.redis import RedisStorage, connect
+
+    client = connect("redis://127.0.0.1:6379/0")   # a redis.Redis (bytes, retries on)
+    RedisStorage.setup(client)                       # records the layout; idempotent
+    storage = RedisStorage(client, queue="emails")   # or taskpipe.open_storage(url, queue=…)
+
+Every atomic step is one Lua script (registered once per store with
+``client.register_script``, which reloads it after a ``NOSCRIPT``): an insert (a
+whole ``push_bulk`` is one script call: all or nothing), a claim (due tasks are
+promoted from the delayed set inside it), an ack with its follow-ups, a beat with its
+recoveries, and each introspection write. Times are ``taskpipe.clock.timestamp()``
+values passed *into* the scripts (never Redis ``TIME``), so a frozen clock rules
+them as it rules the other stores.
+
+Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
+``?prefix=`` in the URL), so several applications share one Redis::
+
+    {p}:layout               the layout version (``setup``)
+    {p}:ids                  INCR counter for task ids (one sequence for every queue)
+    {p}:maxid                the greatest explicit id pushed (INCR skips taken ids)
+    {p}:t:{id}               hash: the task (payload, priority, run_at, status, lease…)
+    {p}:e:{id}  {p}:r:{id}   lists: its errors, its recovery records (JSON)
+    {p}:keys  {p}:keyidx     hash key → id, and a lexical index of keys (``last_key``)
+    {p}:queues               set of queue names
+    {p}:q:{queue}:ready      zset of due tasks: score −priority, member
+                             "<run_at µs, 17 digits>:<id, 20 digits>", so ZPOPMIN gives
+                             priority, then due time, then id
+    {p}:q:{queue}:iso        the same for tasks that must run alone
+    {p}:q:{queue}:later      zset run_at → id: waiting, not due when last looked at
+    {p}:q:{queue}:wait       zset run_at → id: every waiting task (``next_due``)
+    {p}:q:{queue}:s:{status} zset id → id per status (listing, counts)
+    {p}:q:{queue}:fin:{done|dead}  zset done_at → id (retention, purge, rates)
+    {p}:q:{queue}:errs  :rt  failures of the last day; Done run-time sum and count
+    {p}:runs {p}:seen {p}:held:{run} {p}:orphans   worker runs, last beats, held tasks
+    {p}:tok:{token}          a write's result for 5 minutes (replays after a reconnect)
+    {p}:wake                 pub/sub channel: a push publishes its queue name
+
+Priorities are exact up to 2**53 in magnitude (a zset score is a double). Run times
+are ordered to the microsecond; ids up to 20 digits (non-negative).
+
+Big batches: a ``push_bulk`` is one script, and Redis runs nothing else meanwhile
+(about 3 s for 100,000 tasks on a small machine); past ``busy-reply-threshold``
+(5 s) other clients get ``BUSY`` errors. ``push_stream``/``push_all`` write batches of
+1,000, each one script call.
+
+Retention: finished tasks are kept for introspection and ``wait_for``, at most
+``keep_finished`` Done and ``keep_finished`` Dead tasks per queue (default 10,000
+each); finishing one more forgets the oldest (its key becomes free again). ``purge``
+deletes older ones on demand.
+
+Wake-ups: every insert publishes the queue's name on ``{p}:wake``; while a worker of
+this process waits, one listener thread per client subscribes and wakes the workers
+of that queue. Pub/sub is not durable: a publish missed during a reconnect is made up
+by the worker's timed poll (and the listener wakes every watched queue when it
+reconnects).
+
+Connections: ``connect`` makes a client that retries a command after a connection
+error or a timeout, reconnecting first. Each write script carries a token and leaves
+its result under it for 5 minutes, so a write whose reply was lost is answered from
+that record when replayed instead of being done twice: a push is not duplicated, a
+claim returns the tasks it took (none is left running under a live worker without
+being run), an ack is not applied twice.
+
+Durability. Redis acknowledges a write once it is in memory. What a Redis crash (or
+restart) loses therefore depends on its persistence settings, not on taskpipe:
+
+- no persistence (``save ""``, ``appendonly no``): everything — every pending task,
+  every result;
+- RDB snapshots only: everything written since the last snapshot (minutes);
+- AOF with ``appendfsync everysec`` (the usual choice): about the last second of
+  pushes, claims and acks. A lost ack means the task runs again (at-least-once); a
+  lost push is gone although ``push`` returned;
+- AOF with ``appendfsync always``: nothing acknowledged, at a large cost in write
+  throughput.
+
+A replica does not help: replication is asynchronous, so a failover can lose recent
+writes too. When a push that returned must never be lost, use PostgreSQL
+(``taskpipe.open_storage("postgresql://…")``) or SQLite on a local disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from . import clock
+from .config import Config
+from .context import WorkerContext
+from .errors import OutcomeRefused, PushError, SetupError, StorageError, TaskNotFound
+from .expose import DAY, HOUR, ExposeMixin, QueueInfo, WorkerInfo, _empty_stats
+from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store, safe_text
+from .task import AttemptError, Recovery, Status, TaskId, TaskInfo
+from .wakeups import WakeRegistry
+
+__all__ = ["RedisStorage", "connect", "open_storage", "LAYOUT_VERSION", "DEFAULT_PREFIX"]
+
+log = logging.getLogger("taskpipe.redis")
+
+#: The key layout this module writes; ``setup`` records it under ``{prefix}:layout``.
+LAYOUT_VERSION = "1"
+DEFAULT_PREFIX = "taskpipe"
+#: How many tasks that became due one claim moves into the ready set at most.
+PROMOTE_PER_CLAIM = 1000
+#: Batch size of ``retry_dead`` and ``purge`` (each batch is one script call).
+BATCH = 500
+TOKEN_TTL = 300  # seconds a write's result is kept for a replay after a reconnect
+_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Lua ------------------------------------------------------------------------------------
+_PRELUDE = r"""
+local P = ARGV[1]
+local function tk(id) return P .. ':t:' .. id end
+local function qk(q, name) return P .. ':q:' .. q .. ':' .. name end
+
+local function member(id, ra)
+  local us = math.floor(tonumber(ra) * 1000000)
+  if us < 0 then us = 0 end
+  local pad = 20 - #id
+  if pad < 0 then pad = 0 end
+  return string.format('%017d', us) .. ':' .. string.rep('0', pad) .. id
+end
+
+local function id_of(m)
+  local s = string.match(m, ':(%d+)$')
+  return (string.gsub(s, '^0+(%d)', '%1'))
+end
+
+-- a waiting task (pending or failed) enters its queue
+local function schedule(id, q, ra, now)
+  local h = tk(id)
+  redis.call('ZADD', qk(q, 'wait'), ra, id)
+  if tonumber(ra) <= tonumber(now) then
+    local m = member(id, ra)
+    local iso = redis.call('HGET', h, 'iso')
+    redis.call('ZADD', qk(q, iso == '1' and 'iso' or 'ready'), redis.call('HGET', h, 'sc'), m)
+    redis.call('HSET', h, 'm', m)
+  else
+    redis.call('ZADD', qk(q, 'later'), ra, id)
+  end
+end
+
+-- a waiting task leaves its queue
+local function unschedule(id, q)
+  local m = redis.call('HGET', tk(id), 'm')
+  redis.call('ZREM', qk(q, 'later'), id)
+  redis.call('ZREM', qk(q, 'wait'), id)
+  if m and m ~= '' then
+    redis.call('ZREM', qk(q, 'ready'), m)
+    redis.call('ZREM', qk(q, 'iso'), m)
+    redis.call('HDEL', tk(id), 'm')
+  end
+end
+
+local function set_status(id, q, old, new)
+  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+  redis.call('ZADD', qk(q, 's:' .. new), id, id)
+  redis.call('HSET', tk(id), 'st', new)
+end
+
+-- a finished task leaves for good (evicted or purged): its key is free again
+local function forget(id)
+  local h = tk(id)
+  local v = redis.call('HMGET', h, 'q', 'st', 'k', 'sa', 'da')
+  local q, st, k, sa, da = v[1], v[2], v[3], v[4], v[5]
+  if not q then return end
+  redis.call('ZREM', qk(q, 's:' .. st), id)
+  redis.call('ZREM', qk(q, 'fin:' .. st), id)
+  if st == 'done' and sa and da then
+    redis.call('HINCRBYFLOAT', qk(q, 'rt'), 'sum', tostring(tonumber(sa) - tonumber(da)))
+    redis.call('HINCRBY', qk(q, 'rt'), 'n', -1)
+  end
+  if k and redis.call('HGET', P .. ':keys', k) == id then
+    redis.call('HDEL', P .. ':keys', k)
+    redis.call('ZREM', P .. ':keyidx', k)
+  end
+  redis.call('DEL', h, P .. ':e:' .. id, P .. ':r:' .. id)
+end
+
+local function trim(fin, keep)
+  local excess = redis.call('ZCARD', fin) - tonumber(keep)
+  if excess > 0 then
+    for _, old_id in ipairs(redis.call('ZRANGE', fin, 0, excess - 1)) do forget(old_id) end
+  end
+end
+
+-- a task becomes Done or Dead; the oldest beyond `keep` are forgotten (at once, or at
+-- flush(batch) when a batch is given); `sa` is its started_at when the caller has it
+local function finish(id, q, old, st, now, keep, sa, batch)
+  local h = tk(id)
+  redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
+  redis.call('HDEL', h, 'ls')
+  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+  redis.call('ZADD', qk(q, 's:' .. st), id, id)
+  local fin = qk(q, 'fin:' .. st)
+  redis.call('ZADD', fin, now, id)
+  if st == 'done' then
+    if sa == nil then sa = redis.call('HGET', h, 'sa') end
+    if sa then
+      local rt, took = qk(q, 'rt'), tonumber(now) - tonumber(sa)
+      if batch then
+        local e = batch.rt[rt] or {0, 0}
+        e[1], e[2] = e[1] + took, e[2] + 1
+        batch.rt[rt] = e
+      else
+        redis.call('HINCRBYFLOAT', rt, 'sum', tostring(took))
+        redis.call('HINCRBY', rt, 'n', 1)
+      end
+    end
+  end
+  if batch then batch.fin[fin] = true else trim(fin, keep) end
+end
+
+local function flush(batch, keep)
+  for rt, e in pairs(batch.rt) do
+    redis.call('HINCRBYFLOAT', rt, 'sum', string.format('%.6f', e[1]))
+    redis.call('HINCRBY', rt, 'n', e[2])
+  end
+  for fin, _ in pairs(batch.fin) do trim(fin, keep) end
+end
+
+local function add_error(id, q, err, now)
+  local n = redis.call('RPUSH', P .. ':e:' .. id, err)
+  local errs = qk(q, 'errs')
+  redis.call('ZADD', errs, now, id .. ':' .. n)
+  redis.call('ZREMRANGEBYSCORE', errs, '-inf', '(' .. tostring(tonumber(now) - 86400))
+end
+
+-- rows: 10 values each (id, queue, payload, priority, score, run_at, max_attempts,
+-- meta, 'k'..key, created_at); '' is None
+local function taken_id(a, i, n, seen)
+  for r = 0, n - 1 do
+    local id = a[i + r * 10]
+    if id ~= '' then
+      if seen[id] or redis.call('EXISTS', tk(id)) == 1 then return id end
+      seen[id] = true
+    end
+  end
+  return nil
+end
+
+local explicit_max = nil  -- the greatest explicit id ever inserted ({p}:maxid)
+
+local function insert_row(a, i, now, queues)
+  local id, q, key = a[i], a[i + 1], a[i + 8]
+  if key ~= '' then
+    key = string.sub(key, 2)
+    local existing = redis.call('HGET', P .. ':keys', key)
+    if existing then return existing end
+  end
+  if explicit_max == nil then explicit_max = tonumber(redis.call('GET', P .. ':maxid') or '-1') end
+  if id == '' then
+    id = redis.call('INCR', P .. ':ids')
+    while id <= explicit_max and redis.call('EXISTS', tk(id)) == 1 do
+      id = redis.call('INCR', P .. ':ids')
+    end
+    id = string.format('%d', id)
+  elseif tonumber(id) > explicit_max then
+    explicit_max = tonumber(id)
+    redis.call('SET', P .. ':maxid', id)
+  end
+  local h, ra = tk(id), a[i + 5]
+  local due = tonumber(ra) <= tonumber(now)
+  local m = due and member(id, ra) or ''
+  redis.call('HSET', h, 'q', q, 'p', a[i + 2], 'pr', a[i + 3], 'sc', a[i + 4], 'ra', ra,
+    'ca', a[i + 9], 'st', 'pending', 'at', 0, 'iso', 0, 'rc', 0, 'm', m)
+  if a[i + 6] ~= '' then redis.call('HSET', h, 'ma', a[i + 6]) end
+  if a[i + 7] ~= '' then redis.call('HSET', h, 'me', a[i + 7]) end
+  if key ~= '' then
+    redis.call('HSET', h, 'k', key)
+    redis.call('HSET', P .. ':keys', key, id)
+    redis.call('ZADD', P .. ':keyidx', 0, key)
+  end
+  redis.call('ZADD', qk(q, 's:pending'), id, id)
+  redis.call('ZADD', qk(q, 'wait'), ra, id)
+  if due then
+    redis.call('ZADD', qk(q, 'ready'), a[i + 4], m)
+  else
+    redis.call('ZADD', qk(q, 'later'), ra, id)
+  end
+  if not queues[q] then
+    queues[q] = true
+    redis.call('SADD', P .. ':queues', q)
+  end
+  return id
+end
+
+local function publish(queues)
+  for q, _ in pairs(queues) do redis.call('PUBLISH', P .. ':wake', q) end
+end
+
+local function split(s)
+  local out = {}
+  for part in string.gmatch(s, '[^,]+') do table.insert(out, part) end
+  return out
+end
+
+local function requeue(id, q, st, now)
+  if st == 'failed' then unschedule(id, q)
+  elseif st == 'dead' then redis.call('ZREM', qk(q, 'fin:dead'), id)
+  else return 0 end
+  local h = tk(id)
+  redis.call('HSET', h, 'ra', now, 'at', 0, 'iso', 0)
+  redis.call('HDEL', h, 'r', 'da', 'sa', 'ls', 'w')
+  set_status(id, q, st, 'pending')
+  schedule(id, q, now, now)
+  return 1
+end
+"""
+
+# ARGV: P, token, now, nrows, rows...
+_INSERT = r"""
+local token, now, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local tok = P .. ':tok:' .. token
+local prev = redis.call('GET', tok)
+if prev then return split(prev) end
+local bad = taken_id(ARGV, 5, n, {})
+if bad then return redis.error_reply('DUPLICATE a task with id ' .. bad .. ' already exists') end
+local ids, queues = {}, {}
+for r = 0, n - 1 do table.insert(ids, insert_row(ARGV, 5 + r * 10, now, queues)) end
+redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
+publish(queues)
+return ids
+"""
+
+# ARGV: P, lease, now, queue, limit, run, in_flight, promote
+_CLAIM = r"""
+local lease, now, q, limit, run = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local tok = P .. ':tok:' .. lease
+local ids, out = {}, {}
+local prev = redis.call('GET', tok)
+if prev then
+  for _, id in ipairs(split(prev)) do
+    local v = redis.call('HMGET', tk(id), 'ls', 'p', 'at', 'pr', 'ma', 'me', 'iso')
+    if v[1] == lease then table.insert(out, {id, v[2], v[3], v[4], v[5], v[6], v[7]}) end
+  end
+else
+  local later = qk(q, 'later')
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))) do
+    redis.call('ZREM', later, id)
+    local h = tk(id)
+    local v = redis.call('HMGET', h, 'ra', 'sc', 'iso')
+    local m = member(id, v[1])
+    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), v[2], m)
+    redis.call('HSET', h, 'm', m)
+  end
+  local popped
+  if tonumber(ARGV[7]) == 0 and redis.call('ZCARD', qk(q, 'iso')) > 0 then
+    popped = redis.call('ZPOPMIN', qk(q, 'iso'), 1)
+  else
+    popped = redis.call('ZPOPMIN', qk(q, 'ready'), limit)
+  end
+  local held = P .. ':held:' .. run
+  for j = 1, #popped, 2 do
+    local id = id_of(popped[j])
+    local h = tk(id)
+    local v = redis.call('HMGET', h, 'st', 'p', 'at', 'pr', 'ma', 'me', 'iso')
+    local st = v[1]
+    if st == 'pending' or st == 'failed' then
+      local at = (tonumber(v[3]) or 0) + 1
+      redis.call('HSET', h, 'ls', lease, 'w', run, 'sa', now, 'st', 'running', 'm', '', 'at', at)
+      redis.call('ZREM', qk(q, 'wait'), id)
+      redis.call('ZREM', qk(q, 's:' .. st), id)
+      redis.call('ZADD', qk(q, 's:running'), id, id)
+      redis.call('SADD', held, id)
+      table.insert(ids, id)
+      table.insert(out, {id, v[2], tostring(at), v[4], v[5], v[6], v[7]})
+    end
+  end
+  if #ids > 0 then
+    redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
+    redis.call('ZADD', P .. ':seen', 'NX', now, run)
+  end
+end
+return out
+"""
+
+# ARGV: P, token, now, keep, n, then per outcome: id, lease, kind, has_result, result,
+# error (JSON or ''), run_at, nfollow, follow-up rows (10 values each)
+_ACK = r"""
+local token, now, keep, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local tok = P .. ':tok:' .. token
+local prev = redis.call('GET', tok)
+if prev then return split(prev) end
+local outcomes, used, seen = {}, {}, {}
+local i = 6
+for _ = 1, n do
+  local o = {id = ARGV[i], lease = ARGV[i + 1], kind = ARGV[i + 2], has = ARGV[i + 3],
+             result = ARGV[i + 4], err = ARGV[i + 5], ra = ARGV[i + 6],
+             nf = tonumber(ARGV[i + 7]), fi = i + 8}
+  i = i + 8 + o.nf * 10
+  local v = redis.call('HMGET', tk(o.id), 'st', 'ls', 'q', 'w', 'sa')
+  o.ok = v[1] == 'running' and v[2] == o.lease and not used[o.id]
+  if o.ok then
+    used[o.id] = true
+    o.q, o.w, o.sa = v[3], v[4], v[5]
+    local bad = taken_id(ARGV, o.fi, o.nf, seen)
+    if bad then
+      return redis.error_reply('DUPLICATE follow-up id ' .. bad .. ' is taken by another task')
+    end
+  end
+  table.insert(outcomes, o)
+end
+local flags, queues, batch = {}, {}, {rt = {}, fin = {}}
+for _, o in ipairs(outcomes) do
+  if o.ok then
+    local id, q, h = o.id, o.q, tk(o.id)
+    if o.w then redis.call('SREM', P .. ':held:' .. o.w, id) end
+    if o.kind == 'done' then
+      if o.has == '1' then redis.call('HSET', h, 'r', o.result) end
+      finish(id, q, 'running', 'done', now, keep, o.sa, batch)
+    elseif o.kind == 'dead' then
+      add_error(id, q, o.err, now)
+      finish(id, q, 'running', 'dead', now, keep, o.sa, batch)
+    elseif o.kind == 'release' then
+      redis.call('HINCRBY', h, 'at', -1)
+      redis.call('HDEL', h, 'ls', 'w', 'sa')
+      set_status(id, q, 'running', 'pending')
+      schedule(id, q, redis.call('HGET', h, 'ra'), now)
+      queues[q] = true
+    else -- retry, interrupted
+      add_error(id, q, o.err, now)
+      redis.call('HDEL', h, 'ls')
+      redis.call('HSET', h, 'ra', o.ra)
+      if o.kind == 'retry' then
+        redis.call('HSET', h, 'iso', 0)
+        set_status(id, q, 'running', 'failed')
+      else
+        redis.call('HDEL', h, 'w')
+        set_status(id, q, 'running', 'pending')
+      end
+      schedule(id, q, o.ra, now)
+    end
+    for r = 0, o.nf - 1 do
+      insert_row(ARGV, o.fi + r * 10, now, queues)
+    end
+    table.insert(flags, '1')
+  else
+    table.insert(flags, '0')
+  end
+end
+flush(batch, keep)
+redis.call('SET', tok, table.concat(flags, ','), 'EX', %(ttl)d)
+publish(queues)
+return flags
+"""
+
+# ARGV: P, run, now, cutoff, max_recoveries, info, keep
+_BEAT = r"""
+local run, now, cutoff, maxrec, keep = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[7]
+redis.call('HSETNX', P .. ':runs', run, ARGV[6])
+redis.call('ZADD', P .. ':seen', now, run)
+local dead = redis.call('ZRANGEBYSCORE', P .. ':seen', '-inf', '(' .. cutoff)
+for _, r in ipairs(redis.call('SMEMBERS', P .. ':orphans')) do table.insert(dead, r) end
+local recovered = {}
+for _, r in ipairs(dead) do
+  if r ~= run then
+    local last_seen = redis.call('ZSCORE', P .. ':seen', r)
+    local mine = {}
+    for _, id in ipairs(redis.call('SMEMBERS', P .. ':held:' .. r)) do
+      local v = redis.call('HMGET', tk(id), 'st', 'w')
+      if v[1] == 'running' and v[2] == r then table.insert(mine, id) end
+    end
+    local counted = #mine == 1
+    local record = '[' .. cjson.encode(r) .. ',' .. (last_seen or 'null') .. ',' .. now .. ','
+      .. (counted and 'true' or 'false') .. ']'
+    for _, id in ipairs(mine) do
+      local h = tk(id)
+      local q = redis.call('HGET', h, 'q')
+      local attempts = redis.call('HINCRBY', h, 'at', -1)
+      redis.call('HDEL', h, 'ls', 'w', 'sa')
+      redis.call('HSET', h, 'iso', 1)
+      redis.call('RPUSH', P .. ':r:' .. id, record)
+      local rc = 0
+      if counted then rc = redis.call('HINCRBY', h, 'rc', 1) end
+      if counted and rc >= maxrec then
+        local err = '[' .. (attempts + 1) .. ',' ..
+          cjson.encode('its worker died ' .. rc .. ' times while running it') .. ',null,' .. now .. ']'
+        add_error(id, q, err, now)
+        finish(id, q, 'running', 'dead', now, keep)
+      else
+        set_status(id, q, 'running', 'pending')
+        schedule(id, q, redis.call('HGET', h, 'ra'), now)
+      end
+      table.insert(recovered, id)
+      table.insert(recovered, counted and '1' or '0')
+      table.insert(recovered, redis.call('HGET', h, 'st'))
+    end
+    redis.call('DEL', P .. ':held:' .. r)
+    redis.call('ZREM', P .. ':seen', r)
+    redis.call('HDEL', P .. ':runs', r)
+    redis.call('SREM', P .. ':orphans', r)
+  end
+end
+return recovered
+"""
+
+# ARGV: P, run
+_RETIRE = r"""
+local run = ARGV[2]
+redis.call('ZREM', P .. ':seen', run)
+redis.call('HDEL', P .. ':runs', run)
+if redis.call('SCARD', P .. ':held:' .. run) > 0 then redis.call('SADD', P .. ':orphans', run) end
+return 1
+"""
+
+# ARGV: P, id, now, keep
+_KILL = r"""
+local id, now = ARGV[2], ARGV[3]
+local h = tk(id)
+local v = redis.call('HMGET', h, 'st', 'q', 'w', 'at')
+local st, q = v[1], v[2]
+if not st then return -1 end
+if st == 'pending' or st == 'failed' then unschedule(id, q)
+elseif st == 'running' then
+  if v[3] then redis.call('SREM', P .. ':held:' .. v[3], id) end
+else return 0 end
+add_error(id, q, '[' .. (v[4] or 0) .. ',"killed",null,' .. now .. ']', now)
+finish(id, q, st, 'dead', now, ARGV[4])
+return 1
+"""
+
+# ARGV: P, id, now
+_RETRY = r"""
+local id, now = ARGV[2], ARGV[3]
+local v = redis.call('HMGET', tk(id), 'st', 'q')
+if not v[1] then return -1 end
+local done = requeue(id, v[2], v[1], now)
+if done == 1 then publish({[v[2]] = true}) end
+return done
+"""
+
+# ARGV: P, queue, now, batch
+_RETRY_DEAD = r"""
+local q, now = ARGV[2], ARGV[3]
+local ids = redis.call('ZRANGE', qk(q, 's:dead'), 0, tonumber(ARGV[4]) - 1)
+for _, id in ipairs(ids) do requeue(id, q, 'dead', now) end
+if #ids > 0 then publish({[q] = true}) end
+return #ids
+"""
+
+# ARGV: P, queue, status, cutoff, batch
+_PURGE = r"""
+local ids = redis.call('ZRANGEBYSCORE', qk(ARGV[2], 'fin:' .. ARGV[3]), '-inf', ARGV[4],
+  'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(ids) do forget(id) end
+return #ids
+"""
+
+_SCRIPTS = {
+    "insert": _INSERT,
+    "claim": _CLAIM,
+    "ack": _ACK,
+    "beat": _BEAT,
+    "retire": _RETIRE,
+    "kill": _KILL,
+    "retry": _RETRY,
+    "retry_dead": _RETRY_DEAD,
+    "purge": _PURGE,
+}
+
+_KINDS = {
+    OutcomeKind.DONE: "done",
+    OutcomeKind.RETRY: "retry",
+    OutcomeKind.DEAD: "dead",
+    OutcomeKind.RELEASE: "release",
+    OutcomeKind.INTERRUPTED: "interrupted",
+}
+
+
+# Connecting ------------------------------------------------------------------------------
+def _retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 12)
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A ``redis.Redis`` client for ``url`` (``redis://``, ``rediss://`` or
+    ``unix://``), returning bytes, that retries a command after a connection error or
+    a timeout (reconnecting first, with jittered backoff, about 15 s in all).
+
+    Two query parameters of taskpipe's own: ``prefix`` (the key prefix of the stores
+    opened on this client, default ``taskpipe``) and ``client_name`` (the name given to
+    every connection, default ``taskpipe:<prefix>``: ``CLIENT LIST`` shows whose they
+    are). ``options`` go to ``redis.Redis.from_url``."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"connect() takes a redis:// URL, got {url!r}")
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    prefix = query.pop("prefix", None) or DEFAULT_PREFIX
+    _check_prefix(prefix)
+    name = query.pop("client_name", None) or f"taskpipe:{prefix}"
+    clean = urlunsplit(parts._replace(query=urlencode(query)))
+    options.setdefault("decode_responses", False)
+    options.setdefault("retry", _retry())
+    options.setdefault("retry_on_error", list(_ERRORS))
+    options.setdefault("client_name", name.replace(" ", "_"))
+    options.setdefault("socket_keepalive", True)
+    options.setdefault("socket_timeout", 30.0)  # a 100k-task push_bulk is one script call
+    client = redis.Redis.from_url(clean, **options)
+    client.taskpipe_prefix = prefix  # type: ignore[attr-defined]
+    return client
+
+
+def _check_prefix(prefix: str) -> None:
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " \n\r\t"):
+        raise ValueError(f"a key prefix is a non-empty string without spaces, got {prefix!r}")
+
+
+def _registry(client: redis.Redis, prefix: str) -> WakeRegistry:
+    """One wake-up registry (and at most one listener thread) per client and prefix."""
+    registries = client.__dict__.setdefault("_taskpipe_wakeups", {})
+    registry = registries.get(prefix)
+    if registry is None:
+        channel = f"{prefix}:wake"
+
+        def probe(reg: WakeRegistry) -> _WakeListener:
+            return _WakeListener(reg, client, channel)
+
+        registry = registries[prefix] = WakeRegistry(f"redis {channel}", probe=probe)
+    return registry
+
+
+class _WakeListener(threading.Thread):
+    """Subscribes to ``{prefix}:wake`` while some worker of this process waits across
+    processes, and wakes the workers of each queue named in a message."""
+
+    def __init__(self, registry: WakeRegistry, client: redis.Redis, channel: str):
+        super().__init__(name=f"taskpipe-redis-wake-{channel}", daemon=True)
+        self.registry = registry
+        self.client = client
+        self.channel = channel
+        self._nudged = threading.Event()
+
+    def nudge(self) -> None:
+        """Look again whether anyone still needs the listener."""
+        self._nudged.set()
+
+    def run(self) -> None:
+        pause = 0.05
+        pubsub = None
+        try:
+            while not self.registry.probe_may_stop(self):
+                try:
+                    if pubsub is None:
+                        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                        pubsub.subscribe(self.channel)
+                        for queue in self.registry.watched_queues():  # pushes missed meanwhile
+                            self.registry.wake_queue(queue)
+                    message = pubsub.get_message(timeout=0.5)
+                    pause = 0.05
+                except Exception as exc:  # a lost connection: resubscribe after a pause
+                    log.debug("redis wake listener: %s", exc)
+                    if pubsub is not None:
+                        _quietly(pubsub.close)
+                    pubsub = None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 2.0)
+                    continue
+                if message and message.get("type") == "message":
+                    data = message["data"]
+                    queue = (
+                        data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+                    )
+                    self.registry.wake_queue(queue)
+        finally:
+            if pubsub is not None:
+                _quietly(pubsub.close)
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:  # closing a broken connection
+        pass
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# The store -------------------------------------------------------------------------------
+class RedisStorage(ExposeMixin, Store):
+    """Tasks in Redis (see the module docstring for the keys, retention, wake-ups and
+    durability). ``client`` is a ``redis.Redis`` returning bytes (``connect(url)``);
+    ``prefix`` defaults to the client's ``?prefix=`` or ``taskpipe``; at most
+    ``keep_finished`` Done and as many Dead tasks are kept per queue."""
+
+    capabilities = Capabilities(
+        introspection=True,
+        keys=True,
+        wakeups=True,
+        follow_ups=True,
+        outcomes=True,
+        recovery=True,
+    )
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        queue: str = "default",
+        codec: Any = None,
+        config: Config | None = None,
+        *,
+        prefix: str | None = None,
+        keep_finished: int = 10_000,
+    ):
+        if not isinstance(client, redis.Redis):
+            raise TypeError(
+                f"RedisStorage takes a redis.Redis client (taskpipe.redis.connect), got {client!r}"
+            )
+        if client.get_encoder().decode_responses:
+            raise ValueError(
+                "RedisStorage needs a client with decode_responses=False (payloads are bytes)"
+            )
+        if not isinstance(keep_finished, int) or keep_finished < 0:
+            raise ValueError(f"keep_finished must be a non-negative int, got {keep_finished!r}")
+        prefix = prefix or getattr(client, "taskpipe_prefix", None) or DEFAULT_PREFIX
+        _check_prefix(prefix)
+        super().__init__(queue, codec, config)
+        self.client = client
+        self.prefix = prefix
+        self.keep_finished = keep_finished
+        self.wakeups = _registry(client, prefix)
+        self._scripts = {
+            name: client.register_script(_PRELUDE + source % {"ttl": TOKEN_TTL})
+            for name, source in _SCRIPTS.items()
+        }
+        self._hostname = socket.gethostname()
+
+    def __repr__(self) -> str:
+        return f"RedisStorage(queue={self.queue!r}, prefix={self.prefix!r})"
+
+    # Setup -----------------------------------------------------------------------------
+    @classmethod
+    def setup(cls, client_or_store: Any, *, prefix: str | None = None) -> None:
+        """Record the key layout version under ``{prefix}:layout`` (idempotent: safe at
+        every start). Raises ``SetupError`` when the prefix holds another layout."""
+        if isinstance(client_or_store, RedisStorage):
+            client, prefix = client_or_store.client, client_or_store.prefix
+        else:
+            client = client_or_store
+            prefix = prefix or getattr(client, "taskpipe_prefix", None) or DEFAULT_PREFIX
+        try:
+            client.set(f"{prefix}:layout", LAYOUT_VERSION, nx=True)
+            found = client.get(f"{prefix}:layout")
+        except _ERRORS as exc:
+            raise StorageError(f"cannot reach Redis to set up prefix {prefix!r}: {exc}") from exc
+        if _text(found) != LAYOUT_VERSION:
+            raise SetupError(
+                f"Redis prefix {prefix!r} holds key layout {_text(found)!r}, this taskpipe writes "
+                f"{LAYOUT_VERSION!r}: use another prefix"
+            )
+
+    def check_setup(self) -> None:
+        """Raise ``SetupError`` when ``setup`` never ran for this prefix."""
+        found = self._do(self.client.get, f"{self.prefix}:layout")
+        if found is None:
+            raise SetupError(
+                f"Redis prefix {self.prefix!r} is not set up: run RedisStorage.setup(client) once"
+            )
+
+    # Calls -----------------------------------------------------------------------------
+    def _do(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _ERRORS as exc:
+            raise StorageError(f"Redis is unreachable ({exc}); retried and gave up") from exc
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._do(self._scripts[name], keys=[], args=[self.prefix, *args])
+
+    def _now(self) -> float:
+        return clock.timestamp()
+
+    # Pushing ---------------------------------------------------------------------------
+    @staticmethod
+    def _row_args(row: Row) -> list[Any]:
+        payload = row.payload
+        if isinstance(payload, memoryview):
+            payload = bytes(payload)
+        return [
+            "" if row.id is None else str(int(row.id)),
+            row.queue,
+            payload,
+            str(int(row.priority)),
+            str(-int(row.priority)),
+            repr(float(row.run_at)),
+            "" if row.max_attempts is None else str(int(row.max_attempts)),
+            row.meta or "",
+            "" if row.key is None else "k" + row.key,
+            repr(float(row.created_at)),
+        ]
+
+    def insert(self, rows: Sequence[Row]) -> list[TaskId]:
+        """Write ``rows`` in one script call: all or nothing (a taken explicit id
+        rejects the batch), ids from INCR in order, keyed rows idempotent on the key."""
+        if not rows:
+            return []
+        args: list[Any] = [uuid.uuid4().hex, repr(self._now()), len(rows)]
+        for row in rows:
+            args.extend(self._row_args(row))
+        try:
+            ids = self._run("insert", *args)
+        except redis.exceptions.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("DUPLICATE"):
+                raise PushError(f"push rejected: {text[len('DUPLICATE ') :]}") from None
+            raise PushError(f"push failed: {text}") from exc
+        except StorageError as exc:
+            raise PushError(f"push failed: {exc}") from exc
+        return [TaskId(int(i)) for i in ids]
+
+    def last_key(self, prefix: str) -> str | None:
+        """The greatest task key starting with ``prefix`` under this store's prefix."""
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"last_key() needs a non-empty prefix, got {prefix!r}")
+        low = b"[" + prefix.encode()
+        high = b"(" + prefix.encode() + b"\xff"
+        found = self._do(
+            self.client.zrevrangebylex, f"{self.prefix}:keyidx", high, low, start=0, num=1
+        )
+        return _text(found[0]) if found else None
+
+    # Worker side -----------------------------------------------------------------------
+    def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+        """Take up to ``limit`` due tasks in one script (priority, then due time, then
+        id); a task marked to run alone is taken alone and only when ``ctx`` runs nothing."""
+        if limit < 1:
+            return []
+        lease = ctx.new_lease()
+        now = repr(self._now())
+        rows = self._run(
+            "claim",
+            lease,
+            now,
+            self.queue,
+            limit,
+            ctx.run_id,
+            int(ctx.in_flight),
+            PROMOTE_PER_CLAIM,
+        )
+        return [self._to_claim(row, lease) for row in rows]
+
+    def _to_claim(self, row: list[Any], lease: str) -> Claim:
+        task_id, payload, attempts, priority, max_attempts, meta, iso = row
+        claim = Claim(
+            id=TaskId(int(task_id)),
+            queue=self.queue,
+            payload=payload,
+            attempt=int(attempts or 1),
+            lease=lease,
+            isolated=iso == b"1",
+        )
+        try:
+            claim.priority = int(priority or 0)
+            claim.max_attempts = None if max_attempts is None else int(max_attempts)
+            claim.meta = msgspec.json.decode(meta) if meta else {}
+            if not isinstance(claim.meta, dict):
+                raise ValueError("meta is not an object")
+        except (ValueError, msgspec.DecodeError) as exc:
+            claim.defect = f"the stored task is malformed: {exc}"
+        return claim
+
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` of a waiting (Pending or Failed) task of this queue."""
+        head = self._do(self.client.zrange, self._qk("wait"), 0, 0, withscores=True)
+        return float(head[0][1]) if head else None
+
+    def ack(self, outcomes: Sequence[Outcome]) -> None:
+        """Record outcomes and their follow-ups in one script, lease-fenced, all or
+        nothing (a follow-up with a taken id rejects the whole batch)."""
+        if not outcomes:
+            return
+        now = self._now()
+        args: list[Any] = [uuid.uuid4().hex, repr(now), self.keep_finished, len(outcomes)]
+        wake = False
+        for o in outcomes:
+            has_result = o.kind is OutcomeKind.DONE and o.encoded_result is not None
+            error = ""
+            if o.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.INTERRUPTED):
+                error = json.dumps(
+                    [o.claim.attempt, safe_text(o.error or ""), safe_text(o.traceback), now]
+                )
+            result = o.encoded_result if has_result else ""
+            if isinstance(result, str):
+                result = result.encode()
+            args += [
+                str(int(o.claim.id)),
+                o.claim.lease,
+                _KINDS[o.kind],
+                "1" if has_result else "0",
+                result,
+                error,
+                repr(now + float(o.delay or 0.0)),
+                len(o.follow_ups),
+            ]
+            for row in o.follow_ups:
+                args.extend(self._row_args(row))
+            wake = wake or bool(o.follow_ups) or o.kind is not OutcomeKind.DONE
+        try:
+            flags = self._run("ack", *args)
+        except redis.exceptions.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("DUPLICATE "):  # a follow-up's id: writing again cannot help
+                raise OutcomeRefused(f"ack rejected: {text.removeprefix('DUPLICATE ')}") from None
+            raise StorageError(f"ack failed: {text}") from exc
+        for o, flag in zip(outcomes, flags, strict=True):
+            o.accepted = flag == b"1"
+        if wake:
+            for queue in {
+                self.queue,
+                *(r.queue for o in outcomes if o.accepted for r in o.follow_ups),
+            }:
+                self.wakeups.notify(queue)
+
+    def beat(self, ctx: WorkerContext) -> None:
+        """Record ``ctx``'s run as alive now and, in the same script, recover the
+        running tasks of runs silent for ``reenqueue_orphaned_after`` or retired: a
+        dead run's only task counts a recovery (Dead after ``max_recoveries``), tasks
+        that ran beside others go back uncounted, to run alone. Each keeps a record."""
+        now = self._now()
+        cutoff = now - self.config.orphaned_after_seconds
+        info = json.dumps(
+            {
+                "name": ctx.name,
+                "queue": self.queue,
+                "hostname": self._hostname,
+                "pid": os.getpid(),
+                "started_at": now,
+            }
+        )
+        recovered = self._run(
+            "beat",
+            ctx.run_id,
+            repr(now),
+            repr(cutoff),
+            self.config.max_recoveries,
+            info,
+            self.keep_finished,
+        )
+        for i in range(0, len(recovered), 3):
+            task_id, counted, status = recovered[i : i + 3]
+            log.warning(
+                "task %s recovered (%s): its worker stopped beating",
+                int(task_id),
+                "dead" if status == b"dead" else "counted" if counted == b"1" else "to run alone",
+            )
+        if recovered:
+            self.wakeups.notify(self.queue)
+
+    def retire(self, ctx: WorkerContext) -> None:
+        """The run stopped cleanly: forget it (anything it still held is recovered by
+        the next beat of any run)."""
+        try:
+            self._run("retire", ctx.run_id)
+        except StorageError as exc:
+            log.warning("could not unregister worker %s: %s", ctx.run_id, exc)
+
+    def drop(self) -> int:
+        """Delete every key under this store's prefix (every queue, every task, the
+        layout): for tests and for retiring an application. Returns how many keys."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
+        count = 0
+        batch: list[bytes] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                count += self._do(self.client.unlink, *batch)
+                batch = []
+        if batch:
+            count += self._do(self.client.unlink, *batch)
+        return count
+
+    def close(self) -> None:
+        """Close the client's connections (the store is unusable afterwards)."""
+        self.client.close()
+
+    # Introspection ---------------------------------------------------------------------
+    def _qk(self, name: str, queue: str | None = None) -> str:
+        return f"{self.prefix}:q:{queue or self.queue}:{name}"
+
+    def _queues(self, queue: str | None) -> list[str]:
+        if queue is not None:
+            return [queue]
+        return sorted(
+            _text(q) or "" for q in self._do(self.client.smembers, f"{self.prefix}:queues")
+        )
+
+    def _infos(self, ids: Sequence[int]) -> list[TaskInfo]:
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hgetall(f"{self.prefix}:t:{task_id}")
+            pipe.lrange(f"{self.prefix}:e:{task_id}", 0, -1)
+            pipe.lrange(f"{self.prefix}:r:{task_id}", 0, -1)
+        replies = self._do(pipe.execute)
+        out = []
+        for n, task_id in enumerate(ids):
+            fields, errors, recoveries = replies[3 * n : 3 * n + 3]
+            if fields:
+                out.append(self._info(task_id, fields, errors, recoveries))
+        return out
+
+    def _info(
+        self, task_id: int, f: dict[bytes, Any], errors: list[bytes], recoveries: list[bytes]
+    ) -> TaskInfo:
+        def get(name: str) -> Any:
+            return f.get(name.encode())
+
+        meta = get("me")
+        return TaskInfo(
+            id=TaskId(task_id),
+            queue=_text(get("q")) or "",
+            status=Status(_text(get("st"))),
+            args=self._decoded(get("p")),
+            priority=int(get("pr") or 0),
+            run_at=clock.from_timestamp(_num(get("ra"))),
+            attempts=int(get("at") or 0),
+            max_attempts=None if get("ma") is None else int(get("ma")),
+            result=self._decoded(get("r")),
+            errors=tuple(
+                AttemptError(int(a), e, tb, clock.from_timestamp(at))
+                for a, e, tb, at in map(json.loads, errors)
+            ),
+            created_at=clock.from_timestamp(_num(get("ca"))),
+            started_at=clock.from_timestamp(_num(get("sa"))),
+            done_at=clock.from_timestamp(_num(get("da"))),
+            worker=_text(get("w")),
+            meta=msgspec.json.decode(meta) if meta else {},
+            recoveries=tuple(
+                Recovery(w, clock.from_timestamp(seen), clock.from_timestamp(at), bool(c))
+                for w, seen, at, c in map(json.loads, recoveries)
+            ),
+        )
+
+    def _decoded(self, data: Any) -> Any:
+        if data is None:
+            return None
+        try:
+            return self.codec.decode(data)
+        except Exception:
+            return data
+
+    def fetch_by_id(self, task_id: int) -> TaskInfo:
+        """The task with this id (any queue of this prefix); raises ``TaskNotFound``."""
+        task_id = self._task_id(task_id)
+        found = self._infos([int(task_id)])
+        if not found:
+            raise TaskNotFound(f"no task with id {int(task_id)}")
+        return found[0]
+
+    def list_tasks(
+        self, queue: str | None = None, status: Any = None, limit: int = 50, offset: int = 0
+    ) -> list[TaskInfo]:
+        """A page of tasks, newest (highest id) first; reads at most ``offset + limit``
+        ids from each (queue, status) index, then the page's tasks."""
+        statuses = self._statuses(status) or tuple(Status)
+        self._page(limit, offset)
+        if limit == 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for q in self._queues(queue):
+            for s in statuses:
+                pipe.zrevrange(self._qk(f"s:{s.value}", q), 0, offset + limit - 1)
+        ids = sorted({int(m) for members in self._do(pipe.execute) for m in members}, reverse=True)
+        return self._infos(ids[offset : offset + limit])
+
+    def list_workers(self, limit: int = 100) -> list[WorkerInfo]:
+        """The runs that beat under this prefix, newest first, with the tasks each holds."""
+        self._page(limit, 0)
+        runs = self._do(self.client.hgetall, f"{self.prefix}:runs")
+        parsed = []
+        for run_id, raw in runs.items():
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                continue
+            parsed.append((_text(run_id) or "", info))
+        parsed.sort(key=lambda item: item[1].get("started_at") or 0, reverse=True)
+        parsed = parsed[:limit]
+        pipe = self.client.pipeline(transaction=False)
+        for run_id, _ in parsed:
+            pipe.zscore(f"{self.prefix}:seen", run_id)
+            pipe.scard(f"{self.prefix}:held:{run_id}")
+        replies = self._do(pipe.execute)
+        return [
+            WorkerInfo(
+                name=info.get("name", ""),
+                run_id=run_id,
+                queues=(info.get("queue", ""),),
+                hostname=info.get("hostname", ""),
+                pid=int(info.get("pid") or 0),
+                started_at=clock.from_timestamp(info.get("started_at")),
+                last_heartbeat=clock.from_timestamp(_num(replies[2 * n])),
+                tasks_held=int(replies[2 * n + 1]),
+            )
+            for n, (run_id, info) in enumerate(parsed)
+        ]
+
+    def _counts(self, queues: list[str]) -> list[dict[str, int]]:
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            for s in Status:
+                pipe.zcard(self._qk(f"s:{s.value}", q))
+        replies = self._do(pipe.execute)
+        n = len(Status)
+        return [
+            {s.value: int(replies[i * n + j]) for j, s in enumerate(Status)}
+            for i in range(len(queues))
+        ]
+
+    def list_queues(self) -> list[QueueInfo]:
+        """Every queue of this prefix that holds tasks, with its counts per status."""
+        queues = self._queues(None)
+        return [
+            QueueInfo(q, **c)
+            for q, c in zip(queues, self._counts(queues), strict=True)
+            if any(c.values())
+        ]
+
+    def stats(self, queue: str | None = None) -> dict[str, Any]:
+        """Counts per status, Done and failed attempts in the last hour and day, the
+        age of the oldest due waiting task (Pending, or Failed and due to retry) and
+        the mean run time of the Done tasks kept."""
+        stats = _empty_stats()
+        queues = self._queues(queue)
+        if not queues:
+            return stats
+        now = self._now()
+        for counts in self._counts(queues):
+            for key, value in counts.items():
+                stats[key] += value
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.zcount(self._qk("fin:done", q), now - HOUR, "+inf")
+            pipe.zcount(self._qk("fin:done", q), now - DAY, "+inf")
+            pipe.zcount(self._qk("errs", q), now - HOUR, "+inf")
+            pipe.zcount(self._qk("errs", q), now - DAY, "+inf")
+            pipe.zrange(self._qk("wait", q), 0, 0, withscores=True)
+            pipe.hmget(self._qk("rt", q), "sum", "n")
+        replies = self._do(pipe.execute)
+        oldest: float | None = None
+        total, count = 0.0, 0
+        for i in range(len(queues)):
+            dh, dd, fh, fd, head, (rt_sum, rt_n) = replies[6 * i : 6 * i + 6]
+            stats["done_last_hour"] += dh
+            stats["done_last_day"] += dd
+            stats["failed_last_hour"] += fh
+            stats["failed_last_day"] += fd
+            if head and head[0][1] <= now:
+                oldest = head[0][1] if oldest is None else min(oldest, head[0][1])
+            if rt_n and int(rt_n) > 0:
+                total += float(rt_sum or 0)
+                count += int(rt_n)
+        stats["oldest_pending_age"] = None if oldest is None else now - oldest
+        stats["mean_run_time"] = max(0.0, total / count) if count else None
+        return stats
+
+    def retry(self, task_id: int) -> bool:
+        """Make a Failed or Dead task Pending and due now with fresh attempts (one
+        script); False in another status, ``TaskNotFound`` if unknown."""
+        task_id = self._task_id(task_id)
+        done = self._run("retry", str(int(task_id)), repr(self._now()))
+        if done == -1:
+            raise TaskNotFound(f"no task with id {int(task_id)}")
+        if done:
+            self._after_push()
+        return bool(done)
+
+    def retry_dead(self, queue: str | None = None) -> int:
+        """``retry`` every Dead task of ``queue`` (None: every queue), 500 per script."""
+        count = 0
+        for q in self._queues(queue):
+            while True:
+                n = self._run("retry_dead", q, repr(self._now()), BATCH)
+                count += n
+                if n < BATCH:
+                    break
+        if count:
+            self._after_push()
+        return count
+
+    def kill(self, task_id: int) -> bool:
+        """Make a Pending, Failed or Running task Dead (error "killed"), atomically;
+        False if it had finished, ``TaskNotFound`` if unknown."""
+        task_id = self._task_id(task_id)
+        done = self._run("kill", str(int(task_id)), repr(self._now()), self.keep_finished)
+        if done == -1:
+            raise TaskNotFound(f"no task with id {int(task_id)}")
+        return bool(done)
+
+    def purge(self, status: Any, older_than: Any, *, queue: str | None = None) -> int:
+        """Delete Done and/or Dead tasks finished at least ``older_than`` ago, 500 per
+        script call; returns how many."""
+        statuses = self._purgeable(status)
+        cutoff = self._now() - clock.seconds(older_than, name="older_than")
+        count = 0
+        for q in self._queues(queue):
+            for s in statuses:
+                while True:
+                    n = self._run("purge", q, s.value, repr(cutoff), BATCH)
+                    count += n
+                    if n < BATCH:
+                        break
+        return count
+
+
+def open_storage(
+    client: redis.Redis, queue: str = "default", *, codec: Any = None, config: Config | None = None
+) -> RedisStorage:
+    """The ``RedisStorage`` of ``client`` for ``queue`` (what ``taskpipe.open_storage``
+    calls for a ``redis://`` URL or a ``redis.Redis``)."""
+    return RedisStorage(client, queue=queue, codec=codec, config=config)

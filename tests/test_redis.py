@@ -1,0 +1,394 @@
+"""The Redis store under real load: several processes, a killed worker, killed
+connections, and cross-process wake-ups.
+
+Needs a Redis: set ``TASKPIPE_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/0``).
+Without it these tests skip, saying so, except under ``CI``, where they fail. Each
+test works under a key prefix of its own and deletes only the keys under it (a SCAN
+of that prefix) when it ends; connections are named after the prefix, and only
+those are killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+
+import taskpipe
+from taskpipe import Status, WorkerBuilder, events
+from taskpipe.config import Config
+from taskpipe.context import WorkerContext
+
+try:
+    import redis
+except ModuleNotFoundError:  # pragma: no cover - the extra is missing
+    if os.environ.get("CI"):
+        raise
+    pytest.skip(
+        "the Redis store needs redis-py: pip install 'taskpipe[redis]'", allow_module_level=True
+    )
+
+SPAWN = multiprocessing.get_context("spawn")
+JOIN = 60  # seconds a child may take at most
+
+
+def _base_url() -> str:
+    url = os.environ.get("TASKPIPE_TEST_REDIS_URL", "").strip()
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("TASKPIPE_TEST_REDIS_URL is not set (CI: not skipping)", pytrace=False)
+        pytest.skip(
+            "set TASKPIPE_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to test the Redis store"
+        )
+    return url
+
+
+def _with_prefix(url: str, prefix: str) -> str:
+    return url + ("&" if "?" in url else "?") + f"prefix={prefix}"
+
+
+class Env:
+    """One test's Redis: its prefix, its URL, an accounting client and the queue."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.prefix = f"tp-test-{uuid.uuid4().hex[:12]}"
+        self.url = _with_prefix(base, self.prefix)
+        self.queue = "q"
+        self.acct = redis.Redis.from_url(
+            base, client_name=f"acct-{self.prefix}", socket_timeout=None
+        )
+        self.worker_name = f"taskpipe:{self.prefix}"  # the CLIENT SETNAME of the stores
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:test:{name}"
+
+    def store(self, **config: Any) -> Any:
+        store = taskpipe.open_storage(
+            self.url, queue=self.queue, config=Config(queue=self.queue, **config)
+        )
+        type(store).setup(store)
+        return store
+
+
+@pytest.fixture
+def env() -> Any:
+    made = Env(_base_url())
+    yield made
+    store = taskpipe.open_storage(made.url, queue=made.queue)
+    store.drop()  # only this test's prefix
+    assert not list(made.acct.scan_iter(match=f"{made.prefix}:*"))
+    store.close()
+    made.acct.close()
+
+
+# Children (spawned processes: module-level functions) ----------------------------------------
+def _drain_child(url: str, base: str, prefix: str, queue: str, barrier: Any, mid: int) -> None:
+    """Wait at the barrier, then run every due task with 4 threads; each run is counted
+    in ``{prefix}:test:runs`` (by item) through a client that is never killed."""
+    acct = redis.Redis.from_url(base, client_name=f"acct-{prefix}")
+    store = taskpipe.open_storage(url, queue=queue)
+
+    def handle(item: int) -> None:
+        pipe = acct.pipeline(transaction=False)
+        pipe.hincrby(f"{prefix}:test:runs", str(item), 1)
+        pipe.incr(f"{prefix}:test:count")
+        _, count = pipe.execute()
+        if count == mid:
+            acct.lpush(f"{prefix}:test:mid", 1)
+
+    worker = WorkerBuilder(f"drain-{os.getpid()}").backend(store).concurrency(4).build(handle)
+    barrier.wait(timeout=JOIN)
+    worker.run_until_idle()
+
+
+def _victim_child(url: str, base: str, prefix: str, queue: str) -> None:
+    """Run a worker whose handler says it started, then hangs until the process is killed."""
+    acct = redis.Redis.from_url(base, client_name=f"acct-{prefix}")
+    config = Config(queue=queue, keep_alive=0.5, reenqueue_orphaned_after=2.0, buffer_size=0)
+    store = taskpipe.open_storage(url, queue=queue, config=config)
+
+    def handle(item: str) -> None:
+        acct.lpush(f"{prefix}:test:started", item)
+        threading.Event().wait()  # until SIGKILL
+
+    WorkerBuilder("victim").backend(store).concurrency(4).build(handle).run()
+
+
+def _push_child(url: str, base: str, prefix: str, queue: str) -> None:
+    """Push one task from another process and record when (time.time())."""
+    acct = redis.Redis.from_url(base, client_name=f"acct-{prefix}")
+    store = taskpipe.open_storage(url, queue=queue)
+    pushed_at = time.time()
+    store.push("wake up")
+    acct.set(f"{prefix}:test:pushed_at", repr(pushed_at))
+
+
+# Helpers -----------------------------------------------------------------------------------
+def _start(target: Any, *args: Any) -> Any:
+    process = SPAWN.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process
+
+
+def _join_all(processes: list[Any]) -> None:
+    for process in processes:
+        process.join(JOIN)
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.kill()
+    assert not alive, "a child did not finish in time"
+    assert [p.exitcode for p in processes] == [0] * len(processes)
+
+
+def _drain(env: Env, total: int, processes: int, *, kill_connections_at: int | None = None) -> int:
+    """Push ``total`` tasks, drain them with ``processes`` × 4 threads; with
+    ``kill_connections_at``, kill every connection of the workers' stores once that
+    many tasks ran (and again once the kill is done). Returns connections killed."""
+    store = env.store()
+    assert store.push_bulk(range(total))[-1] > 0
+    barrier = SPAWN.Barrier(processes + 1)
+    mid = kill_connections_at or 0
+    children = [
+        _start(_drain_child, env.url, env.base, env.prefix, env.queue, barrier, mid)
+        for _ in range(processes)
+    ]
+    barrier.wait(timeout=JOIN)  # every child is ready: go
+    killed = 0
+    if kill_connections_at is not None:
+        assert env.acct.blpop(env.key("mid"), timeout=JOIN) is not None
+        killed = _kill_worker_connections(env)
+    _join_all(children)
+
+    runs = env.acct.hgetall(env.key("runs"))
+    assert len(runs) == total  # every task ran…
+    assert {int(v) for v in runs.values()} == {1}  # …exactly once
+    assert sorted(int(k) for k in runs) == list(range(total))
+    stats = store.stats(queue=env.queue)
+    assert (stats["pending"], stats["running"], stats["failed"], stats["dead"]) == (0, 0, 0, 0)
+    assert stats["done"] == min(total, store.keep_finished)  # retention: the newest kept
+    assert store.next_due() is None
+    return killed
+
+
+def _kill_worker_connections(env: Env) -> int:
+    """CLIENT KILL every connection named after this test's stores (never another's)."""
+    killed = 0
+    for client in env.acct.client_list():
+        if client.get("name") == env.worker_name:
+            killed += env.acct.execute_command("CLIENT", "KILL", "ID", client["id"]) == b"OK" or 1
+    return killed
+
+
+# Tests ------------------------------------------------------------------------------------
+def test_four_processes_of_four_threads_drain_20000_tasks_exactly_once(env):
+    _drain(env, 20_000, 4)
+
+
+def test_killed_connections_mid_drain_lose_nothing_and_run_nothing_twice(env):
+    killed = _drain(env, 10_000, 2, kill_connections_at=3_000)
+    assert killed >= 2  # each child had at least one connection open
+
+
+def test_a_sigkilled_workers_tasks_are_recovered(env):
+    store = env.store()
+    ids = store.push_bulk(["a", "b", "c"])
+    victim = _start(_victim_child, env.url, env.base, env.prefix, env.queue)
+    try:
+        started = [env.acct.blpop(env.key("started"), timeout=JOIN // 3) for _ in ids]
+        assert None not in started  # all three run in the victim, beside each other
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(JOIN)
+    assert victim.exitcode == -signal.SIGKILL
+    [run] = [w for w in store.list_workers() if w.name == "victim"]
+    assert (run.tasks_held, [store.fetch_by_id(i).status for i in ids]) == (3, [Status.RUNNING] * 3)
+
+    later = run.last_heartbeat.timestamp() + float(store.config.reenqueue_orphaned_after) + 1
+    with freeze_time(datetime.fromtimestamp(later, UTC)):
+        rescuer = WorkerContext("rescuer", capacity=4, report=pytest.fail)
+        store.beat(rescuer)
+        store.retire(rescuer)
+    for tid in ids:
+        info = store.fetch_by_id(tid)
+        assert (info.status, info.attempts, info.worker) == (Status.PENDING, 0, None)
+        assert [(r.worker, r.counted) for r in info.recoveries] == [(run.run_id, False)]
+    assert run.run_id not in [w.run_id for w in store.list_workers()]
+
+    seen: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    alone: list[bool] = []
+
+    def handle(item: str, ctx: taskpipe.WorkerContext) -> None:
+        with lock:
+            seen.append(item)
+            alone.append(ctx.in_flight == 1)
+
+    assert (
+        WorkerBuilder("rescuer").backend(store).concurrency(4).build(handle).run_until_idle() == 3
+    )
+    assert sorted(seen) == ["a", "b", "c"]
+    assert all(alone)  # recovered beside others: each ran alone
+    for tid in ids:
+        info = store.fetch_by_id(tid)
+        assert (info.status, info.attempts, len(info.recoveries)) == (Status.DONE, 1, 1)
+
+
+@pytest.mark.parametrize("kill_listener", [False, True], ids=["listening", "listener-killed"])
+def test_an_idle_worker_polling_every_30s_takes_another_process_push_within_a_second(
+    env, kill_listener
+):
+    store = env.store(poll_interval=30)
+    idle = threading.Event()
+    ran = threading.Event()
+    started_at: list[float] = []
+
+    def on_event(ctx: Any, event: Any) -> None:
+        if isinstance(event, events.Idle):
+            idle.set()
+
+    def handle(item: str) -> None:
+        started_at.append(time.time())
+        ran.set()
+
+    worker = WorkerBuilder("idle").backend(store).on_event(on_event).build(handle)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert idle.wait(10), "the worker never went idle"
+        _wait_for_subscriber(env)
+        if kill_listener:  # its connection dies: it must subscribe again by itself
+            assert _kill_worker_connections(env) >= 1
+            _wait_for_subscriber(env)
+        _join_all([_start(_push_child, env.url, env.base, env.prefix, env.queue)])
+        assert ran.wait(5), "the push was not taken within 5 s (the poll is 30 s)"
+    finally:
+        worker.stop()
+        thread.join(JOIN)
+    pushed_at = float(env.acct.get(env.key("pushed_at")))
+    assert started_at[0] - pushed_at < 1.0
+    assert not thread.is_alive()
+
+
+def _wait_for_subscriber(env: Env) -> None:
+    """Wait (10 s at most) until a connection of this test's stores listens on its
+    wake-up channel."""
+    channel = f"{env.prefix}:wake"
+    deadline = time.monotonic() + 10
+    while True:
+        names = {c.get("name") for c in env.acct.client_list() if int(c.get("sub", 0)) > 0}
+        if env.worker_name in names and dict(env.acct.pubsub_numsub(channel)).get(channel.encode()):
+            return
+        assert time.monotonic() < deadline, "the wake-up listener never subscribed"
+        threading.Event().wait(0.01)
+
+
+# Single-process behaviour ------------------------------------------------------------------
+def test_finished_tasks_are_kept_up_to_keep_finished_per_status(env):
+    from taskpipe.redis import RedisStorage
+
+    client = taskpipe.connect(env.url)
+    store = RedisStorage(client, queue=env.queue, keep_finished=3)
+    RedisStorage.setup(store)
+    keyed = store.push_task(taskpipe.Task("first", key="k-first"))
+    ids = [keyed, *store.push_bulk(["b", "c", "d", "e"])]
+    assert WorkerBuilder("w").backend(store).build(lambda item: item).run_until_idle() == 5
+    for tid in ids[:2]:  # the two oldest Done tasks are forgotten…
+        with pytest.raises(taskpipe.TaskNotFound):
+            store.fetch_by_id(tid)
+    assert [store.fetch_by_id(t).result for t in ids[2:]] == ["c", "d", "e"]
+    stats = store.stats(queue=env.queue)
+    assert (stats["done"], stats["done_last_hour"]) == (3, 3)
+    assert stats["mean_run_time"] is not None and stats["mean_run_time"] >= 0
+    assert [t.id for t in store.list_tasks(queue=env.queue)] == ids[:1:-1]
+    again = store.push_task(taskpipe.Task("first again", key="k-first"))  # …and its key freed
+    assert again not in ids
+    store.kill(again)  # Dead ones have their own allowance
+    assert store.stats(queue=env.queue)["dead"] == 1
+    client.close()
+
+
+def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
+    """What a retry after a lost reply does: the same script call again, same token."""
+    store = env.store()
+    now = time.time()
+    row = store.row(taskpipe.Task("once"), now)
+    args = [store.prefix, "token-1", repr(now), 1, *store._row_args(row)]
+    first = store._scripts["insert"](keys=[], args=args)
+    assert store._scripts["insert"](keys=[], args=args) == first
+    assert store.stats(queue=env.queue)["pending"] == 1
+
+    run = WorkerContext("replay", capacity=4, report=pytest.fail)
+    claim_args = [store.prefix, "run:1", repr(now), env.queue, 10, run.run_id, 0, 100]
+    claimed = store._scripts["claim"](keys=[], args=claim_args)
+    assert store._scripts["claim"](keys=[], args=claim_args) == claimed  # the same task back
+    [task] = claimed
+    assert store.fetch_by_id(int(task[0])).attempts == 1  # counted once
+
+    ack_args = [
+        store.prefix,
+        "ack-1",
+        repr(now),
+        100,
+        1,
+        task[0],
+        "run:1",
+        "done",
+        "1",
+        b'"r"',
+        "",
+        "0",
+        0,
+    ]
+    assert store._scripts["ack"](keys=[], args=ack_args) == [b"1"]
+    assert store._scripts["ack"](keys=[], args=ack_args) == [b"1"]  # accepted, not re-applied
+    info = store.fetch_by_id(int(task[0]))
+    assert (info.status, info.result, info.attempts) == (Status.DONE, "r", 1)
+    assert store.stats(queue=env.queue)["done"] == 1
+
+
+def test_an_unreachable_redis_is_a_clear_storage_error():
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from taskpipe.errors import StorageError
+    from taskpipe.redis import connect
+
+    with socket_closed_port() as port:
+        client = connect(f"redis://127.0.0.1:{port}/0", retry=Retry(NoBackoff(), 1))
+        store = taskpipe.open_storage(client, queue="q")
+        with pytest.raises(StorageError, match="Redis is unreachable"):
+            store.check_setup()
+        with pytest.raises(taskpipe.PushError, match="push failed"):
+            store.push(1)
+
+
+def test_a_client_that_decodes_responses_is_refused():
+    from taskpipe.redis import RedisStorage
+
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStorage(redis.Redis(decode_responses=True))
+    with pytest.raises(TypeError, match="redis.Redis client"):
+        RedisStorage(object())  # type: ignore[arg-type]
+
+
+class socket_closed_port:
+    """A local TCP port that nothing listens on (bound, never listening)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sock.close()
