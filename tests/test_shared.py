@@ -279,3 +279,24 @@ def test_the_seed_example_with_run_all(db):
         WorkerBuilder("map-worker").backend(maps).build(reminder),
     )
     assert got == {"maps": {}, "ints": 99}
+
+
+def test_a_round_never_claims_for_a_run_that_has_not_registered(db):
+    """A task claimed for a run with no heartbeat yet would look orphaned to every other
+    worker's beat, be re-enqueued and run twice: rounds skip such runs."""
+    shared = SharedSqliteStorage(db)
+    maps, ints = shared.make_shared("maps"), shared.make_shared("ints")
+    a = WorkerContext("maps", capacity=4, report=print)
+    b = WorkerContext("ints", capacity=4, report=print)
+    maps.beat(a)
+    a.beats = 1  # as the worker counts its first, registering beat
+    maps.open_run(a)
+    ints.open_run(b)  # b's run has not beaten yet
+    task_id = ints.push(7)
+    assert maps.claim(a, 4) == []  # a's round skipped b
+    assert ints.fetch_by_id(task_id).status == "pending"
+    ints.beat(b)
+    b.beats = 1
+    assert maps.claim(a, 4) == [] and [c.id for c in ints.claim(b, 4)] == [task_id]
+    maps.close_run(a)
+    ints.close_run(b)

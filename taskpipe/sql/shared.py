@@ -128,9 +128,16 @@ class SharedSqliteStorage:
                 return storage._claim_alone(ctx, limit)
             if not mine.buffer:
                 for lane in self._lanes.values():
-                    # Another lane gets tasks only when it has room and none waiting in
-                    # its buffer (a task that must run alone goes to an empty one).
-                    room = limit if lane is mine else (0 if lane.buffer else lane.room())
+                    # Another lane gets tasks only once its run is registered (a task
+                    # held by a run with no heartbeat yet looks orphaned to every other
+                    # worker), when it has room, and none waiting in its buffer (a task
+                    # that must run alone goes to an empty one).
+                    if lane is mine:
+                        room = limit
+                    elif lane.ctx.beats == 0 or lane.buffer:
+                        room = 0
+                    else:
+                        room = lane.room()
                     if room <= 0 or lane.ctx.stopping:
                         continue
                     claims = lane.storage._claim_alone(lane.ctx, min(room, lane.storage.config.claim_batch))
