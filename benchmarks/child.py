@@ -1,8 +1,8 @@
 """Programs the benchmarks run in a separate process (latency, idle CPU, memory).
 
-    python child.py taskpipe-worker DB OUT [hooked|plain]   # handler appends push→start latency to OUT
-    python child.py huey-worker DB OUT                      # the same with a huey consumer, default polling
-    python child.py push-stream DB N                        # prints peak RSS growth (MB) of push_stream(range(N))
+python child.py taskpipe-worker DB OUT [hooked|plain]   # handler appends push→start latency to OUT
+python child.py huey-worker DB OUT                      # the same with a huey consumer, default polling
+python child.py push-stream DB N                        # prints peak RSS growth (MB) of push_stream(range(N))
 """
 
 from __future__ import annotations
@@ -76,4 +76,6 @@ def push_stream(db_path: str, n: str) -> None:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"taskpipe-worker": taskpipe_worker, "huey-worker": huey_worker, "push-stream": push_stream}[command](*args)
+    {"taskpipe-worker": taskpipe_worker, "huey-worker": huey_worker, "push-stream": push_stream}[
+        command
+    ](*args)

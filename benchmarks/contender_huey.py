@@ -79,7 +79,9 @@ def drain(directory: str, n: int, concurrency: int, sleep: float = 0.0) -> float
 
     for i in range(n):
         work(i)
-    consumer = huey.create_consumer(workers=concurrency, worker_type="thread", periodic=False, check_worker_health=False)
+    consumer = huey.create_consumer(
+        workers=concurrency, worker_type="thread", periodic=False, check_worker_health=False
+    )
     start = time.perf_counter()
     consumer.start()
     if not finished.wait(600):

@@ -85,7 +85,9 @@ def _running(worker) -> Iterator[None]:
 
 
 def _child(args: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "child.py"), *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "child.py"), *args], stdout=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     if line.strip() != "ready":
         proc.kill()
@@ -155,7 +157,11 @@ def idle_cpu(directory: str, seconds: float, kind: str) -> float:
         db = taskpipe_db(directory)
         args = ["taskpipe-worker", db.database, os.path.join(directory, "idle.txt"), "hooked"]
     else:
-        args = ["huey-worker", os.path.join(directory, "huey.db"), os.path.join(directory, "idle.txt")]
+        args = [
+            "huey-worker",
+            os.path.join(directory, "huey.db"),
+            os.path.join(directory, "idle.txt"),
+        ]
         from contender_huey import BenchHuey
 
         BenchHuey("bench", filename=args[1], results=False).storage.close()
@@ -177,7 +183,9 @@ def push_stream_rss(directory: str, n: int) -> float:
     path = os.path.join(directory, "stream.db")
     out = subprocess.run(
         [sys.executable, os.path.join(HERE, "child.py"), "push-stream", path, str(n)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return float(out.stdout.strip())
 

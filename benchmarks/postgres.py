@@ -63,13 +63,30 @@ def _fill(url: str, n: int) -> None:
 
 def _raw_bulk(conn: psycopg.Connection, n: int) -> None:
     now = time.time()
-    ids = [r[0] for r in conn.execute(
-        f"SELECT nextval(pg_get_serial_sequence('{JOBS}', 'id')) FROM generate_series(1, %s)", (n,)
-    )]
+    ids = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT nextval(pg_get_serial_sequence('{JOBS}', 'id')) FROM generate_series(1, %s)",
+            (n,),
+        )
+    ]
     ids.sort()
     with conn.cursor().copy(f"COPY {JOBS} ({_COLUMNS}) FROM STDIN") as copy:
         for task_id, i in zip(ids, range(n), strict=True):
-            copy.write_row((task_id, "default", "pending", msgspec.json.encode(i), 0, now, None, None, None, now))
+            copy.write_row(
+                (
+                    task_id,
+                    "default",
+                    "pending",
+                    msgspec.json.encode(i),
+                    0,
+                    now,
+                    None,
+                    None,
+                    None,
+                    now,
+                )
+            )
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "default"))
 
 
@@ -161,13 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     args = parser.parse_args(argv)
-    base = os.environ.get("TASKPIPE_BENCH_POSTGRES_URL") or os.environ.get("TASKPIPE_TEST_POSTGRES_URL")
+    base = os.environ.get("TASKPIPE_BENCH_POSTGRES_URL") or os.environ.get(
+        "TASKPIPE_TEST_POSTGRES_URL"
+    )
     if not base:
         print("set TASKPIPE_BENCH_POSTGRES_URL (or TASKPIPE_TEST_POSTGRES_URL)", file=sys.stderr)
         return 2
     n_single, n_bulk, n_drain = (500, 20_000, 5_000) if args.quick else (2_000, 100_000, 20_000)
     scenarios = [
-        (f"push, one per transaction ({n_single:,})", "rows/s", tp_push_single, raw_push_single, n_single),
+        (
+            f"push, one per transaction ({n_single:,})",
+            "rows/s",
+            tp_push_single,
+            raw_push_single,
+            n_single,
+        ),
         (f"push_bulk {n_bulk:,}", "rows/s", tp_push_bulk, raw_push_bulk, n_bulk),
         (f"drain {n_drain:,}, 1 process × 4", "jobs/s", tp_drain, raw_drain, n_drain),
     ]

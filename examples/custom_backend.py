@@ -83,9 +83,15 @@ def record(db: Db):
         if outcome.kind is OutcomeKind.DONE:
             db.execute("UPDATE tasks SET status = 'done' WHERE id = ?", (task_id,))
         elif outcome.kind in (OutcomeKind.RETRY, OutcomeKind.INTERRUPTED):
-            db.execute("UPDATE tasks SET status = 'pending', run_at = ? WHERE id = ?", (time.time() + outcome.delay, task_id))
+            db.execute(
+                "UPDATE tasks SET status = 'pending', run_at = ? WHERE id = ?",
+                (time.time() + outcome.delay, task_id),
+            )
         elif outcome.kind is OutcomeKind.RELEASE:
-            db.execute("UPDATE tasks SET status = 'pending', attempts = attempts - 1 WHERE id = ?", (task_id,))
+            db.execute(
+                "UPDATE tasks SET status = 'pending', attempts = attempts - 1 WHERE id = ?",
+                (task_id,),
+            )
         else:
             db.execute("UPDATE tasks SET status = 'dead' WHERE id = ?", (task_id,))
 
@@ -132,5 +138,7 @@ worker.run_until_idle()
 
 print("sent to:", sent)
 print("rows:", db.execute("SELECT id, status, attempts FROM tasks ORDER BY id"))
-assert sorted(sent) == sorted(["ada@example.com", "flaky@example.com"] + [f"user{i}@example.com" for i in range(3)])
+assert sorted(sent) == sorted(
+    ["ada@example.com", "flaky@example.com"] + [f"user{i}@example.com" for i in range(3)]
+)
 assert db.execute("SELECT DISTINCT status FROM tasks") == [("done",)]

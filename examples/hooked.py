@@ -47,5 +47,7 @@ threading.Thread(target=producer, daemon=True).start()
 started = time.perf_counter()
 worker.run()
 print(f"{len(latencies)} tasks in {time.perf_counter() - started:.2f}s with a 5 s poll interval")
-print(f"push -> handler start: median {statistics.median(latencies) * 1000:.2f} ms, "
-      f"from the other process {latencies[-1] * 1000:.2f} ms")
+print(
+    f"push -> handler start: median {statistics.median(latencies) * 1000:.2f} ms, "
+    f"from the other process {latencies[-1] * 1000:.2f} ms"
+)

@@ -29,7 +29,9 @@ backend = pipe_to(iter(range(10)), memory.backend(poll_interval=timedelta(second
 worker = (
     WorkerBuilder("rango-tango")
     .backend(backend)
-    .on_event(lambda ctx, ev: print("Event:", ev) if isinstance(ev, (events.Start, events.Stop)) else None)
+    .on_event(
+        lambda ctx, ev: print("Event:", ev) if isinstance(ev, (events.Start, events.Stop)) else None
+    )
     .build(task)
 )
 worker.run_until_idle()

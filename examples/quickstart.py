@@ -54,9 +54,15 @@ handled += worker.run_until_idle()
 elapsed = time.perf_counter() - start
 
 print(f"database: {path}")
-print(f"first started: item {started[0]} (priority 10); the delayed item 2000 started after the others")
-print(f"ran {len(ran)} jobs ({handled} attempts, {len(flaky_failures)} flaky failures retried) in {elapsed * 1000:.0f} ms")
-counts = dict(db.execute_sql("SELECT status, count(*) FROM taskpipe_jobs GROUP BY status").fetchall())
+print(
+    f"first started: item {started[0]} (priority 10); the delayed item 2000 started after the others"
+)
+print(
+    f"ran {len(ran)} jobs ({handled} attempts, {len(flaky_failures)} flaky failures retried) in {elapsed * 1000:.0f} ms"
+)
+counts = dict(
+    db.execute_sql("SELECT status, count(*) FROM taskpipe_jobs GROUP BY status").fetchall()
+)
 print(f"statuses: {counts}")
 assert counts == {"done": 112}, counts
 assert started.index(2000) >= 100, "the delayed task should start after the due ones"

@@ -19,7 +19,9 @@ storage = SqliteStorage(db)
 storage.push({"url": "https://example.com/ok", "fail_times": 0})
 storage.push({"url": "https://example.com/flaky", "fail_times": 2})  # succeeds on attempt 3
 storage.push({"url": "https://example.com/down", "fail_times": 99})  # never succeeds
-storage.push_task(Task({"url": "https://example.com/once", "fail_times": 99}, max_attempts=1))  # its own limit
+storage.push_task(
+    Task({"url": "https://example.com/once", "fail_times": 99}, max_attempts=1)
+)  # its own limit
 
 calls: dict[str, int] = {}
 lock = threading.Lock()
@@ -40,7 +42,9 @@ finished = []
 
 def on_event(ctx: WorkerContext, event: events.Event) -> None:
     if isinstance(event, events.Retry):
-        print(f"  task {event.task_id}: attempt {event.attempt} failed, retrying at {event.run_at:%H:%M:%S.%f}")
+        print(
+            f"  task {event.task_id}: attempt {event.attempt} failed, retrying at {event.run_at:%H:%M:%S.%f}"
+        )
     elif isinstance(event, (events.Success, events.Dead)):
         finished.append(event)
         print(f"  task {event.task_id}: {type(event).__name__.lower()}")
@@ -52,7 +56,9 @@ worker = (
     WorkerBuilder("retries")
     .backend(storage)
     .concurrency(2)
-    .retry(RetryPolicy.retries(3).backoff(base=0.05, factor=2, cap=1))  # 4 attempts: +50, +100, +200 ms
+    .retry(
+        RetryPolicy.retries(3).backoff(base=0.05, factor=2, cap=1)
+    )  # 4 attempts: +50, +100, +200 ms
     .on_event(on_event)
     .build(fetch)
 )

@@ -56,7 +56,13 @@ from .worker import Worker, WorkerBuilder
 __all__ = ["BadInput", "Failure", "cli", "database_path", "main", "parse_duration"]
 
 PUSH_BATCH = 1000
-STATUS_COLOURS = {"pending": "cyan", "running": "blue", "done": "green", "failed": "yellow", "dead": "red"}
+STATUS_COLOURS = {
+    "pending": "cyan",
+    "running": "blue",
+    "done": "green",
+    "failed": "yellow",
+    "dead": "red",
+}
 STATUS_NAMES = [s.value for s in Status]
 
 
@@ -255,7 +261,15 @@ DURATION = _Duration()
 QUEUE = _Name("a queue name", "leave out --queue for the default queue")
 QUEUE_FILTER = _Name("a queue name", "leave out --queue for every queue")
 WORKER_NAME = _Name("a worker name", "leave out --name for the handler's name")
-_POSTGRES = {"postgres", "postgresql", "postgresext", "postgresqlext", "psycopg", "psycopg2", "psycopg3"}
+_POSTGRES = {
+    "postgres",
+    "postgresql",
+    "postgresext",
+    "postgresqlext",
+    "psycopg",
+    "psycopg2",
+    "psycopg3",
+}
 
 
 def database_path(url: str) -> str:
@@ -271,7 +285,9 @@ def database_path(url: str) -> str:
             "or sqlite:///PATH for now"
         )
     if scheme not in ("sqlite", "sqliteext"):
-        raise BadInput(f"unsupported database URL {scheme}://…: use a SQLite path or sqlite:///PATH")
+        raise BadInput(
+            f"unsupported database URL {scheme}://…: use a SQLite path or sqlite:///PATH"
+        )
     path, _, query = rest.partition("?")
     if query:
         raise BadInput(f"options in the database URL are not supported yet: {query!r}")
@@ -291,7 +307,9 @@ class _State:
         if self.db is not None:
             return self.db
         if not self.url:
-            raise BadInput("no database given: pass --db PATH (or sqlite:///PATH), or set TASKPIPE_DB")
+            raise BadInput(
+                "no database given: pass --db PATH (or sqlite:///PATH), or set TASKPIPE_DB"
+            )
         path = database_path(self.url)
         if path != ":memory:":
             path = _checked_file(path, self.url, create)
@@ -301,7 +319,9 @@ class _State:
                 SqliteStorage.setup(db)
             elif not db.table_exists(JOBS):
                 db.close()
-                raise BadInput(f"{self.url} has no taskpipe tables: run `taskpipe setup --db {self.url}` first")
+                raise BadInput(
+                    f"{self.url} has no taskpipe tables: run `taskpipe setup --db {self.url}` first"
+                )
         except pw.DatabaseError as exc:
             db.close()
             raise BadInput(f"cannot use {self.url} as a taskpipe database: {exc}") from exc
@@ -502,10 +522,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     for row in cells:
         for i, (text, _) in enumerate(row):
             widths[i] = max(widths[i], len(text))
+
     def pad(text: str, width: int) -> str:
         return " " * (width - len(text))
 
-    lines = ["  ".join(click.style(h, bold=True) + pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines = [
+        "  ".join(
+            click.style(h, bold=True) + pad(h, w) for h, w in zip(headers, widths, strict=True)
+        ).rstrip()
+    ]
     for row in cells:
         padded = [
             (click.style(text, fg=style) if style else text) + pad(text, width)
@@ -578,7 +603,9 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="taskpipe", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "--version", "-V", prog_name="taskpipe", message="%(prog)s %(version)s"
+)
 @click.option(
     "--db",
     metavar="PATH|URL",
@@ -637,7 +664,9 @@ def _print_events(ctx: Any, event: events.Event) -> None:
         case events.Success(task_id=task_id):
             click.echo(f"task {int(task_id)} {click.style('done', fg='green')}")
         case events.Retry(task_id=task_id, attempt=attempt, run_at=run_at):
-            click.echo(f"task {int(task_id)} {click.style('failed', fg='yellow')} (attempt {attempt}), retry {_ago(run_at)}")
+            click.echo(
+                f"task {int(task_id)} {click.style('failed', fg='yellow')} (attempt {attempt}), retry {_ago(run_at)}"
+            )
         case events.Dead(task_id=task_id, error=error):
             click.echo(f"task {int(task_id)} {click.style('dead', fg='red')}: {error}")
         case events.Error(task_id=None, error=error):
@@ -647,14 +676,30 @@ def _print_events(ctx: Any, event: events.Event) -> None:
 @cli.command(short_help="Run a Worker, a Monitor or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option(
-    "--queue", "-q", type=QUEUE, default="default", show_default=True,
+    "--queue",
+    "-q",
+    type=QUEUE,
+    default="default",
+    show_default=True,
     help="The queue to take tasks from.",
 )
 @click.option(
     "--concurrency", "-c", type=_Int64(min=1), default=1, show_default=True, help="Handler threads."
 )
-@click.option("--retries", type=_Int64(min=0, max=INT64_MAX - 1), default=0, show_default=True, help="Retries of a failed task.")
-@click.option("--grace", type=DURATION, default="30s", show_default=True, help="Shutdown grace for running tasks.")
+@click.option(
+    "--retries",
+    type=_Int64(min=0, max=INT64_MAX - 1),
+    default=0,
+    show_default=True,
+    help="Retries of a failed task.",
+)
+@click.option(
+    "--grace",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="Shutdown grace for running tasks.",
+)
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
 @click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
@@ -710,7 +755,9 @@ def worker(
             raise BadInput(f"{target}: {exc}") from exc
         workers = [obj]
     else:
-        raise BadInput(f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function")
+        raise BadInput(
+            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
+        )
     with _logging_to_stderr(log_level):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
@@ -820,7 +867,7 @@ def _read_lines(stream: Iterable[bytes], name: str) -> Iterator[bytes]:
 def _json_lines(lines: Iterable[bytes], name: str) -> Iterator[Any]:
     for number, raw in enumerate(_read_lines(lines, name), 1):
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
+            raw = raw[len(codecs.BOM_UTF8) :]
         where = f"line {number} of {name}"
         try:
             line = raw.decode("utf-8")
@@ -836,9 +883,13 @@ def _json_lines(lines: Iterable[bytes], name: str) -> Iterator[Any]:
 
 @cli.command(short_help="Push a task (JSON args), or a file of them.")
 @click.argument("args", metavar="[ARGS]", required=False)
-@click.option("--file", "-f", "file", metavar="FILE", help="Push one task per line of JSON (- for stdin).")
+@click.option(
+    "--file", "-f", "file", metavar="FILE", help="Push one task per line of JSON (- for stdin)."
+)
 @click.option("--queue", "-q", type=QUEUE, default="default", show_default=True)
-@click.option("--priority", "-p", type=_Int64(), default=0, show_default=True, help="Higher runs first.")
+@click.option(
+    "--priority", "-p", type=_Int64(), default=0, show_default=True, help="Higher runs first."
+)
 @click.option("--run-after", type=DURATION, help="Delay before it is due: 30s, 10m, 2h, 1d.")
 @click.option("--max-attempts", type=_Int64(min=1), help="Attempts before the task is dead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the id (or the count) as JSON.")
@@ -855,7 +906,7 @@ def push(
     """Push a task whose args are the JSON ARGS, or one per line of --file."""
     if (args is None) == (file is None):
         raise BadInput(
-            "give the task's args as JSON (e.g. taskpipe push '{\"to\": \"a@example.com\"}') "
+            'give the task\'s args as JSON (e.g. taskpipe push \'{"to": "a@example.com"}\') '
             "or --file FILE with one JSON value per line, not both"
         )
 
@@ -940,7 +991,9 @@ def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
                 try:
                     storage.push_all(chunk)
                 except CodecError as exc:
-                    raise BadInput(f"cannot encode a task of {name}: {exc} ({pushed} tasks pushed)") from exc
+                    raise BadInput(
+                        f"cannot encode a task of {name}: {exc} ({pushed} tasks pushed)"
+                    ) from exc
                 pushed += len(chunk)
                 bar.update(len(chunk))
     finally:
@@ -950,13 +1003,23 @@ def _push_file(file: str, queue: str, task: Callable[[Any], Task]) -> int:
 
 # tasks and show -----------------------------------------------------------------------------------
 @cli.command(short_help="List tasks, newest first.")
-@click.option("--status", "-s", type=click.Choice(STATUS_NAMES), multiple=True, help="Only these statuses (repeatable).")
+@click.option(
+    "--status",
+    "-s",
+    type=click.Choice(STATUS_NAMES),
+    multiple=True,
+    help="Only these statuses (repeatable).",
+)
 @click.option("--queue", "-q", type=QUEUE_FILTER, help="Only this queue (default: every queue).")
-@click.option("--limit", "-n", type=_Int64(min=0, max=INT64_MAX - 1), default=50, show_default=True)  # asks limit + 1
+@click.option(
+    "--limit", "-n", type=_Int64(min=0, max=INT64_MAX - 1), default=50, show_default=True
+)  # asks limit + 1
 @click.option("--offset", type=_Int64(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of tasks (TaskInfo fields).")
 @_db_option
-def tasks(status: tuple[str, ...], queue: str | None, limit: int, offset: int, as_json: bool) -> None:
+def tasks(
+    status: tuple[str, ...], queue: str | None, limit: int, offset: int, as_json: bool
+) -> None:
     """List tasks, newest first."""
     storage = _state().storage()
     found = storage.list_tasks(queue=queue, status=status or None, limit=limit + 1, offset=offset)
@@ -981,7 +1044,9 @@ def tasks(status: tuple[str, ...], queue: str | None, limit: int, offset: int, a
         ]
         for t in found
     ]
-    click.echo(_table(["ID", "QUEUE", "STATUS", "ATTEMPTS", "PRIO", "CREATED", "DUE/ENDED", "ARGS"], rows))
+    click.echo(
+        _table(["ID", "QUEUE", "STATUS", "ATTEMPTS", "PRIO", "CREATED", "DUE/ENDED", "ARGS"], rows)
+    )
     if more:
         click.echo(f"… more: --offset {offset + limit}", err=True)
 
@@ -1009,7 +1074,9 @@ def _show_text(t: TaskInfo) -> str:
         lines.append("")
         lines.append(click.style(f"recoveries ({len(t.recoveries)})", bold=True))
     for r in t.recoveries:
-        blamed = "counted" if r.counted else "not counted: it ran beside others, so it runs alone next"
+        blamed = (
+            "counted" if r.counted else "not counted: it ran beside others, so it runs alone next"
+        )
         lines.append(
             f"  {_when(r.at)}: re-enqueued, worker {r.worker or '?'} stopped beating "
             f"(last seen {_when(r.last_seen)}); {blamed}"
@@ -1038,7 +1105,9 @@ def show(task_id: int, as_json: bool) -> None:
 
 
 # retry, kill, purge ---------------------------------------------------------------------------------
-def _each(ids: Sequence[int], action: Callable[[int], bool], done: str, refused: Callable[[TaskInfo], str]) -> None:
+def _each(
+    ids: Sequence[int], action: Callable[[int], bool], done: str, refused: Callable[[TaskInfo], str]
+) -> None:
     storage_fetch = _state().storage().fetch_by_id
     code = 0
     for task_id in ids:
@@ -1057,7 +1126,9 @@ def _each(ids: Sequence[int], action: Callable[[int], bool], done: str, refused:
 
 @cli.command(short_help="Run failed or dead tasks again now.")
 @click.argument("ids", metavar="[ID]...", type=_Int64(label="task id"), nargs=-1)
-@click.option("--dead", "all_dead", is_flag=True, help="Retry every dead task (of --queue, or all).")
+@click.option(
+    "--dead", "all_dead", is_flag=True, help="Retry every dead task (of --queue, or all)."
+)
 @click.option("--queue", "-q", type=QUEUE_FILTER, help="With --dead: only this queue.")
 @_db_option
 def retry(ids: tuple[int, ...], all_dead: bool, queue: str | None) -> None:
@@ -1087,8 +1158,15 @@ def kill(ids: tuple[int, ...]) -> None:
 
 
 @cli.command(short_help="Delete old done or dead tasks.")
-@click.argument("statuses", metavar="STATUS...", type=click.Choice(STATUS_NAMES), nargs=-1, required=True)
-@click.option("--older-than", type=DURATION, required=True, help="Finished at least this long ago: 7d, 12h, 0.")
+@click.argument(
+    "statuses", metavar="STATUS...", type=click.Choice(STATUS_NAMES), nargs=-1, required=True
+)
+@click.option(
+    "--older-than",
+    type=DURATION,
+    required=True,
+    help="Finished at least this long ago: 7d, 12h, 0.",
+)
 @click.option("--queue", "-q", type=QUEUE_FILTER, help="Only this queue (default: every queue).")
 @_db_option
 def purge(statuses: tuple[str, ...], older_than: float, queue: str | None) -> None:
@@ -1116,11 +1194,21 @@ def workers(as_json: bool) -> None:
         return
     now = clock.now()
     rows = [
-        [w.name, w.run_id, ",".join(w.queues), w.hostname, str(w.pid), _ago(w.started_at, now),
-         _ago(w.last_heartbeat, now), str(w.tasks_held)]
+        [
+            w.name,
+            w.run_id,
+            ",".join(w.queues),
+            w.hostname,
+            str(w.pid),
+            _ago(w.started_at, now),
+            _ago(w.last_heartbeat, now),
+            str(w.tasks_held),
+        ]
         for w in found
     ]
-    click.echo(_table(["NAME", "RUN ID", "QUEUES", "HOST", "PID", "STARTED", "LAST BEAT", "TASKS"], rows))
+    click.echo(
+        _table(["NAME", "RUN ID", "QUEUES", "HOST", "PID", "STARTED", "LAST BEAT", "TASKS"], rows)
+    )
 
 
 @cli.command(short_help="List queues with their counts per status.")
@@ -1171,7 +1259,13 @@ _sleep = time.sleep  # the --watch pause (tests replace it)
 @click.option("--queue", "-q", type=QUEUE_FILTER, help="Only this queue (default: every queue).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--watch", "-w", is_flag=True, help="Refresh in place until Ctrl-C.")
-@click.option("--every", type=DURATION, default="2s", show_default=True, help="With --watch: the refresh period.")
+@click.option(
+    "--every",
+    type=DURATION,
+    default="2s",
+    show_default=True,
+    help="With --watch: the refresh period.",
+)
 @_db_option
 def stats(queue: str | None, as_json: bool, watch: bool, every: float) -> None:
     """Counts per status, throughput, the oldest due task's wait and the mean run time."""
@@ -1192,7 +1286,9 @@ def stats(queue: str | None, as_json: bool, watch: bool, every: float) -> None:
         while True:
             text = render()
             if tty and previous:
-                click.echo(f"\x1b[{previous}F\x1b[J", nl=False)  # back up and clear: refresh in place
+                click.echo(
+                    f"\x1b[{previous}F\x1b[J", nl=False
+                )  # back up and clear: refresh in place
             click.echo(text)
             previous = text.count("\n") + 1
             _sleep(max(every, 0.1))

@@ -57,7 +57,9 @@ def seconds(value: timedelta | float | None, *, name: str = "duration") -> float
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         result = float(value)
     else:
-        raise TypeError(f"{name} must be a timedelta or a number of seconds, not {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a timedelta or a number of seconds, not {type(value).__name__}"
+        )
     if result < 0:
         raise ValueError(f"{name} must not be negative, got {value!r}")
     return result

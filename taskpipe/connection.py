@@ -45,7 +45,9 @@ def _engine(scheme: str) -> Any:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name == module:
-            raise StorageError(f"this version of taskpipe has no {what} store yet ({scheme}:// URLs)") from None
+            raise StorageError(
+                f"this version of taskpipe has no {what} store yet ({scheme}:// URLs)"
+            ) from None
         raise StorageError(
             f"the {what} store needs its driver ({exc.name} is missing): pip install 'taskpipe[{extra}]'"
         ) from exc
@@ -75,7 +77,9 @@ def connect(url: str | os.PathLike[str]) -> Any:
     if scheme in ENGINES:
         return _engine(scheme).connect(url)
     known = ", ".join(["sqlite", *sorted(ENGINES)])
-    raise ValueError(f"unknown database URL scheme {scheme!r} in {url!r}: use one of {known}, or a file path")
+    raise ValueError(
+        f"unknown database URL scheme {scheme!r} in {url!r}: use one of {known}, or a file path"
+    )
 
 
 def open_storage(
@@ -96,4 +100,6 @@ def open_storage(
     for scheme, (engine, _, _) in ENGINES.items():
         if module in (engine, scheme) or getattr(db, "taskpipe_engine", None) == scheme:
             return _engine(scheme).open_storage(db, queue=queue, codec=codec, config=config)
-    raise TypeError(f"open_storage() takes a URL, a path or a database from taskpipe.connect(), got {db!r}")
+    raise TypeError(
+        f"open_storage() takes a URL, a path or a database from taskpipe.connect(), got {db!r}"
+    )

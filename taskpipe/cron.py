@@ -83,8 +83,15 @@ def _plain(value: datetime) -> datetime:
         return value
     real = next(c for c in cls.__mro__ if c.__module__ == "datetime" and c.__name__ == "datetime")
     return real(
-        value.year, value.month, value.day, value.hour, value.minute, value.second,
-        value.microsecond, tzinfo=value.tzinfo, fold=value.fold,
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=value.tzinfo,
+        fold=value.fold,
     )
 
 
@@ -178,7 +185,10 @@ class CronStream(PipeSource):
                 begin = max(now, last)
                 log.info(
                     "cron stream %r: last tick %s, %d missed tick(s) enqueued (missed=%r)",
-                    self.name, last.isoformat(), len(backlog), self.missed,
+                    self.name,
+                    last.isoformat(),
+                    len(backlog),
+                    self.missed,
                 )
             self._backlog = deque(backlog)
             self._next = self.schedule.next_after(begin)

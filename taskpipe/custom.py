@@ -95,14 +95,18 @@ class BackendBuilder:
     def fetcher(self, fn: Fetcher) -> BackendBuilder:
         """``fn(db, config, worker_ctx)`` returns an iterator of ``Task | None``."""
         if not callable(fn):
-            raise BuildError(f"fetcher() takes a function fetcher(db, config, worker_ctx) -> iterator, got {fn!r}")
+            raise BuildError(
+                f"fetcher() takes a function fetcher(db, config, worker_ctx) -> iterator, got {fn!r}"
+            )
         self._fetcher = fn
         return self
 
     def sink(self, fn: SinkFactory) -> BackendBuilder:
         """``fn(db, config)`` returns a callable that persists one ``Task``."""
         if not callable(fn):
-            raise BuildError(f"sink() takes a function sink(db, config) -> callable(task), got {fn!r}")
+            raise BuildError(
+                f"sink() takes a function sink(db, config) -> callable(task), got {fn!r}"
+            )
         self._sink = fn
         return self
 
@@ -136,13 +140,19 @@ class BackendBuilder:
         missing = [name for name, value in parts if value is _UNSET]
         if missing:
             calls = " and ".join(f".{name}(...)" for name in missing)
-            raise BuildError(f"BackendBuilder.build(): missing {', '.join(missing)}: call {calls} before .build()")
+            raise BuildError(
+                f"BackendBuilder.build(): missing {', '.join(missing)}: call {calls} before .build()"
+            )
         try:
             persist = self._sink(self._db, self._config)
         except Exception as exc:
-            raise BuildError(f"the sink factory {self._sink!r} raised {type(exc).__name__}: {exc}") from exc
+            raise BuildError(
+                f"the sink factory {self._sink!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not callable(persist):
-            raise BuildError(f"the sink factory must return a callable that persists one Task, got {persist!r}")
+            raise BuildError(
+                f"the sink factory must return a callable that persists one Task, got {persist!r}"
+            )
         return CustomBackend(
             db=self._db,
             config=self._config,
@@ -216,7 +226,9 @@ class CustomBackend(Store):
                 else:
                     ids.append(task.id)  # type: ignore[arg-type]
         except Exception as exc:
-            raise PushError(f"the custom sink could not persist a task ({len(ids)} of {len(rows)} were): {exc}") from exc
+            raise PushError(
+                f"the custom sink could not persist a task ({len(ids)} of {len(rows)} were): {exc}"
+            ) from exc
         finally:
             if ids:
                 self._after_push()
@@ -244,13 +256,17 @@ class CustomBackend(Store):
         claims: list[Claim] = []
         try:
             if items is None:
-                items = self._iterators[ctx.run_id] = iter(self._fetcher(self.db, self.settings, ctx))
+                items = self._iterators[ctx.run_id] = iter(
+                    self._fetcher(self.db, self.settings, ctx)
+                )
             while len(claims) < limit:
                 item = next(items)
                 if item is None:
                     break
                 if not isinstance(item, Task):
-                    ctx.report(TypeError(f"the custom fetcher must yield Task or None, got {item!r}"))
+                    ctx.report(
+                        TypeError(f"the custom fetcher must yield Task or None, got {item!r}")
+                    )
                     continue
                 claims.append(self._claim_of(item, ctx))
         except StopIteration:

@@ -1,18 +1,18 @@
 """taskpipe's exceptions: one root, so ``except TaskpipeError`` catches them all.
 
-    TaskpipeError
-    ├── TaskSinkError          a push failed; nothing of that push was written
-    │   ├── PushError          the store rejected or could not take the write
-    │   └── CodecError         a value could not be encoded (or decoded)
-    ├── StorageError           the store is unusable (missing tables, bad schema, closed)
-    │   ├── SetupError         setup() was not run, or the schema is newer than this code
-    │   └── OutcomeRefused     the store refuses one outcome itself (retrying cannot help)
-    ├── BuildError             a worker or backend was assembled wrongly (at build time)
-    │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
-    ├── PipeError              a piped source failed (its exception is the __cause__)
-    ├── TaskNotFound           no task has that id
-    ├── TaskFailed             wait_for(): the task ended Dead; carries its last error
-    └── WaitTimeout            wait_for(): the task did not finish in time
+TaskpipeError
+├── TaskSinkError          a push failed; nothing of that push was written
+│   ├── PushError          the store rejected or could not take the write
+│   └── CodecError         a value could not be encoded (or decoded)
+├── StorageError           the store is unusable (missing tables, bad schema, closed)
+│   ├── SetupError         setup() was not run, or the schema is newer than this code
+│   └── OutcomeRefused     the store refuses one outcome itself (retrying cannot help)
+├── BuildError             a worker or backend was assembled wrongly (at build time)
+│   └── CapabilityError    the store cannot do what was asked (it does not declare it)
+├── PipeError              a piped source failed (its exception is the __cause__)
+├── TaskNotFound           no task has that id
+├── TaskFailed             wait_for(): the task ended Dead; carries its last error
+└── WaitTimeout            wait_for(): the task did not finish in time
 """
 
 from __future__ import annotations

@@ -254,7 +254,11 @@ class MemoryBackend(MemoryExpose, Store):
                 raise OutcomeRefused(f"the store refused the outcomes: {exc}") from exc
             for o in outcomes:
                 record = self._records.get(o.claim.id)
-                if record is None or record.status is not Status.RUNNING or record.lease != o.claim.lease:
+                if (
+                    record is None
+                    or record.status is not Status.RUNNING
+                    or record.lease != o.claim.lease
+                ):
                     o.accepted = False
                     continue
                 self._apply(record, o, now)
@@ -293,7 +297,9 @@ class MemoryBackend(MemoryExpose, Store):
         self._cond.notify_all()
 
 
-def backend(poll_interval: timedelta | float | Any = None, maxsize: int | None = None, **options: Any) -> MemoryBackend:
+def backend(
+    poll_interval: timedelta | float | Any = None, maxsize: int | None = None, **options: Any
+) -> MemoryBackend:
     """An in-memory store; ``maxsize`` bounds it so that pushes block when full;
     ``queue``, ``codec`` and ``keep_finished`` are keyword options."""
     return MemoryBackend(poll_interval=poll_interval, maxsize=maxsize, **options)

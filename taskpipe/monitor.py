@@ -50,7 +50,9 @@ class Monitor:
 
         with graceful_signals(self.stop, stop_hard, "monitor"):
             for worker in self.workers:
-                thread = threading.Thread(target=target, args=(worker,), name=f"taskpipe-monitor-{worker.name}")
+                thread = threading.Thread(
+                    target=target, args=(worker,), name=f"taskpipe-monitor-{worker.name}"
+                )
                 thread.start()
                 started.append(thread)
             for thread in started:

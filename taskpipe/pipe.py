@@ -106,13 +106,20 @@ class Pipe(Store):
                 f"memory.backend()…), got {sink!r}"
             )
         if not isinstance(source, PipeSource) and not hasattr(source, "__iter__"):
-            raise BuildError(f"pipe_to() takes an iterable (or a CronStream) as its source, got {source!r}")
+            raise BuildError(
+                f"pipe_to() takes an iterable (or a CronStream) as its source, got {source!r}"
+            )
         for capability, purpose in getattr(source, "needs", ()):
             require(sink, capability, purpose)
         self.source = source
         self.sink = sink
         self.capabilities = sink.capabilities
-        self.queue, self.config, self.codec, self.wakeups = sink.queue, sink.config, sink.codec, sink.wakeups
+        self.queue, self.config, self.codec, self.wakeups = (
+            sink.queue,
+            sink.config,
+            sink.codec,
+            sink.wakeups,
+        )
         self.error: PipeError | None = None
         self._paced = isinstance(source, PipeSource)
         self._endless = bool(getattr(source, "endless", False))
@@ -205,21 +212,30 @@ class Pipe(Store):
         if feeder is not None:
             feeder.join(JOIN_TIMEOUT)
             if feeder.is_alive():
-                log.debug("pipe %r: the feeder is still blocked in its source or a push; it ends on its own", self)
+                log.debug(
+                    "pipe %r: the feeder is still blocked in its source or a push; it ends on its own",
+                    self,
+                )
         self.sink.close_run(ctx)
 
     # run(): a feeder thread --------------------------------------------------------------
     def _start_feeder(self, ctx: WorkerContext, stop: threading.Event) -> threading.Thread | None:
         if self._ended:
             return None
-        thread = threading.Thread(target=self._feed, args=(ctx, stop), name=f"taskpipe-{ctx.name}-pipe", daemon=True)
+        thread = threading.Thread(
+            target=self._feed, args=(ctx, stop), name=f"taskpipe-{ctx.name}-pipe", daemon=True
+        )
         thread.start()
         return thread
 
     def _feed(self, ctx: WorkerContext, stop: threading.Event) -> None:
         items: Iterator[Any] | None = None
         try:
-            items = cast(PipeSource, self.source).stream(self.sink, stop) if self._paced else self._shared_iterator()
+            items = (
+                cast(PipeSource, self.source).stream(self.sink, stop)
+                if self._paced
+                else self._shared_iterator()
+            )
             while not stop.is_set():
                 if not self._wait_for_room(stop):
                     break
@@ -264,7 +280,6 @@ class Pipe(Store):
             if wait(ROOM_SLICE):
                 return True
         return False
-
 
     # run_until_idle(): in the caller's thread --------------------------------------------
     def _fill(self, ctx: Any) -> bool:
@@ -369,7 +384,9 @@ class Pipe(Store):
         return error
 
     def _push_error(self, exc: BaseException) -> PipeError:
-        error = PipeError(f"could not push a piped item into {self.sink!r}: {type(exc).__name__}: {exc}")
+        error = PipeError(
+            f"could not push a piped item into {self.sink!r}: {type(exc).__name__}: {exc}"
+        )
         error.__cause__ = exc
         return error
 

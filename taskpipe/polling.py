@@ -153,7 +153,9 @@ class MultiStrategy:
 
     def __init__(self, strategies: Sequence[PollStrategy]):
         if not strategies:
-            raise ValueError("StrategyBuilder needs at least one strategy: .apply(IntervalStrategy(...))")
+            raise ValueError(
+                "StrategyBuilder needs at least one strategy: .apply(IntervalStrategy(...))"
+            )
         self.strategies = tuple(strategies)
 
     def start(self) -> PollState:

@@ -17,7 +17,9 @@ log = logging.getLogger("taskpipe.signals")
 
 
 @contextmanager
-def graceful_signals(stop: Callable[[], None], stop_hard: Callable[[], None], what: str) -> Iterator[None]:
+def graceful_signals(
+    stop: Callable[[], None], stop_hard: Callable[[], None], what: str
+) -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM call ``stop()`` the first time and
     ``stop_hard()`` after that; nothing changes outside the main thread."""
     if threading.current_thread() is not threading.main_thread():

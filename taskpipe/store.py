@@ -222,7 +222,9 @@ class TaskSink:
     def push_task(self, task: Task[Any]) -> TaskId:
         """Enqueue a pre-built ``Task`` (priority, run_after, max_attempts, meta, key)."""
         if not isinstance(task, Task):
-            raise TypeError(f"push_task() takes a Task, not {type(task).__name__}: use push() for plain values")
+            raise TypeError(
+                f"push_task() takes a Task, not {type(task).__name__}: use push() for plain values"
+            )
         return self._insert_rows([self.row(task, self._now())])[0]
 
     def push_bulk(self, items: Iterable[Any]) -> list[TaskId]:
@@ -240,7 +242,9 @@ class TaskSink:
         """
         return self._push_batches(items, batch_size, self.plain_row)
 
-    def push_all(self, tasks: Iterable[Task[Any]], *, batch_size: int = DEFAULT_STREAM_BATCH) -> int:
+    def push_all(
+        self, tasks: Iterable[Task[Any]], *, batch_size: int = DEFAULT_STREAM_BATCH
+    ) -> int:
         """Like ``push_stream`` for pre-built ``Task`` objects. Returns the count."""
 
         def make_row(task: Task[Any], now: float) -> Row:
@@ -277,7 +281,9 @@ class TaskSink:
         """``row(Task(args), now)``, without building the ``Task`` (the push fast path)."""
         return Row(None, self.queue, self.codec.encode(args), 0, now, None, None, None, now)
 
-    def _push_batches(self, items: Iterable[Any], batch_size: int, make_row: Callable[[Any, float], Row]) -> int:
+    def _push_batches(
+        self, items: Iterable[Any], batch_size: int, make_row: Callable[[Any, float], Row]
+    ) -> int:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         count = 0

@@ -14,7 +14,17 @@ from typing import Any, Generic, TypeVar
 
 from . import clock
 
-__all__ = ["Task", "TaskBuilder", "TaskId", "Status", "Attempt", "TaskInfo", "AttemptError", "Recovery", "RawStatus"]
+__all__ = [
+    "Task",
+    "TaskBuilder",
+    "TaskId",
+    "Status",
+    "Attempt",
+    "TaskInfo",
+    "AttemptError",
+    "Recovery",
+    "RawStatus",
+]
 
 T = TypeVar("T")
 
@@ -101,7 +111,9 @@ class Task(Generic[T]):
         if self.max_attempts is not None and (
             not isinstance(self.max_attempts, int) or self.max_attempts < 1
         ):
-            raise ValueError(f"max_attempts must be a positive int or None, got {self.max_attempts!r}")
+            raise ValueError(
+                f"max_attempts must be a positive int or None, got {self.max_attempts!r}"
+            )
         if self.max_attempts is not None:
             _check_range("max_attempts", self.max_attempts)
         if isinstance(self.run_after, (int, float)) and not isinstance(self.run_after, bool):

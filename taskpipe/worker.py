@@ -56,8 +56,8 @@ HEARTBEAT_JOIN = 1.0  # how long a stopping run waits for its heartbeat thread
 class WorkerBuilder:
     """Assemble a worker with chained calls, then ``build(handler)``::
 
-        worker = (WorkerBuilder("emails").backend(storage).concurrency(4)
-                  .retry(RetryPolicy.retries(3)).on_event(print).build(send))
+    worker = (WorkerBuilder("emails").backend(storage).concurrency(4)
+              .retry(RetryPolicy.retries(3)).on_event(print).build(send))
     """
 
     def __init__(self, name: str):
@@ -91,7 +91,9 @@ class WorkerBuilder:
     def retry(self, policy: RetryPolicy) -> WorkerBuilder:
         """Retry failed tasks durably by this policy (default: no retries)."""
         if not isinstance(policy, RetryPolicy):
-            raise BuildError(f"retry() takes a RetryPolicy, e.g. RetryPolicy.retries(3), got {policy!r}")
+            raise BuildError(
+                f"retry() takes a RetryPolicy, e.g. RetryPolicy.retries(3), got {policy!r}"
+            )
         self._retry = policy
         return self
 
@@ -110,7 +112,9 @@ class WorkerBuilder:
     def build(self, handler: Callable[..., Any]) -> Worker:
         """Check everything and return the ``Worker``; raises ``BuildError`` on mistakes."""
         if self._backend is None:
-            raise BuildError(f"worker {self._name!r} has no backend: call .backend(storage) before .build()")
+            raise BuildError(
+                f"worker {self._name!r} has no backend: call .backend(storage) before .build()"
+            )
         if not isinstance(self._backend, Store):
             raise BuildError(
                 f"{self._backend!r} is not a taskpipe store: use a SqliteStorage, memory.backend(), "
@@ -287,7 +291,9 @@ class _Run:
             self._beat()  # registers this run before it claims anything
             if not self.until_idle:
                 self.heartbeat_thread = threading.Thread(
-                    target=self._heartbeat_loop, name=f"taskpipe-{self.worker.name}-heartbeat", daemon=True
+                    target=self._heartbeat_loop,
+                    name=f"taskpipe-{self.worker.name}-heartbeat",
+                    daemon=True,
                 )
                 self.heartbeat_thread.start()
             try:
@@ -447,7 +453,9 @@ class _Run:
                 self.threads += 1
         if start:
             threading.Thread(
-                target=self._pool_thread, name=f"taskpipe-{self.worker.name}-{self.threads}", daemon=True
+                target=self._pool_thread,
+                name=f"taskpipe-{self.worker.name}-{self.threads}",
+                daemon=True,
             ).start()
 
     def _pool_thread(self) -> None:
@@ -470,7 +478,9 @@ class _Run:
                 try:
                     outcome = self._execute(claim)
                 except BaseException as exc:  # never leave a task without an outcome
-                    outcome = Outcome(claim, OutcomeKind.DEAD, error=safe_text(f"worker error: {exc!r}"))
+                    outcome = Outcome(
+                        claim, OutcomeKind.DEAD, error=safe_text(f"worker error: {exc!r}")
+                    )
         finally:
             with self.cond:
                 self.threads -= 1
@@ -483,7 +493,9 @@ class _Run:
         try:
             args = store.codec.decode(claim.payload, worker.signature.args_type)
         except Exception as exc:
-            return Outcome(claim, OutcomeKind.DEAD, error=safe_text(f"cannot decode the task's payload: {exc}"))
+            return Outcome(
+                claim, OutcomeKind.DEAD, error=safe_text(f"cannot decode the task's payload: {exc}")
+            )
         task = claim.to_task(args)
         try:
             result = worker.handler(args, **worker.signature.kwargs(task, self.ctx))
@@ -491,7 +503,13 @@ class _Run:
                 result = self._event_loop().run(result)
         except BaseException as exc:
             return self._failure(claim, task, exc)
-        return Outcome(claim, OutcomeKind.DONE, result=result, encoded_result=store.encode_result(result), task=task)
+        return Outcome(
+            claim,
+            OutcomeKind.DONE,
+            result=result,
+            encoded_result=store.encode_result(result),
+            task=task,
+        )
 
     def _event_loop(self) -> EventLoopThread:
         from .asyncrun import EventLoopThread  # only runs with async handlers use it
@@ -510,7 +528,9 @@ class _Run:
         max_attempts = claim.max_attempts or self.worker.retry_policy.max_attempts
         if claim.attempt < max_attempts:
             delay = self.worker.retry_policy.delay(claim.attempt)
-            return Outcome(claim, OutcomeKind.RETRY, error=error, traceback=tb, delay=delay, task=task)
+            return Outcome(
+                claim, OutcomeKind.RETRY, error=error, traceback=tb, delay=delay, task=task
+            )
         return Outcome(claim, OutcomeKind.DEAD, error=error, traceback=tb, task=task)
 
     def _finish_locked(self, claim: Claim, outcome: Outcome) -> None:
@@ -587,7 +607,11 @@ class _Run:
         worker, ctx = self.worker, self.ctx
         task_id = outcome.task_id
         if not outcome.accepted:
-            log.warning("task %s: outcome %s rejected (its lease was taken back)", task_id, outcome.kind.value)
+            log.warning(
+                "task %s: outcome %s rejected (its lease was taken back)",
+                task_id,
+                outcome.kind.value,
+            )
             return
         kind = outcome.kind
         if kind == OutcomeKind.RELEASE:
@@ -649,7 +673,12 @@ class _Run:
                 len(leftover),
             )
         interrupted = [
-            Outcome(claim, OutcomeKind.INTERRUPTED, error="interrupted by shutdown", delay=INTERRUPTED_RETRY_DELAY)
+            Outcome(
+                claim,
+                OutcomeKind.INTERRUPTED,
+                error="interrupted by shutdown",
+                delay=INTERRUPTED_RETRY_DELAY,
+            )
             for claim in leftover
         ]
         if finished or interrupted:

@@ -28,8 +28,22 @@ from taskpipe.sqlite import SqliteStorage, connect
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TASKINFO_FIELDS = [
-    "id", "queue", "status", "args", "priority", "run_at", "attempts", "max_attempts",
-    "result", "errors", "created_at", "started_at", "done_at", "worker", "meta", "recoveries",
+    "id",
+    "queue",
+    "status",
+    "args",
+    "priority",
+    "run_at",
+    "attempts",
+    "max_attempts",
+    "result",
+    "errors",
+    "created_at",
+    "started_at",
+    "done_at",
+    "worker",
+    "meta",
+    "recoveries",
 ]
 
 
@@ -40,7 +54,9 @@ def invoke(monkeypatch):
     runner = CliRunner()
 
     def run(*args: str, input: str | None = None, env: dict | None = None, color: bool = False):
-        return runner.invoke(cli, list(args), input=input, env=env, color=color, catch_exceptions=False)
+        return runner.invoke(
+            cli, list(args), input=input, env=env, color=color, catch_exceptions=False
+        )
 
     return run
 
@@ -99,8 +115,20 @@ def failed(result, *words: str) -> None:
 # Helpers ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "text, seconds",
-    [("30s", 30), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1w", 604800), ("1h30m", 5400),
-     ("250ms", 0.25), ("5min", 300), ("12", 12), ("1.5", 1.5), (" 2H ", 7200), ("0", 0)],
+    [
+        ("30s", 30),
+        ("10m", 600),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1w", 604800),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+        ("5min", 300),
+        ("12", 12),
+        ("1.5", 1.5),
+        (" 2H ", 7200),
+        ("0", 0),
+    ],
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
@@ -114,9 +142,17 @@ def test_parse_duration_rejects(text):
 
 @pytest.mark.parametrize(
     "text, words",
-    [("nan", "finite"), ("inf", "finite"), ("-inf", "finite"), (float("inf"), "finite"),
-     ("1e20", "100 years"), ("36600d", "100 years"), (1e300, "100 years"),
-     (timedelta(days=40000), "100 years"), ("-1", "negative")],
+    [
+        ("nan", "finite"),
+        ("inf", "finite"),
+        ("-inf", "finite"),
+        (float("inf"), "finite"),
+        ("1e20", "100 years"),
+        ("36600d", "100 years"),
+        (1e300, "100 years"),
+        (timedelta(days=40000), "100 years"),
+        ("-1", "negative"),
+    ],
 )
 def test_parse_duration_rejects_non_finite_and_absurd_durations(text, words):
     with pytest.raises(ValueError, match=words):
@@ -130,9 +166,15 @@ def test_parse_duration_takes_timedeltas_and_numbers():
 
 @pytest.mark.parametrize(
     "when, text",
-    [(T0, "just now"), (T0 - timedelta(seconds=5), "5 s ago"), (T0 - timedelta(minutes=3), "3 min ago"),
-     (T0 + timedelta(minutes=10), "in 10 min"), (T0 - timedelta(hours=2), "2 h ago"),
-     (T0 - timedelta(days=3), "3 d ago"), (None, "-")],
+    [
+        (T0, "just now"),
+        (T0 - timedelta(seconds=5), "5 s ago"),
+        (T0 - timedelta(minutes=3), "3 min ago"),
+        (T0 + timedelta(minutes=10), "in 10 min"),
+        (T0 - timedelta(hours=2), "2 h ago"),
+        (T0 - timedelta(days=3), "3 d ago"),
+        (None, "-"),
+    ],
 )
 def test_relative_times(when, text):
     assert _ago(when, T0) == text
@@ -140,8 +182,13 @@ def test_relative_times(when, text):
 
 @pytest.mark.parametrize(
     "url, path",
-    [("jobs.db", "jobs.db"), ("sqlite:///jobs.db", "jobs.db"), ("sqlite:////tmp/x.db", "/tmp/x.db"),
-     ("sqlite:///:memory:", ":memory:"), ("sqlite://", ":memory:")],
+    [
+        ("jobs.db", "jobs.db"),
+        ("sqlite:///jobs.db", "jobs.db"),
+        ("sqlite:////tmp/x.db", "/tmp/x.db"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("sqlite://", ":memory:"),
+    ],
 )
 def test_database_path(url, path):
     assert database_path(url) == path
@@ -164,7 +211,19 @@ def test_version(invoke):
 def test_help_lists_the_commands(invoke):
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ["setup", "worker", "push", "tasks", "show", "retry", "kill", "purge", "workers", "queues", "stats"]:
+    for command in [
+        "setup",
+        "worker",
+        "push",
+        "tasks",
+        "show",
+        "retry",
+        "kill",
+        "purge",
+        "workers",
+        "queues",
+        "stats",
+    ]:
         assert command in result.stdout
     assert "TASKPIPE_DB" in result.stdout
 
@@ -226,8 +285,15 @@ def snapshot(directory) -> dict[str, str]:
 
 
 COMMANDS_ON_A_DATABASE = [
-    ["tasks"], ["push", "1"], ["show", "1"], ["retry", "1"], ["kill", "1"],
-    ["purge", "done", "--older-than", "0"], ["stats"], ["workers"], ["queues"],
+    ["tasks"],
+    ["push", "1"],
+    ["show", "1"],
+    ["retry", "1"],
+    ["kill", "1"],
+    ["purge", "done", "--older-than", "0"],
+    ["stats"],
+    ["workers"],
+    ["queues"],
     ["worker", "refused_handlers:handler", "--until-idle"],
 ]
 
@@ -326,7 +392,10 @@ def test_a_database_in_use_is_read_with_its_wal(invoke, data):
     SqliteStorage(db).push("fresh")
     try:
         assert (data / "busy.db-wal").stat().st_size > 0
-        with closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as main_file_only, main_file_only:
+        with (
+            closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as main_file_only,
+            main_file_only,
+        ):
             assert main_file_only.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
         result = invoke("tasks", "--json", "--db", str(path))
         assert result.exit_code == 0, result.output
@@ -337,8 +406,11 @@ def test_a_database_in_use_is_read_with_its_wal(invoke, data):
 
 @pytest.mark.parametrize(
     "db, words",
-    [("a\x00b.db", ["NUL"]), ("~no_such_user_taskpipe/jobs.db", ["~no_such_user_taskpipe"]),
-     ("x" * 5000 + ".db", ["cannot read", "too long"])],
+    [
+        ("a\x00b.db", ["NUL"]),
+        ("~no_such_user_taskpipe/jobs.db", ["~no_such_user_taskpipe"]),
+        ("x" * 5000 + ".db", ["cannot read", "too long"]),
+    ],
     ids=["NUL", "unknown user", "long name"],
 )
 def test_database_paths_that_cannot_name_a_file(invoke, db, words):
@@ -405,7 +477,10 @@ def test_setup_in_a_missing_directory(invoke, tmp_path):
         (["push", "1", "--run-after", "10x"], ["--run-after", "not a duration"]),
         (["push", "1", "--priority", "99999999999999999999"], ["--priority", "out of range"]),
         (["push", "1", "--priority", "-9223372036854775809"], ["--priority", "out of range"]),
-        (["push", "1", "--max-attempts", "9223372036854775808"], ["--max-attempts", "out of range"]),
+        (
+            ["push", "1", "--max-attempts", "9223372036854775808"],
+            ["--max-attempts", "out of range"],
+        ),
         (["show", "99999999999999999999"], ["task id", "out of range"]),
         (["retry", "99999999999999999999"], ["task id", "out of range"]),
         (["kill", "99999999999999999999"], ["task id", "out of range"]),
@@ -426,13 +501,21 @@ def test_out_of_range_numbers_are_bad_input(invoke, dbfile, storage, args, words
 
 def test_the_largest_numbers_sqlite_takes_are_accepted(invoke, dbfile, storage):
     result = invoke(
-        "push", "1", "--priority", "-9223372036854775808", "--max-attempts", "9223372036854775807",
-        "--db", dbfile,
+        "push",
+        "1",
+        "--priority",
+        "-9223372036854775808",
+        "--max-attempts",
+        "9223372036854775807",
+        "--db",
+        dbfile,
     )
     assert result.exit_code == 0, result.output
     info = storage.fetch_by_id(1)
     assert (info.priority, info.max_attempts) == (-(2**63), 2**63 - 1)
-    result = invoke("tasks", "--limit", "9223372036854775806", "--offset", "9223372036854775807", "--db", dbfile)
+    result = invoke(
+        "tasks", "--limit", "9223372036854775806", "--offset", "9223372036854775807", "--db", dbfile
+    )
     assert result.exit_code == 0, result.output
     bad_input(invoke("show", "9223372036854775807", "--db", dbfile), "no task with id")
 
@@ -447,8 +530,19 @@ def test_push_json_args(invoke, dbfile, storage):
 def test_push_with_options(invoke, dbfile, storage):
     with freeze_time(T0):
         result = invoke(
-            "push", "[1, 2]", "--queue", "maps", "--priority", "5", "--run-after", "10m",
-            "--max-attempts", "3", "--json", "--db", dbfile,
+            "push",
+            "[1, 2]",
+            "--queue",
+            "maps",
+            "--priority",
+            "5",
+            "--run-after",
+            "10m",
+            "--max-attempts",
+            "3",
+            "--json",
+            "--db",
+            dbfile,
         )
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"id": 1, "queue": "maps"}
@@ -470,7 +564,9 @@ def test_push_needs_args_or_a_file(invoke, dbfile, tmp_path):
     bad_input(invoke("push", "1", "--file", str(lines), "--db", dbfile), "not both")
 
 
-@pytest.mark.parametrize("option", [["--run-after", "10x"], ["--max-attempts", "0"], ["--priority", "high"]])
+@pytest.mark.parametrize(
+    "option", [["--run-after", "10x"], ["--max-attempts", "0"], ["--priority", "high"]]
+)
 def test_push_bad_options_are_usage_errors(invoke, dbfile, option):
     bad_input(invoke("push", "1", *option, "--db", dbfile), option[0])
 
@@ -521,8 +617,18 @@ def test_a_bare_taskpipe_still_shows_the_help(invoke):
         ('{"\\udfff": 1}', ["ARGS", "lone surrogate"]),
         (os.fsdecode(b'"caf\xe9"'), ["ARGS is not valid UTF-8"]),
     ],
-    ids=["huge int", "deep", "201 levels", "NaN", "Infinity", "-Infinity", "1e400", "surrogate",
-         "surrogate key", "latin-1"],
+    ids=[
+        "huge int",
+        "deep",
+        "201 levels",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "surrogate",
+        "surrogate key",
+        "latin-1",
+    ],
 )
 def test_push_refuses_json_it_cannot_store_faithfully(invoke, dbfile, storage, args, words):
     """Python reads NaN, Infinity and 1e400 (inf) as JSON, and the store would keep them as
@@ -588,7 +694,9 @@ def test_push_from_stdin(invoke, dbfile, storage):
 
 
 def test_push_a_missing_file(invoke, dbfile, tmp_path):
-    bad_input(invoke("push", "--file", str(tmp_path / "none.jsonl"), "--db", dbfile), "does not exist")
+    bad_input(
+        invoke("push", "--file", str(tmp_path / "none.jsonl"), "--db", dbfile), "does not exist"
+    )
 
 
 @pytest.mark.parametrize(
@@ -694,7 +802,16 @@ def test_tasks_table(invoke, dbfile, storage):
     result = invoke("tasks", "--db", dbfile)
     assert result.exit_code == 0
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["ID", "QUEUE", "STATUS", "ATTEMPTS", "PRIO", "CREATED", "DUE/ENDED", "ARGS"]
+    assert header.split() == [
+        "ID",
+        "QUEUE",
+        "STATUS",
+        "ATTEMPTS",
+        "PRIO",
+        "CREATED",
+        "DUE/ENDED",
+        "ARGS",
+    ]
     assert rows[0].split()[:3] == ["2", "default", "dead"]
     assert rows[1].split()[:3] == ["1", "default", "pending"]
     assert header.index("STATUS") == rows[0].index("dead") == rows[1].index("pending")
@@ -715,13 +832,19 @@ def test_tasks_filters_and_pages(invoke, dbfile, storage):
     SqliteStorage(storage.db, queue="maps").push("m")
     dead = json.loads(invoke("tasks", "--status", "dead", "--json", "--db", dbfile).stdout)
     assert [t["id"] for t in dead] == [ids[0]]
-    both = json.loads(invoke("tasks", "-s", "dead", "-s", "pending", "-q", "default", "--json", "--db", dbfile).stdout)
+    both = json.loads(
+        invoke(
+            "tasks", "-s", "dead", "-s", "pending", "-q", "default", "--json", "--db", dbfile
+        ).stdout
+    )
     assert len(both) == 5
     maps = json.loads(invoke("tasks", "--queue", "maps", "--json", "--db", dbfile).stdout)
     assert [t["args"] for t in maps] == ["m"]
     result = invoke("tasks", "--limit", "2", "--db", dbfile)
     assert len(result.stdout.splitlines()) == 3 and "--offset 2" in result.stderr
-    page = json.loads(invoke("tasks", "--limit", "2", "--offset", "4", "--json", "--db", dbfile).stdout)
+    page = json.loads(
+        invoke("tasks", "--limit", "2", "--offset", "4", "--json", "--db", dbfile).stdout
+    )
     assert [t["id"] for t in page] == [ids[1], ids[0]]
 
 
@@ -741,10 +864,13 @@ def test_tasks_when_there_are_none(invoke, dbfile):
 
 
 def test_show_a_task_with_its_attempts(invoke, dbfile, storage, modules):
-    modules("showmod", """
+    modules(
+        "showmod",
+        """
         def boom(x):
             raise RuntimeError("it broke: " + str(x))
-    """)
+    """,
+    )
     task_id = storage.push({"n": 1})
     invoke("worker", "showmod:boom", "--until-idle", "--db", dbfile)
     result = invoke("show", str(task_id), "--db", dbfile)
@@ -753,7 +879,9 @@ def test_show_a_task_with_its_attempts(invoke, dbfile, storage, modules):
     assert out.startswith(f"task {task_id}  dead  (queue default)")
     assert '{"n": 1}' in out and "attempts  1" in out
     assert "attempt 1" in out and "RuntimeError: it broke: {'n': 1}" in out
-    assert "Traceback (most recent call last)" in out and "showmod.py" in out  # the task's own traceback
+    assert (
+        "Traceback (most recent call last)" in out and "showmod.py" in out
+    )  # the task's own traceback
     for label in ("created", "due", "started", "finished", "ran", "worker"):
         assert f"  {label}" in out
 
@@ -785,7 +913,10 @@ def test_show_unknown_or_bad_id(invoke, dbfile):
 def test_retry_and_kill(invoke, dbfile, storage):
     a, b = storage.push_bulk([1, 2])
     result = invoke("kill", str(a), str(b), "--db", dbfile)
-    assert result.exit_code == 0 and result.stdout.splitlines() == [f"task {a} killed", f"task {b} killed"]
+    assert result.exit_code == 0 and result.stdout.splitlines() == [
+        f"task {a} killed",
+        f"task {b} killed",
+    ]
     failed(invoke("kill", str(a), "--db", dbfile), f"task {a} is already dead")
     result = invoke("retry", str(a), "--db", dbfile)
     assert result.exit_code == 0 and result.stdout.strip() == f"task {a} is pending again"
@@ -804,7 +935,10 @@ def test_retry_dead(invoke, dbfile, storage):
     for task_id in storage.push_bulk([1, 2, 3]):
         storage.kill(task_id)
     SqliteStorage(storage.db, queue="maps").kill(SqliteStorage(storage.db, queue="maps").push(4))
-    assert invoke("retry", "--dead", "--queue", "maps", "--db", dbfile).stdout.strip() == "1 dead task pending again"
+    assert (
+        invoke("retry", "--dead", "--queue", "maps", "--db", dbfile).stdout.strip()
+        == "1 dead task pending again"
+    )
     assert invoke("retry", "--dead", "--db", dbfile).stdout.strip() == "3 dead tasks pending again"
     assert storage.stats()["pending"] == 4
 
@@ -822,12 +956,17 @@ def test_purge(invoke, dbfile, storage):
         frozen.tick(3 * 86400)
         result = invoke("purge", "dead", "done", "--older-than", "2d", "--db", dbfile)
         assert result.exit_code == 0 and result.stdout.strip() == "purged 2 tasks"
-        assert invoke("purge", "dead", "--older-than", "0", "--db", dbfile).stdout.strip() == "purged 0 tasks"
+        assert (
+            invoke("purge", "dead", "--older-than", "0", "--db", dbfile).stdout.strip()
+            == "purged 0 tasks"
+        )
     assert storage.stats()["pending"] == 1
 
 
 def test_purge_refuses_unfinished_and_needs_an_age(invoke, dbfile):
-    bad_input(invoke("purge", "pending", "--older-than", "1d", "--db", dbfile), "finished tasks only")
+    bad_input(
+        invoke("purge", "pending", "--older-than", "1d", "--db", dbfile), "finished tasks only"
+    )
     result = invoke("purge", "done", "--db", dbfile)
     assert result.exit_code == 2 and "--older-than" in result.stderr
 
@@ -842,7 +981,9 @@ def test_workers(invoke, dbfile, storage):
     assert header.split()[:3] == ["NAME", "RUN", "ID"]
     assert row.split()[:3] == ["mailer", ctx.run_id, "default"]
     [data] = json.loads(invoke("workers", "--json", "--db", dbfile).stdout)
-    assert data["run_id"] == ctx.run_id and data["tasks_held"] == 0 and data["queues"] == ["default"]
+    assert (
+        data["run_id"] == ctx.run_id and data["tasks_held"] == 0 and data["queues"] == ["default"]
+    )
     assert data["pid"] == os.getpid()
 
 
@@ -852,9 +993,21 @@ def test_queues(invoke, dbfile, storage):
     SqliteStorage(storage.db, queue="maps").kill(SqliteStorage(storage.db, queue="maps").push(4))
     header, *rows = invoke("queues", "--db", dbfile).stdout.splitlines()
     assert header.split() == ["QUEUE", "PENDING", "RUNNING", "DONE", "FAILED", "DEAD", "TOTAL"]
-    assert [r.split() for r in rows] == [["default", "2", "0", "0", "0", "0", "2"], ["maps", "0", "0", "0", "0", "1", "1"]]
+    assert [r.split() for r in rows] == [
+        ["default", "2", "0", "0", "0", "0", "2"],
+        ["maps", "0", "0", "0", "0", "1", "1"],
+    ]
     data = json.loads(invoke("queues", "--json", "--db", dbfile).stdout)
-    assert data[1] == {"name": "maps", "pending": 0, "running": 0, "done": 0, "failed": 0, "dead": 1, "other": 0, "total": 1}
+    assert data[1] == {
+        "name": "maps",
+        "pending": 0,
+        "running": 0,
+        "done": 0,
+        "failed": 0,
+        "dead": 1,
+        "other": 0,
+        "total": 1,
+    }
 
 
 def test_stats(invoke, dbfile, storage):
@@ -865,9 +1018,15 @@ def test_stats(invoke, dbfile, storage):
         data = json.loads(invoke("stats", "--json", "--db", dbfile).stdout)
         maps = json.loads(invoke("stats", "--json", "--queue", "maps", "--db", dbfile).stdout)
     assert result.exit_code == 0
-    assert "queue: all" in result.stdout and "oldest due pending" in result.stdout and "1 min" in result.stdout
+    assert (
+        "queue: all" in result.stdout
+        and "oldest due pending" in result.stdout
+        and "1 min" in result.stdout
+    )
     assert list(data) == list(STATS_KEYS)
-    assert data["pending"] == 2 and data["oldest_pending_age"] == 90 and data["mean_run_time"] is None
+    assert (
+        data["pending"] == 2 and data["oldest_pending_age"] == 90 and data["mean_run_time"] is None
+    )
     assert maps["pending"] == 0
 
 
@@ -890,31 +1049,54 @@ def test_stats_watch_refreshes_until_interrupted(invoke, dbfile, storage, monkey
 
 # worker ----------------------------------------------------------------------------------------------------
 def test_worker_runs_a_handler_function_until_idle(invoke, dbfile, storage, modules):
-    modules("handlers_a", """
+    modules(
+        "handlers_a",
+        """
         def double(n: int) -> int:
             if n < 0:
                 raise ValueError("negative")
             return n * 2
-    """)
+    """,
+    )
     ok, bad = storage.push_bulk([21, -1])
     result = invoke("worker", "handlers_a:double", "--until-idle", "--db", dbfile)
     assert result.exit_code == 0, result.output
-    assert f"task {ok} done" in result.stdout and f"task {bad} dead: ValueError: negative" in result.stdout
+    assert (
+        f"task {ok} done" in result.stdout
+        and f"task {bad} dead: ValueError: negative" in result.stdout
+    )
     assert result.stdout.splitlines()[-1] == "handled 2 tasks"
     assert storage.fetch_by_id(ok).result == 42
 
 
 def test_worker_options(invoke, dbfile, storage, modules):
-    modules("handlers_b", """
+    modules(
+        "handlers_b",
+        """
         def flaky(n):
             raise ValueError("try again")
-    """)
+    """,
+    )
     maps = SqliteStorage(storage.db, queue="maps")
     task_id = maps.push(1)
     storage.push(2)  # another queue: untouched
     result = invoke(
-        "worker", "handlers_b:flaky", "--queue", "maps", "--concurrency", "2", "--retries", "3",
-        "--grace", "1s", "--name", "maps-worker", "--until-idle", "--quiet", "--db", dbfile,
+        "worker",
+        "handlers_b:flaky",
+        "--queue",
+        "maps",
+        "--concurrency",
+        "2",
+        "--retries",
+        "3",
+        "--grace",
+        "1s",
+        "--name",
+        "maps-worker",
+        "--until-idle",
+        "--quiet",
+        "--db",
+        dbfile,
     )
     assert result.exit_code == 0 and result.stdout.strip() == "handled 1 task"
     info = maps.fetch_by_id(task_id)
@@ -924,7 +1106,9 @@ def test_worker_options(invoke, dbfile, storage, modules):
 
 def test_worker_runs_a_built_worker_or_monitor(invoke, dbfile, storage, modules, monkeypatch):
     monkeypatch.setenv("CLI_TEST_DB", dbfile)
-    modules("handlers_c", """
+    modules(
+        "handlers_c",
+        """
         import os
         from taskpipe import Monitor, WorkerBuilder
         from taskpipe.sqlite import SqliteStorage, connect
@@ -932,7 +1116,8 @@ def test_worker_runs_a_built_worker_or_monitor(invoke, dbfile, storage, modules,
         storage = SqliteStorage(connect(os.environ["CLI_TEST_DB"]), queue="built")
         worker = WorkerBuilder("built").backend(storage).build(lambda x: x + 1)
         monitor = Monitor().register(WorkerBuilder("other").backend(storage).build(lambda x: x - 1))
-    """)
+    """,
+    )
     built = SqliteStorage(storage.db, queue="built")
     first = built.push(1)
     result = invoke("worker", "handlers_c:worker", "--until-idle", "--concurrency", "3")
@@ -945,25 +1130,40 @@ def test_worker_runs_a_built_worker_or_monitor(invoke, dbfile, storage, modules,
 
 
 def test_worker_import_errors(invoke, dbfile, modules):
-    modules("handlers_d", """
+    modules(
+        "handlers_d",
+        """
         value = 42
 
         def needs_magic(x, magic: "Unknown"):
             pass
-    """)
-    modules("handlers_e", """
+    """,
+    )
+    modules(
+        "handlers_e",
+        """
         raise RuntimeError("cannot start")
-    """)
-    modules("handlers_f", """
+    """,
+    )
+    modules(
+        "handlers_f",
+        """
         import does_not_exist_anywhere
-    """)
-    bad_input(invoke("worker", "no_such_module_xyz:run", "--db", dbfile), "no_such_module_xyz", "no such module")
+    """,
+    )
+    bad_input(
+        invoke("worker", "no_such_module_xyz:run", "--db", dbfile),
+        "no_such_module_xyz",
+        "no such module",
+    )
     bad_input(invoke("worker", "handlers_d:nothing", "--db", dbfile), "has no attribute 'nothing'")
     bad_input(invoke("worker", "handlers_d", "--db", dbfile), "MODULE:ATTR")
     bad_input(invoke("worker", "handlers_d:value", "--db", dbfile), "int", "handler function")
     bad_input(invoke("worker", "handlers_e:x", "--db", dbfile), "RuntimeError: cannot start")
     bad_input(invoke("worker", "handlers_f:x", "--db", dbfile), "does_not_exist_anywhere")
-    bad_input(invoke("worker", "handlers_d:needs_magic", "--until-idle", "--db", dbfile), "needs_magic")
+    bad_input(
+        invoke("worker", "handlers_d:needs_magic", "--until-idle", "--db", dbfile), "needs_magic"
+    )
 
 
 def test_worker_for_a_handler_needs_a_database(invoke, modules, tmp_path):
@@ -989,15 +1189,24 @@ def test_python_dash_m_main_is_the_cli():
 
 # A real run, in subprocesses -------------------------------------------------------------------------------
 def test_push_worker_tasks_in_real_processes(tmp_path):
-    (tmp_path / "jobs_handlers.py").write_text("def double(args):\n    return {'doubled': args['n'] * 2}\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "jobs_handlers.py").write_text(
+        "def double(args):\n    return {'doubled': args['n'] * 2}\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("TASKPIPE_DB", None)
     db = str(tmp_path / "real.db")
 
     def taskpipe_(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "taskpipe", *args],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     assert taskpipe_("--version").stdout.strip() == f"taskpipe {taskpipe.__version__}"
@@ -1034,5 +1243,7 @@ def test_show_lists_the_recoveries(invoke, dbfile, storage):
         storage.beat(WorkerContext("rescuer", capacity=1, report=print))
     out = invoke("show", str(task_id), "--db", dbfile).stdout
     assert "recoveries (1)" in out and f"worker {gone.run_id} stopped beating" in out
-    [recovery] = json.loads(invoke("show", str(task_id), "--json", "--db", dbfile).stdout)["recoveries"]
+    [recovery] = json.loads(invoke("show", str(task_id), "--json", "--db", dbfile).stdout)[
+        "recoveries"
+    ]
     assert recovery["worker"] == gone.run_id and recovery["counted"] is True

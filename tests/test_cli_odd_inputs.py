@@ -130,10 +130,12 @@ def place(tmp_path_factory):
     """A directory with a set-up database holding a pending, a done and a dead task,
     and an importable handler module."""
     root = tmp_path_factory.mktemp("odd")
-    (root / f"{HANDLERS}.py").write_text(textwrap.dedent("""
+    (root / f"{HANDLERS}.py").write_text(
+        textwrap.dedent("""
         def handler(args):
             return args
-    """))
+    """)
+    )
     (root / "latin1.jsonl").write_bytes(b'"caf\xe9"\n')
     (root / "huge-int.jsonl").write_bytes(b"1" * 5000 + b"\n")
     (root / "deep.jsonl").write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")

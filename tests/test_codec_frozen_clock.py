@@ -21,7 +21,9 @@ def test_fake_datetimes_round_trip_through_both_codecs():
             assert value["when"] == datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
             assert type(value["when"]).__module__ == "datetime"
             assert codec.decode(codec.encode(today), date) == date(2024, 3, 31)
-            assert codec.decode(codec.encode([now]), list[datetime]) == [datetime(2024, 3, 31, 1, 30, tzinfo=UTC)]
+            assert codec.decode(codec.encode([now]), list[datetime]) == [
+                datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
+            ]
 
 
 def test_worker_built_under_a_frozen_clock_decodes_datetime_args(storage: SqliteStorage):

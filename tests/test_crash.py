@@ -412,7 +412,9 @@ def start_hanger(tmp_path: Path, db_path: str, grace: float) -> tuple[Child, Tas
     script = write_script(tmp_path, "hanger.py", HANGER)
     child = Child(tmp_path, script, db_path, marker, grace, tag="hanger")
     try:
-        hung = TaskId(int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child)))
+        hung = TaskId(
+            int(wait_until(lambda: read_marker(marker), 30, "the handler to start", child))
+        )
     except BaseException:
         child.kill()
         raise

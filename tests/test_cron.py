@@ -50,7 +50,12 @@ def step(frozen, worker, delta: timedelta, times: int) -> None:
 
 
 def keys(db) -> list[str]:
-    return [k for (k,) in db.execute_sql("SELECT key FROM taskpipe_jobs WHERE key IS NOT NULL ORDER BY key")]
+    return [
+        k
+        for (k,) in db.execute_sql(
+            "SELECT key FROM taskpipe_jobs WHERE key IS NOT NULL ORDER BY key"
+        )
+    ]
 
 
 # Schedules under a frozen clock ---------------------------------------------------------------
@@ -89,7 +94,10 @@ def test_cron_expression_across_the_autumn_change(storage):
         worker.run_until_idle()
         step(frozen, worker, timedelta(hours=1), 24 * 2)
     # 02:30 happens twice on 27 October: it fires once, at its first occurrence.
-    assert [t.due.astimezone(UTC) for t in ticks] == [utc(2024, 10, 27, 0, 30), utc(2024, 10, 28, 1, 30)]
+    assert [t.due.astimezone(UTC) for t in ticks] == [
+        utc(2024, 10, 27, 0, 30),
+        utc(2024, 10, 28, 1, 30),
+    ]
 
 
 def test_hourly(storage, db):
@@ -157,7 +165,9 @@ def test_a_restart_never_repeats_recorded_ticks(storage, db):
         first.run_until_idle()
         step(frozen, first, timedelta(hours=1), 3)  # 11, 12, 13 recorded
         frozen.move_to("2024-05-01 12:10:00")  # a clock behind the store's last tick
-        second, after = cron_worker(CronStream("@hourly", name="r", missed="all"), storage, "second")
+        second, after = cron_worker(
+            CronStream("@hourly", name="r", missed="all"), storage, "second"
+        )
         second.run_until_idle()
         step(frozen, second, timedelta(hours=1), 2)
     assert [t.due.hour for t in after] == [14]
@@ -182,7 +192,9 @@ def test_streams_with_names_sharing_a_prefix_do_not_mix(storage, db):
 def test_two_streams_piping_one_schedule_enqueue_each_tick_once(storage, db):
     with freeze_time("2024-05-01 10:30:00") as frozen:
         one, ticks_one = cron_worker(CronStream("*/10 * * * *", name="shared"), storage, "one")
-        two, ticks_two = cron_worker(CronStream("*/10 * * * *", name="shared"), SqliteStorage(db), "two")
+        two, ticks_two = cron_worker(
+            CronStream("*/10 * * * *", name="shared"), SqliteStorage(db), "two"
+        )
         one.run_until_idle()
         two.run_until_idle()
         for _ in range(12):
@@ -226,7 +238,9 @@ PROCESS = textwrap.dedent(
 )
 
 
-def test_two_processes_piping_one_schedule_into_one_file_enqueue_each_tick_once(tmp_path, db_path, db):
+def test_two_processes_piping_one_schedule_into_one_file_enqueue_each_tick_once(
+    tmp_path, db_path, db
+):
     script = tmp_path / "cron_process.py"
     script.write_text(PROCESS)
     procs = [
@@ -272,7 +286,10 @@ def test_ready_yields_keyed_tasks_due_by_now_without_sleeping():
         assert list(stream.ready()) == []
         frozen.tick(timedelta(minutes=31))
         tasks = list(stream.ready())
-    assert [t.key for t in tasks] == ["cron:q:2024-05-01T10:45:00+00:00", "cron:q:2024-05-01T11:00:00+00:00"]
+    assert [t.key for t in tasks] == [
+        "cron:q:2024-05-01T10:45:00+00:00",
+        "cron:q:2024-05-01T11:00:00+00:00",
+    ]
     assert [t.run_after for t in tasks] == [t.args.due for t in tasks]
     assert tasks[0].args == Tick(utc(2024, 5, 1, 10, 45), "q")
 
@@ -308,7 +325,9 @@ def test_run_sleeps_until_each_tick_in_real_time(storage):
             ctx.stop()
 
     stream = CronStream("* * * * * *", name="every-second")  # six fields: seconds first
-    worker = WorkerBuilder("live").backend(stream.pipe_to(storage)).on_event(on_event).build(handler)
+    worker = (
+        WorkerBuilder("live").backend(stream.pipe_to(storage)).on_event(on_event).build(handler)
+    )
     timer = threading.Timer(10, worker.stop)
     timer.start()
     try:
@@ -327,7 +346,12 @@ def test_a_stop_wakes_a_stream_waiting_for_a_far_tick(storage):
         if isinstance(event, events.Start):
             threading.Timer(0.2, ctx.stop).start()
 
-    worker = WorkerBuilder("far").backend(stream.pipe_to(storage)).on_event(on_event).build(lambda tick: None)
+    worker = (
+        WorkerBuilder("far")
+        .backend(stream.pipe_to(storage))
+        .on_event(on_event)
+        .build(lambda tick: None)
+    )
     started = time.perf_counter()
     worker.run()
     assert time.perf_counter() - started < 3

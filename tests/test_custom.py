@@ -92,9 +92,15 @@ def record_outcome(db: Db):
         if outcome.kind is OutcomeKind.DONE:
             db.query("UPDATE tasks SET status = 'done' WHERE id = ?", (task_id,))
         elif outcome.kind in (OutcomeKind.RETRY, OutcomeKind.INTERRUPTED):
-            db.query("UPDATE tasks SET status = 'pending', run_at = ? WHERE id = ?", (now + outcome.delay, task_id))
+            db.query(
+                "UPDATE tasks SET status = 'pending', run_at = ? WHERE id = ?",
+                (now + outcome.delay, task_id),
+            )
         elif outcome.kind is OutcomeKind.RELEASE:
-            db.query("UPDATE tasks SET status = 'pending', attempts = attempts - 1 WHERE id = ?", (task_id,))
+            db.query(
+                "UPDATE tasks SET status = 'pending', attempts = attempts - 1 WHERE id = ?",
+                (task_id,),
+            )
         else:
             db.query("UPDATE tasks SET status = 'dead' WHERE id = ?", (task_id,))
 
@@ -136,7 +142,17 @@ def test_the_five_push_methods_and_a_worker(backend, user_db):
 
     worker = WorkerBuilder("email-worker").backend(backend).build(send_email)
     assert worker.run_until_idle() == 9
-    assert [to for _, to, _ in seen] == ["a@example.com", "b", "c", "d", "e0", "e1", "f0", "f1", "f2"]
+    assert [to for _, to, _ in seen] == [
+        "a@example.com",
+        "b",
+        "c",
+        "d",
+        "e0",
+        "e1",
+        "f0",
+        "f1",
+        "f2",
+    ]
     assert {attempt for _, _, attempt in seen} == {1}
     assert user_db.query("SELECT DISTINCT status FROM tasks") == [("done",)]
     assert isinstance(backend.codec, ValueCodec)  # the handler got the fetcher's own values
@@ -152,7 +168,9 @@ def test_retries_are_the_stores_job_through_on_outcome(backend, user_db):
 
     with freeze_time("2024-05-01 10:00:00") as frozen:
         backend.push({"n": 1})
-        worker = WorkerBuilder("retrying").backend(backend).retry(RetryPolicy.retries(2)).build(flaky)
+        worker = (
+            WorkerBuilder("retrying").backend(backend).retry(RetryPolicy.retries(2)).build(flaky)
+        )
         assert worker.run_until_idle() == 1  # failed; the store re-delivers after the backoff
         assert user_db.query("SELECT status, attempts FROM tasks") == [("pending", 1)]
         frozen.tick(timedelta(seconds=5))
@@ -220,7 +238,11 @@ def test_a_failing_sink_is_a_push_error(user_db):
 
 def test_an_iterable_piped_into_a_custom_backend(backend, user_db):
     seen = []
-    worker = WorkerBuilder("piped").backend(pipe_to(({"n": i} for i in range(5)), backend)).build(seen.append)
+    worker = (
+        WorkerBuilder("piped")
+        .backend(pipe_to(({"n": i} for i in range(5)), backend))
+        .build(seen.append)
+    )
     assert worker.run_until_idle() == 5
     assert seen == [{"n": i} for i in range(5)]
     assert user_db.query("SELECT count(*) FROM tasks WHERE status = 'done'") == [(5,)]

@@ -23,6 +23,8 @@ def test_every_public_class_and_function_exported_is_documented():
 
 
 def test_nothing_public_is_left_out_of_all():
-    submodules = {name for name, value in vars(taskpipe).items() if isinstance(value, types.ModuleType)}
+    submodules = {
+        name for name, value in vars(taskpipe).items() if isinstance(value, types.ModuleType)
+    }
     public = {name for name in vars(taskpipe) if not name.startswith("_")} - submodules
     assert public - set(taskpipe.__all__) == set()

@@ -77,7 +77,9 @@ def test_every_store_exposes(store):
 
 def test_fetch_by_id_returns_the_whole_record(store):
     with freeze_time(T0):
-        task_id = store.push_task(Task({"to": "a"}, priority=3, max_attempts=2, meta={"source": "test"}))
+        task_id = store.push_task(
+            Task({"to": "a"}, priority=3, max_attempts=2, meta={"source": "test"})
+        )
         info = store.fetch_by_id(task_id)
     assert isinstance(info, TaskInfo)
     assert info.id == task_id and isinstance(info.id, TaskId)
@@ -209,7 +211,9 @@ def test_stats_counts_rates_and_ages_under_a_frozen_clock(store):
         frozen.tick(25 * 3600)
         stats = store.stats()
         assert stats["failed_last_day"] == 0 and stats["done_last_day"] == 0
-        assert stats["pending"] == 1 and stats["oldest_pending_age"] == pytest.approx(24 * 3600 + 30)  # task 9, due 1 h after its push
+        assert stats["pending"] == 1 and stats["oldest_pending_age"] == pytest.approx(
+            24 * 3600 + 30
+        )  # task 9, due 1 h after its push
 
 
 def test_stats_by_queue(db):
@@ -243,7 +247,10 @@ def test_list_queues(store):
 def test_list_queues_of_a_database(db):
     SqliteStorage(db, queue="zeta").push(1)
     SqliteStorage(db, queue="alpha").push_bulk([1, 2])
-    assert SqliteStorage(db).list_queues() == [QueueInfo("alpha", pending=2), QueueInfo("zeta", pending=1)]
+    assert SqliteStorage(db).list_queues() == [
+        QueueInfo("alpha", pending=2),
+        QueueInfo("zeta", pending=1),
+    ]
 
 
 def test_list_workers_while_a_worker_runs(store):
@@ -365,7 +372,9 @@ def test_a_killed_tasks_late_ack_is_rejected(store):
     _, claim = claim_one(store)
     assert claim.id == task_id
     store.kill(task_id)
-    outcome = Outcome(claim, OutcomeKind.DONE, result="zombie", encoded_result=store.encode_result("zombie"))
+    outcome = Outcome(
+        claim, OutcomeKind.DONE, result="zombie", encoded_result=store.encode_result("zombie")
+    )
     store.ack([outcome])
     assert outcome.accepted is False
     assert store.fetch_by_id(task_id).result is None
@@ -398,7 +407,9 @@ def test_purge_finished_tasks_older_than(store):
         assert store.purge("dead", 0, queue="default") == 0
 
 
-@pytest.mark.parametrize("status", ["pending", "running", "failed", Status.PENDING, ["done", "running"], []])
+@pytest.mark.parametrize(
+    "status", ["pending", "running", "failed", Status.PENDING, ["done", "running"], []]
+)
 def test_purge_refuses_unfinished_tasks(store, status):
     store.push(1)
     with pytest.raises(ValueError):
@@ -477,12 +488,28 @@ def test_jsonable_uses_taskinfo_field_names(store):
         store.kill(task_id)
         data = jsonable(store.fetch_by_id(task_id))
     assert list(data) == [
-        "id", "queue", "status", "args", "priority", "run_at", "attempts", "max_attempts",
-        "result", "errors", "created_at", "started_at", "done_at", "worker", "meta", "recoveries",
+        "id",
+        "queue",
+        "status",
+        "args",
+        "priority",
+        "run_at",
+        "attempts",
+        "max_attempts",
+        "result",
+        "errors",
+        "created_at",
+        "started_at",
+        "done_at",
+        "worker",
+        "meta",
+        "recoveries",
     ]
     assert data["status"] == "dead" and data["args"] == {"a": [1, 2]}
     assert data["created_at"] == "2026-03-01T12:00:00+00:00"
-    assert data["errors"] == [{"attempt": 0, "error": "killed", "traceback": None, "at": data["done_at"]}]
+    assert data["errors"] == [
+        {"attempt": 0, "error": "killed", "traceback": None, "at": data["done_at"]}
+    ]
 
 
 def test_jsonable_odd_values():

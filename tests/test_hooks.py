@@ -83,7 +83,11 @@ def recorder(count: int = 1):
 
 
 def push_from_another_process(path: str, value: int, queue: str = "default") -> None:
-    subprocess.run([sys.executable, "-c", PUSH_FROM_ANOTHER_PROCESS, path, queue, str(value)], check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", PUSH_FROM_ANOTHER_PROCESS, path, queue, str(value)],
+        check=True,
+        timeout=60,
+    )
 
 
 # The registry --------------------------------------------------------------------------
@@ -136,7 +140,9 @@ def test_a_push_inside_a_transaction_wakes_workers_after_the_commit(db, monkeypa
     storage = SpyStorage(db, config=LONG)
     notified: list[str] = []
     real_notify = hooks.WakeRegistry.notify
-    monkeypatch.setattr(hooks.WakeRegistry, "notify", lambda self, q: notified.append(q) or real_notify(self, q))
+    monkeypatch.setattr(
+        hooks.WakeRegistry, "notify", lambda self, q: notified.append(q) or real_notify(self, q)
+    )
     handler, seen, done = recorder(2)
     worker = WorkerBuilder("w").backend(storage).build(handler)
     with running(worker):
@@ -196,6 +202,7 @@ def test_no_lost_wake_ups_under_many_threads(db_path, db):
     handled = {q: threading.Semaphore(0) for q in range(queues)}
     workers = []
     for q in range(queues):
+
         def handler(item: int, q: int = q) -> None:
             handled[q].release()
 
@@ -350,7 +357,9 @@ def test_the_probe_checks_with_the_stores_statement():
 def test_one_probe_per_database_and_it_stops_with_the_last_hooked_worker(db_path, db):
     a = SpyStorage.with_hook(db, LONG, queue="a")
     b = SpyStorage.with_hook(connect(db_path), LONG, queue="b")
-    workers = [WorkerBuilder(n).backend(s).build(lambda item: None) for n, s in (("a", a), ("b", b))]
+    workers = [
+        WorkerBuilder(n).backend(s).build(lambda item: None) for n, s in (("a", a), ("b", b))
+    ]
     registry = hooks.registry_for(db)
     with running(*workers):
         assert a.looked_empty.wait(10) and b.looked_empty.wait(10)

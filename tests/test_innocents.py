@@ -41,7 +41,12 @@ def test_a_malformed_row_is_dead_and_its_batch_runs(storage, db, column, value, 
     good = storage.push_bulk([2, 3, 4])
     seen: list[events.Event] = []
     ran: list[int] = []
-    worker = WorkerBuilder("w").backend(storage).on_event(lambda ctx, e: seen.append(e)).build(ran.append)
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .on_event(lambda ctx, e: seen.append(e))
+        .build(ran.append)
+    )
     assert worker.run_until_idle() == 4
     assert sorted(ran) == [2, 3, 4]
     bad = storage.fetch_by_id(bad_id)
@@ -107,11 +112,19 @@ def test_an_outcome_the_store_refuses_is_written_as_dead_and_the_others_are_acke
 
     storage.ack = picky_ack
     seen: list[events.Event] = []
-    worker = WorkerBuilder("w").backend(storage).on_event(lambda ctx, e: seen.append(e)).build(lambda n: n)
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .on_event(lambda ctx, e: seen.append(e))
+        .build(lambda n: n)
+    )
     worker.run_until_idle()
     statuses = [storage.fetch_by_id(i).status for i in ids]
     assert statuses == [Status.DONE, Status.DEAD, Status.DONE]
-    assert "the outcome could not be stored: RuntimeError" in storage.fetch_by_id(ids[1]).errors[0].error
+    assert (
+        "the outcome could not be stored: RuntimeError"
+        in storage.fetch_by_id(ids[1]).errors[0].error
+    )
 
 
 # 3. A task that kills its worker does not take prefetched tasks with it ---------------------
@@ -124,7 +137,9 @@ WorkerBuilder("w").backend(storage).build(lambda a: os._exit(7) if a == 1 else "
 """
 
 
-def test_a_task_that_kills_its_worker_does_not_take_prefetched_tasks_with_it(tmp_path, db_path, storage):
+def test_a_task_that_kills_its_worker_does_not_take_prefetched_tasks_with_it(
+    tmp_path, db_path, storage
+):
     ids = storage.push_bulk([1, 2, 3, 4])  # 1 kills the process; 2-4 are prefetched beside it
     script = tmp_path / "crasher.py"
     script.write_text(CRASHER)
@@ -176,7 +191,9 @@ def test_a_stopped_process_is_taken_for_dead_after_the_window(tmp_path, db_path,
             task_id = storage.push("held")
             storage.beat(ctx)
             assert [c.id for c in storage.claim(ctx, 1)] == [task_id]
-            storage.db.execute_sql("UPDATE taskpipe_workers SET pid = ? WHERE run_id = ?", (holder.pid, ctx.run_id))
+            storage.db.execute_sql(
+                "UPDATE taskpipe_workers SET pid = ? WHERE run_id = ?", (holder.pid, ctx.run_id)
+            )
             holder.send_signal(signal.SIGSTOP)
             os.waitpid(holder.pid, os.WUNTRACED)  # returns once it is stopped
             other = WorkerContext("other", capacity=1, report=print)

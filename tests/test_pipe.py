@@ -141,7 +141,9 @@ def test_a_raising_source_stops_run_which_raises(storage):
 
 def test_a_push_that_fails_is_a_pipe_error_with_the_codec_error_as_cause(storage):
     seen = []
-    worker = WorkerBuilder("codec").backend(pipe_to([1, 2, object(), 4], storage)).build(seen.append)
+    worker = (
+        WorkerBuilder("codec").backend(pipe_to([1, 2, object(), 4], storage)).build(seen.append)
+    )
     with pytest.raises(PipeError) as raised:
         worker.run_until_idle()
     assert isinstance(raised.value.__cause__, CodecError)
@@ -165,7 +167,9 @@ class Bounded(PipeSource):
 
 def test_an_endless_source_that_ends_is_an_empty_stream_pipe_error():
     seen = []
-    worker = WorkerBuilder("endless").backend(pipe_to(Bounded(3), memory.backend())).build(seen.append)
+    worker = (
+        WorkerBuilder("endless").backend(pipe_to(Bounded(3), memory.backend())).build(seen.append)
+    )
     with pytest.raises(PipeError, match="EmptyStream"):
         run_with_safety(worker)
     assert sorted(seen) == [0, 1, 2]
@@ -275,7 +279,12 @@ def test_a_feeder_blocked_in_its_source_does_not_delay_the_stop(storage):
         started.set()
         release.wait(30)
 
-    worker = WorkerBuilder("blocked-source").backend(pipe_to(source(), storage)).shutdown_grace(0.5).build(handler)
+    worker = (
+        WorkerBuilder("blocked-source")
+        .backend(pipe_to(source(), storage))
+        .shutdown_grace(0.5)
+        .build(handler)
+    )
     thread = threading.Thread(target=run_with_safety, args=(worker, 20))
     thread.start()
     try:

@@ -111,7 +111,9 @@ def test_config_accepts_a_strategy_a_timedelta_or_seconds():
 
 
 # How an idle worker polls ---------------------------------------------------------------
-def test_an_idle_worker_waits_at_most_the_strategy_maximum_and_then_claims(db_path, db, monkeypatch):
+def test_an_idle_worker_waits_at_most_the_strategy_maximum_and_then_claims(
+    db_path, db, monkeypatch
+):
     storage = SqliteStorage(db, config=Config(poll_interval=BackoffStrategy(min=0.05, max=1.0)))
     waits: list[float] = []
     handled: list[tuple[int, int]] = []

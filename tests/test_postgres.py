@@ -23,7 +23,9 @@ import pytest
 
 from taskpipe import TaskId, WorkerBuilder, events
 
-psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL tests need psycopg 3 (taskpipe[postgres])")
+psycopg = pytest.importorskip(
+    "psycopg", reason="the PostgreSQL tests need psycopg 3 (taskpipe[postgres])"
+)
 
 from taskpipe.config import Config  # noqa: E402
 from taskpipe.errors import StorageError  # noqa: E402
@@ -40,7 +42,9 @@ def pg_url():
     if not base:
         if os.environ.get("CI"):
             pytest.fail(f"{URL_VARIABLE} is not set (CI: not skipping)", pytrace=False)
-        pytest.skip(f"set {URL_VARIABLE} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run these")
+        pytest.skip(
+            f"set {URL_VARIABLE} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run these"
+        )
     schema = f"taskpipe_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
@@ -157,7 +161,11 @@ def test_four_processes_drain_every_task_once_and_recover_a_killed_ones(pg_url, 
 
     stats = storage.stats(queue)
     assert {k: stats[k] for k in ("pending", "running", "failed", "dead", "done")} == {
-        "pending": 0, "running": 0, "failed": 0, "dead": 0, "done": DRAIN_TASKS,
+        "pending": 0,
+        "running": 0,
+        "failed": 0,
+        "dead": 0,
+        "done": DRAIN_TASKS,
     }
     victim_runs, blocked_id = _runs(paths[0])
     runs = collections.Counter(victim_runs)
@@ -173,7 +181,9 @@ def test_four_processes_drain_every_task_once_and_recover_a_killed_ones(pg_url, 
     assert blocked_id in twice
     assert twice <= set(victim_runs)
     for task_id in twice:
-        assert storage.fetch_by_id(task_id).recoveries, f"task {task_id} ran twice without a recovery"
+        assert storage.fetch_by_id(task_id).recoveries, (
+            f"task {task_id} ran twice without a recovery"
+        )
 
 
 # Connections killed mid-drain --------------------------------------------------------------
@@ -204,12 +214,20 @@ def test_workers_reconnect_after_their_connections_are_terminated(pg_url):
         if isinstance(event, events.Error):
             errors.append(event.error)
 
-    worker = WorkerBuilder("terminated").backend(storage).concurrency(4).on_event(on_event).build(handler)
+    worker = (
+        WorkerBuilder("terminated")
+        .backend(storage)
+        .concurrency(4)
+        .on_event(on_event)
+        .build(handler)
+    )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     terminated = 0
     try:
-        with psycopg.connect(pg_url, autocommit=True, application_name="taskpipe test killer") as killer:
+        with psycopg.connect(
+            pg_url, autocommit=True, application_name="taskpipe test killer"
+        ) as killer:
             for n in TERMINATE_AT:
                 assert reached[n].wait(LIMIT), f"the drain never reached {n} tasks"
                 rows = killer.execute(
@@ -263,7 +281,10 @@ def test_an_idle_worker_is_woken_by_another_processs_push(pg_url):
         assert listener is not None and listener.connected.wait(LIMIT), "no listener"
         heard_before = listener.notifications
         pushed = subprocess.run(
-            [sys.executable, "-c", PUSHER, pg_url, queue], capture_output=True, text=True, timeout=LIMIT
+            [sys.executable, "-c", PUSHER, pg_url, queue],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT,
         )
         assert pushed.returncode == 0, pushed.stderr
         pushed_at = float(pushed.stdout.split()[-1])
@@ -280,7 +301,9 @@ def test_an_idle_worker_is_woken_by_another_processs_push(pg_url):
 def test_an_unreachable_server_is_one_clear_error_at_once():
     db = connect("postgresql://nobody@127.0.0.1:1/none")  # port 1: nothing listens
     began = time.monotonic()
-    with pytest.raises(ServerUnreachable, match=r"cannot reach the PostgreSQL server 127\.0\.0\.1:1/none"):
+    with pytest.raises(
+        ServerUnreachable, match=r"cannot reach the PostgreSQL server 127\.0\.0\.1:1/none"
+    ):
         PostgresStorage(db).push(1)
     with pytest.raises(StorageError, match="cannot reach"):
         PostgresStorage.setup(db)

@@ -25,5 +25,7 @@ QUERIES = SqliteDialect.queries
 )
 def test_each_hot_statement_uses_its_index(db, name, index):
     sql = getattr(QUERIES, name)
-    plan = " / ".join(row[3] for row in db.execute_sql("EXPLAIN QUERY PLAN " + sql, (1,) * sql.count("?")))
+    plan = " / ".join(
+        row[3] for row in db.execute_sql("EXPLAIN QUERY PLAN " + sql, (1,) * sql.count("?"))
+    )
     assert index in plan and "TEMP B-TREE" not in plan, plan

@@ -57,7 +57,11 @@ class Running:
 
 
 def status_counts(db) -> Counter:
-    return Counter(dict(db.execute_sql("SELECT status, COUNT(*) FROM taskpipe_jobs GROUP BY status").fetchall()))
+    return Counter(
+        dict(
+            db.execute_sql("SELECT status, COUNT(*) FROM taskpipe_jobs GROUP BY status").fetchall()
+        )
+    )
 
 
 def test_three_queues_are_routed_correctly_under_concurrency(db):
@@ -79,7 +83,9 @@ def test_three_queues_are_routed_correctly_under_concurrency(db):
 
         return handler
 
-    workers = [WorkerBuilder(q).backend(storages[q]).concurrency(2).build(make_handler(q)) for q in queues]
+    workers = [
+        WorkerBuilder(q).backend(storages[q]).concurrency(2).build(make_handler(q)) for q in queues
+    ]
 
     def push(p: int) -> None:
         for i in range(per_queue):
@@ -97,7 +103,9 @@ def test_three_queues_are_routed_correctly_under_concurrency(db):
     assert run.errors == []
     for q in queues:
         assert all(task_queue == q and item[0] == q for task_queue, item in seen[q])
-        assert sorted(item for _, item in seen[q]) == sorted((q, p, i) for p in range(pushers) for i in range(per_queue))
+        assert sorted(item for _, item in seen[q]) == sorted(
+            (q, p, i) for p in range(pushers) for i in range(per_queue)
+        )
     assert status_counts(db) == {"done": total}
 
 

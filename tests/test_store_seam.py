@@ -141,7 +141,11 @@ def test_partials_and_bound_methods_are_handlers(storage):
     WorkerBuilder("w").backend(storage).build(functools.partial(send, via="smtp")).run_until_idle()
     storage.push({"to": "c@example.com"})
     WorkerBuilder("w").backend(storage).build(Mailer("api").send).run_until_idle()
-    assert sent == [("a@example.com", "smtp", 1), ("b@example.com", "smtp", 2), ("c@example.com", "api", 3)]
+    assert sent == [
+        ("a@example.com", "smtp", 1),
+        ("b@example.com", "smtp", 2),
+        ("c@example.com", "api", 3),
+    ]
 
 
 # Every store behaves the same to a handler ------------------------------------------------------------
@@ -178,7 +182,9 @@ def _custom(values: list[object], **builder_calls):
         for i, value in enumerate(values):
             yield Task(value, id=TaskId(i + 1))
 
-    builder = BackendBuilder().database(None).fetcher(fetcher).sink(lambda db, config: lambda task: None)
+    builder = (
+        BackendBuilder().database(None).fetcher(fetcher).sink(lambda db, config: lambda task: None)
+    )
     for name, value in builder_calls.items():
         builder = getattr(builder, name)(value)
     return builder.build()
@@ -205,9 +211,16 @@ def test_a_retry_policy_on_a_backend_that_cannot_record_outcomes_is_a_build_erro
 # Capabilities are declared and checked ---------------------------------------------------------------------
 def test_capabilities_are_declared():
     sqlite_caps = SqliteStorage.capabilities
-    assert sqlite_caps.introspection and sqlite_caps.keys and sqlite_caps.follow_ups and sqlite_caps.recovery
+    assert (
+        sqlite_caps.introspection
+        and sqlite_caps.keys
+        and sqlite_caps.follow_ups
+        and sqlite_caps.recovery
+    )
     assert not sqlite_caps.wakeups  # only with_hook adds cross-process wake-ups
-    assert memory.MemoryBackend.capabilities.bounded and not memory.MemoryBackend.capabilities.recovery
+    assert (
+        memory.MemoryBackend.capabilities.bounded and not memory.MemoryBackend.capabilities.recovery
+    )
 
 
 def test_a_hooked_store_declares_wakeups(db_path, db):

@@ -55,7 +55,9 @@ class TestTaskValidation:
             Task.builder(1).run_after(naive).build()
 
     def test_run_after_of_another_type_is_rejected(self):
-        with pytest.raises(TypeError, match="run_after must be a timedelta, seconds or an aware datetime"):
+        with pytest.raises(
+            TypeError, match="run_after must be a timedelta, seconds or an aware datetime"
+        ):
             Task(1, run_after="30")
 
     def test_run_after_in_seconds_is_a_delay(self):
@@ -65,7 +67,11 @@ class TestTaskValidation:
             Task(1, run_after=-1)
 
     def test_builder_meta_takes_a_dict_or_keywords(self):
-        assert Task.builder(1).meta({"a": 1}, b=2).meta(c=3).build().meta == {"a": 1, "b": 2, "c": 3}
+        assert Task.builder(1).meta({"a": 1}, b=2).meta(c=3).build().meta == {
+            "a": 1,
+            "b": 2,
+            "c": 3,
+        }
 
     @pytest.mark.parametrize("field", ["priority", "id", "max_attempts"])
     def test_integers_must_fit_in_64_bits(self, field):
@@ -346,5 +352,7 @@ def test_task_ids_and_attempts_encode_as_plain_ints(storage):
 
     WorkerBuilder("ids").backend(storage).build(handler).run_until_idle()
     assert results[second] == {"parent": int(first)}
-    row = storage.db.execute_sql("SELECT result FROM taskpipe_jobs WHERE id = ?", (second,)).fetchone()
+    row = storage.db.execute_sql(
+        "SELECT result FROM taskpipe_jobs WHERE id = ?", (second,)
+    ).fetchone()
     assert JsonCodec().decode(row[0]) == {"id": int(second), "attempt": 1}

@@ -478,7 +478,10 @@ def test_a_finite_backend_runs_every_task_it_handed_out():
             if not self.left:
                 return None
             taken, self.left = self.left[:limit], self.left[limit:]
-            return [Claim(TaskId(i + 1), self.queue, self.codec.encode(i), 1, ctx.new_lease()) for i in taken]
+            return [
+                Claim(TaskId(i + 1), self.queue, self.codec.encode(i), 1, ctx.new_lease())
+                for i in taken
+            ]
 
         def next_due(self):
             return None

@@ -69,7 +69,11 @@ def test_an_outcome_refused_and_an_outage_in_one_flush_lose_nothing():
     worker = WorkerBuilder("w").backend(store).concurrency(3).on_event(on_event).build(lambda n: n)
     assert worker.run_until_idle() == 3
     assert sorted(seen) == [("Success", 1), ("Success", 2), ("Success", 3)]
-    assert {int(t.id): t.status for t in store.list_tasks()} == {1: Status.DONE, 2: Status.DONE, 3: Status.DONE}
+    assert {int(t.id): t.status for t in store.list_tasks()} == {
+        1: Status.DONE,
+        2: Status.DONE,
+        3: Status.DONE,
+    }
 
 
 # Tasks that must run alone do not wait behind a backlog ------------------------------------
@@ -117,7 +121,9 @@ def test_a_custom_fetcher_is_asked_again_after_quiet_waits(monkeypatch):
             asked[0] += 1
             yield Task(rows.pop(), id=TaskId(1)) if rows else None
 
-    backend = BackendBuilder().database(None).fetcher(fetcher).sink(lambda db, c: lambda t: None).build()
+    backend = (
+        BackendBuilder().database(None).fetcher(fetcher).sink(lambda db, c: lambda t: None).build()
+    )
     waits = [0]
 
     def quiet_wait(ctx: WorkerContext, timeout: float | None) -> bool:

@@ -65,7 +65,9 @@ class Dialect:
         cursor.executemany(sql, rows)
         return cursor
 
-    def fetch_named(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def fetch_named(
+        self, db: pw.Database, sql: str, params: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
         """Run a statement and return its rows as dicts, by column name."""
         cursor = self.execute(db, sql, params)
         names = [d[0] for d in cursor.description]

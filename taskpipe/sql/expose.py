@@ -54,7 +54,6 @@ def _values(statuses: tuple[Status, ...]) -> list[str]:
     return [s.value for s in statuses]
 
 
-
 def _text(value: Any) -> Any:
     """A text column's value as a ``str``: bytes (a BLOB where text belongs) decoded
     with invalid UTF-8 as ``\\xNN`` escapes; None stays None."""
@@ -142,7 +141,10 @@ class SqlExpose(ExposeMixin):
             return data
 
     def _info(
-        self, row: dict[str, Any], errors: tuple[AttemptError, ...], recoveries: tuple[Recovery, ...]
+        self,
+        row: dict[str, Any],
+        errors: tuple[AttemptError, ...],
+        recoveries: tuple[Recovery, ...],
     ) -> TaskInfo:
         return TaskInfo(
             id=TaskId(row["id"]),
@@ -163,7 +165,9 @@ class SqlExpose(ExposeMixin):
             recoveries=recoveries,
         )
 
-    def _by_task(self, model: Any, columns: list[Any], ids: list[int], make: Any) -> dict[int, tuple[Any, ...]]:
+    def _by_task(
+        self, model: Any, columns: list[Any], ids: list[int], make: Any
+    ) -> dict[int, tuple[Any, ...]]:
         """``make(*columns)`` for every row of ``model`` (errors, recoveries) that
         belongs to one of the tasks ``ids``, grouped by task, oldest first."""
         if not ids:
@@ -199,7 +203,10 @@ class SqlExpose(ExposeMixin):
         rows = list(query.dicts())
         ids = [row["id"] for row in rows]
         errors, recoveries = self._errors_for(ids), self._recoveries_for(ids)
-        return [self._info(row, errors.get(row["id"], ()), recoveries.get(row["id"], ())) for row in rows]
+        return [
+            self._info(row, errors.get(row["id"], ()), recoveries.get(row["id"], ()))
+            for row in rows
+        ]
 
     # Reading -----------------------------------------------------------------------------
     def list_tasks(
@@ -235,9 +242,8 @@ class SqlExpose(ExposeMixin):
         each holds."""
         self._page(limit, 0)
         Job, Worker = self.models.Job, self.models.Worker
-        held = (
-            Job.select(pw.fn.COUNT(Job.id))
-            .where((Job.worker == Worker.run_id) & (Job.status == Status.RUNNING.value))
+        held = Job.select(pw.fn.COUNT(Job.id)).where(
+            (Job.worker == Worker.run_id) & (Job.status == Status.RUNNING.value)
         )
         query = (
             Worker.select(Worker, held.alias("held"))
@@ -427,10 +433,12 @@ class SqlExpose(ExposeMixin):
                 status, attempts = row
                 if _status(status) in FINISHED:
                     return False
-                Job.update({Job.status: Status.DEAD.value, Job.done_at: now, Job.lease: None}).where(
-                    Job.id == task_id
+                Job.update(
+                    {Job.status: Status.DEAD.value, Job.done_at: now, Job.lease: None}
+                ).where(Job.id == task_id).execute()
+                Error.insert(
+                    job_id=task_id, attempt=attempts, error=KILLED, traceback=None, at=now
                 ).execute()
-                Error.insert(job_id=task_id, attempt=attempts, error=KILLED, traceback=None, at=now).execute()
                 return True
 
         return self._run(self._read, once)
@@ -458,4 +466,3 @@ class SqlExpose(ExposeMixin):
                 return len(ids)
 
         return self._in_batches(batch)
-

@@ -38,7 +38,13 @@ from .. import clock
 from ..wakeups import Waiter, WakeRegistry
 from .queries import Queries
 
-__all__ = ["ChangeProbe", "Waiter", "WakeRegistry", "database_path", "registry_for"]  # Waiter, WakeRegistry: re-exported
+__all__ = [
+    "ChangeProbe",
+    "Waiter",
+    "WakeRegistry",
+    "database_path",
+    "registry_for",
+]  # Waiter, WakeRegistry: re-exported
 
 log = logging.getLogger("taskpipe.hooks")
 
@@ -139,7 +145,9 @@ class ChangeProbe(threading.Thread):
         self.mode = watch.mode
         conn = None
         try:
-            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=1.0, isolation_level=None, check_same_thread=False
+            )
             version = self._version(conn)
             self._check(conn)  # a commit just before the first read is not missed
             cooling = False  # files were just written: pause before listening again
@@ -153,7 +161,10 @@ class ChangeProbe(threading.Thread):
                     hinted = watch.drain()
                 else:
                     hinted = watch.wait(watch.interval)
-                    if hinted and clock.real_monotonic() < self.registry.last_push + LOCAL_PUSH_QUIET:
+                    if (
+                        hinted
+                        and clock.real_monotonic() < self.registry.last_push + LOCAL_PUSH_QUIET
+                    ):
                         cooling = True
                         continue
                 current = self._version(conn)
@@ -162,7 +173,9 @@ class ChangeProbe(threading.Thread):
                     self._check(conn)
                 cooling = hinted
         except Exception:  # pragma: no cover - the polling strategy is still there
-            log.exception("taskpipe change probe on %s failed; workers fall back to polling", self.path)
+            log.exception(
+                "taskpipe change probe on %s failed; workers fall back to polling", self.path
+            )
             self.registry.probe_failed(self)
         finally:
             self._watch = None

@@ -242,7 +242,9 @@ class PostgresDialect(Dialect):
         cursor.executemany(sql, rows)
         return cursor
 
-    def fetch_named(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def fetch_named(
+        self, db: pw.Database, sql: str, params: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
         cursor = db.connection().execute(sql, params)
         names = [d.name for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -325,8 +327,18 @@ class PostgresDialect(Dialect):
         with conn.cursor().copy(f"COPY {JOBS} ({_COLUMNS}) FROM STDIN") as copy:
             for task_id, row in zip(ids, rows, strict=True):
                 copy.write_row(
-                    (task_id, row.queue, "pending", row.payload, row.priority, row.run_at,
-                     row.max_attempts, row.meta, row.key, row.created_at)
+                    (
+                        task_id,
+                        row.queue,
+                        "pending",
+                        row.payload,
+                        row.priority,
+                        row.run_at,
+                        row.max_attempts,
+                        row.meta,
+                        row.key,
+                        row.created_at,
+                    )
                 )
         return [TaskId(i) for i in ids]
 
@@ -361,7 +373,9 @@ class PostgresDialect(Dialect):
         try:
             schema.check_schema(db)
         except SetupError as exc:
-            raise SetupError(str(exc).replace("SqliteStorage.setup", "PostgresStorage.setup")) from None
+            raise SetupError(
+                str(exc).replace("SqliteStorage.setup", "PostgresStorage.setup")
+            ) from None
 
     def wakeups(self, db: pw.Database) -> WakeRegistry:
         return registry_for(db)
@@ -484,7 +498,11 @@ class PostgresStorage(SqlStorage):
     capabilities = replace(SqlStorage.capabilities, wakeups=True)
 
     def __init__(
-        self, db: pw.Database, queue: str | None = None, codec: Any = None, config: Config | None = None
+        self,
+        db: pw.Database,
+        queue: str | None = None,
+        codec: Any = None,
+        config: Config | None = None,
     ):
         if not isinstance(db, pw.PostgresqlDatabase):
             raise TypeError(
@@ -518,5 +536,3 @@ class PostgresStorage(SqlStorage):
             self._run(self._execute, "SELECT pg_notify(%s, %s)", (CHANNEL, queue))
         except StorageError as exc:  # the workers' timed poll finds the task anyway
             log.debug("NOTIFY for %r failed: %s", queue, exc)
-
-

@@ -35,7 +35,9 @@ DEAD = f"'{Status.DEAD.value}'"
 _COLUMNS = "id, queue, status, payload, priority, run_at, max_attempts, meta, key, created_at"
 _VALUES = f"?, ?, {PENDING}, ?, ?, ?, ?, ?, ?, ?"
 #: What a claim returns, by name.
-CLAIMED = "id, payload, priority, run_at, attempts, max_attempts, CAST(meta AS BLOB) AS meta, isolate"
+CLAIMED = (
+    "id, payload, priority, run_at, attempts, max_attempts, CAST(meta AS BLOB) AS meta, isolate"
+)
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,12 @@ class Queries:
 
     # (id, queue, payload, priority, run_at, max_attempts, meta, key, created_at): a Row
     insert: str = f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES ({_VALUES})"
-    insert_keyed: str = (
-        f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"
-    )
+    insert_keyed: str = f"INSERT INTO {JOBS} ({_COLUMNS}) VALUES ({_VALUES}) ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"
     id_for_key: str = f"SELECT id FROM {JOBS} WHERE key = ?"
     # (queue, now)
-    anything_due: str = f"SELECT 1 FROM {JOBS} WHERE status IN {WAITING} AND queue = ? AND run_at <= ? LIMIT 1"
+    anything_due: str = (
+        f"SELECT 1 FROM {JOBS} WHERE status IN {WAITING} AND queue = ? AND run_at <= ? LIMIT 1"
+    )
     # (queue,)
     next_due: str = f"SELECT MIN(run_at) FROM {JOBS} WHERE status IN {WAITING} AND queue = ?"
     # (lease, worker, started_at, queue, now, limit). Tasks marked ``isolate`` (they
@@ -69,9 +71,7 @@ class Queries:
     )
     # (queue,)
     # (queue, now)
-    any_isolated: str = (
-        f"SELECT 1 FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = ? AND run_at <= ? LIMIT 1"
-    )
+    any_isolated: str = f"SELECT 1 FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = ? AND run_at <= ? LIMIT 1"
     # Acks only touch a row still running under the same lease: a zombie's late ack,
     # or an ack for a task killed meanwhile, changes nothing.
     # (result, done_at, id, lease)
@@ -80,7 +80,9 @@ class Queries:
         f"WHERE id = ? AND lease = ? AND status = {RUNNING}"
     )
     # (id, lease, done_at): was this DONE outcome the one that was written?
-    ack_accepted: str = f"SELECT 1 FROM {JOBS} WHERE id = ? AND lease = ? AND status = {DONE} AND done_at = ?"
+    ack_accepted: str = (
+        f"SELECT 1 FROM {JOBS} WHERE id = ? AND lease = ? AND status = {DONE} AND done_at = ?"
+    )
     # (status, run_at, done_at, id, lease)
     ack_failed: str = (
         f"UPDATE {JOBS} SET status = ?, run_at = ?, done_at = ?, isolate = 0 "
@@ -97,7 +99,9 @@ class Queries:
         f"WHERE id = ? AND lease = ? AND status = {RUNNING}"
     )
     # (job_id, attempt, error, traceback, at)
-    insert_error: str = f"INSERT INTO {ERRORS} (job_id, attempt, error, traceback, at) VALUES (?, ?, ?, ?, ?)"
+    insert_error: str = (
+        f"INSERT INTO {ERRORS} (job_id, attempt, error, traceback, at) VALUES (?, ?, ?, ?, ?)"
+    )
     # (run_id, name, queues, hostname, host_id, pid, started_at, last_seen)
     beat: str = (
         f"INSERT INTO {WORKERS} (run_id, name, queues, hostname, host_id, pid, started_at, last_seen) "
@@ -136,4 +140,6 @@ class Queries:
 
     def with_paramstyle(self, placeholder: str) -> Queries:
         """The same statements with ``?`` replaced by ``placeholder`` (e.g. ``%s``)."""
-        return replace(self, **{f.name: getattr(self, f.name).replace("?", placeholder) for f in fields(self)})
+        return replace(
+            self, **{f.name: getattr(self, f.name).replace("?", placeholder) for f in fields(self)}
+        )

@@ -52,7 +52,9 @@ class JobModel(_Base):
 
     id = pw.BigAutoField()  # 64-bit where the engine has a choice (BIGSERIAL)
     queue = pw.TextField()
-    status = pw.TextField(default=Status.PENDING.value, constraints=[pw.SQL(f"DEFAULT '{Status.PENDING.value}'")])
+    status = pw.TextField(
+        default=Status.PENDING.value, constraints=[pw.SQL(f"DEFAULT '{Status.PENDING.value}'")]
+    )
     payload = pw.BlobField(null=True)
     priority = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
     run_at = pw.DoubleField()
@@ -140,6 +142,7 @@ def models_for(db: pw.Database) -> Models:
     with _bound_lock:
         models = _bound.get(db)
         if models is None:
+
             def bind(base: type[M], table: str) -> type[M]:
                 meta = type("Meta", (), {"database": db, "table_name": table})
                 name = base.__name__.replace("Model", "")

@@ -60,7 +60,9 @@ class SharedSqliteStorage:
     ):
         if isinstance(path_or_db, pw.Database):
             if not isinstance(path_or_db, pw.SqliteDatabase):
-                raise TypeError(f"SharedSqliteStorage needs a SQLite database or a path, got {path_or_db!r}")
+                raise TypeError(
+                    f"SharedSqliteStorage needs a SQLite database or a path, got {path_or_db!r}"
+                )
             self.db = path_or_db
         else:
             self.db = connect(os.fspath(path_or_db))
@@ -80,14 +82,18 @@ class SharedSqliteStorage:
         with self._lock:
             return list(self._storages)
 
-    def make_shared(self, queue: str, config: Config | None = None, *, codec: Any = None) -> SharedQueueStorage:
+    def make_shared(
+        self, queue: str, config: Config | None = None, *, codec: Any = None
+    ) -> SharedQueueStorage:
         """A storage for ``queue`` claimed for with the others; once per queue (a second
         call for the same queue raises ``BuildError``). ``config`` defaults to this one's."""
         config = (config or self.config).with_queue(queue)
         with self._lock:
             taken = queue in self._storages
             if not taken:
-                storage = SharedQueueStorage(self, config, codec if codec is not None else self.codec)
+                storage = SharedQueueStorage(
+                    self, config, codec if codec is not None else self.codec
+                )
                 self._storages[queue] = storage
         if taken:
             raise BuildError(
@@ -140,7 +146,9 @@ class SharedSqliteStorage:
                         room = lane.room()
                     if room <= 0 or lane.ctx.stopping:
                         continue
-                    claims = lane.storage._claim_alone(lane.ctx, min(room, lane.storage.config.claim_batch))
+                    claims = lane.storage._claim_alone(
+                        lane.ctx, min(room, lane.storage.config.claim_batch)
+                    )
                     if claims:
                         lane.buffer.extend(claims)
                         if lane is not mine:

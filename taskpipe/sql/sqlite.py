@@ -219,7 +219,8 @@ class SqliteDialect(Dialect):
             f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_claim WHERE"
         ),
         claim_isolated=Queries.claim_isolated.replace(
-            f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE"
+            f"(SELECT id FROM {JOBS} WHERE",
+            f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE",
         ),
         any_isolated=Queries.any_isolated.replace(
             f"FROM {JOBS} WHERE", f"FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE"
@@ -239,7 +240,9 @@ class SqliteDialect(Dialect):
     def executemany(self, db: pw.Database, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         return db.connection().executemany(sql, rows)
 
-    def fetch_named(self, db: pw.Database, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def fetch_named(
+        self, db: pw.Database, sql: str, params: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
         cursor = db.connection().cursor()
         cursor.row_factory = sqlite3.Row
         return [dict(row) for row in cursor.execute(sql, params).fetchall()]
@@ -259,7 +262,9 @@ class SqliteDialect(Dialect):
             return ErrorKind.BUSY
         if code == _SQLITE_FULL:
             return ErrorKind.FULL
-        if code == _SQLITE_CONSTRAINT or isinstance(exc, (pw.IntegrityError, sqlite3.IntegrityError)):
+        if code == _SQLITE_CONSTRAINT or isinstance(
+            exc, (pw.IntegrityError, sqlite3.IntegrityError)
+        ):
             return ErrorKind.INTEGRITY
         return ErrorKind.OTHER
 
@@ -325,7 +330,13 @@ class SqliteStorage(SqlStorage):
 
     dialect = SqliteDialect()
 
-    def __init__(self, db: pw.Database, queue: str | None = None, codec: Any = None, config: Config | None = None):
+    def __init__(
+        self,
+        db: pw.Database,
+        queue: str | None = None,
+        codec: Any = None,
+        config: Config | None = None,
+    ):
         if not isinstance(db, pw.SqliteDatabase):
             raise TypeError(
                 f"SqliteStorage needs a peewee SqliteDatabase (taskpipe.sqlite.connect(path)), got {db!r}"

@@ -41,7 +41,9 @@ STALE_WORKER_ROWS_AFTER = 24 * 3600.0
 # A run on this host whose process is alive (and not stopped) is alive, even if a busy
 # write lock kept its beat from landing; up to this many orphan windows of silence.
 LIVE_PID_PATIENCE = 10
-_FULL_HINT = "free space on the disk that holds the database, or purge finished tasks (taskpipe purge)"
+_FULL_HINT = (
+    "free space on the disk that holds the database, or purge finished tasks (taskpipe purge)"
+)
 
 
 class SqlStorage(SqlExpose, Store):
@@ -96,7 +98,9 @@ class SqlStorage(SqlExpose, Store):
         try:
             _retry_busy(dialect, once, db)
         except dialect.errors as exc:
-            raise SetupError(f"could not set up taskpipe's tables: {type(exc).__name__}: {exc}") from exc
+            raise SetupError(
+                f"could not set up taskpipe's tables: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def check_setup(self) -> None:
         """Raise ``SetupError`` (saying what to run) when ``setup()`` was never run."""
@@ -192,9 +196,13 @@ class SqlStorage(SqlExpose, Store):
         if self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
             if ctx.in_flight:  # one must run alone: let this run drain first
                 return []
-            rows = self.dialect.claim(self.db, q.claim_isolated, (lease, ctx.run_id, now, self.queue, now))
+            rows = self.dialect.claim(
+                self.db, q.claim_isolated, (lease, ctx.run_id, now, self.queue, now)
+            )
         if not rows:
-            rows = self.dialect.claim(self.db, q.claim, (lease, ctx.run_id, now, self.queue, now, limit))
+            rows = self.dialect.claim(
+                self.db, q.claim, (lease, ctx.run_id, now, self.queue, now, limit)
+            )
         if len(rows) > 1:
             rows.sort(key=lambda r: (-_int_or(r["priority"], 0), r["run_at"] or 0, r["id"]))
         return [self._to_claim(row, lease) for row in rows]
@@ -226,7 +234,9 @@ class SqlStorage(SqlExpose, Store):
 
     def next_due(self) -> float | None:
         """The earliest ``run_at`` of a Pending or Failed task of this queue, or None."""
-        row = self._run(lambda: self._execute(self.dialect.queries.next_due, (self.queue,)).fetchone())
+        row = self._run(
+            lambda: self._execute(self.dialect.queries.next_due, (self.queue,)).fetchone()
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     # Acknowledging ---------------------------------------------------------------------
@@ -275,15 +285,22 @@ class SqlStorage(SqlExpose, Store):
         if o.kind == OutcomeKind.RELEASE:
             return self._execute(q.ack_release, (task_id, lease)).rowcount == 1
         if o.kind == OutcomeKind.INTERRUPTED:
-            changed = self._execute(q.ack_interrupted, (now + o.delay, task_id, lease)).rowcount == 1
+            changed = (
+                self._execute(q.ack_interrupted, (now + o.delay, task_id, lease)).rowcount == 1
+            )
         elif o.kind == OutcomeKind.RETRY:
             params = (Status.FAILED.value, now + o.delay, None, task_id, lease)
             changed = self._execute(q.ack_failed, params).rowcount == 1
         else:  # DEAD
-            changed = self._execute(q.ack_failed, (Status.DEAD.value, now, now, task_id, lease)).rowcount == 1
+            changed = (
+                self._execute(q.ack_failed, (Status.DEAD.value, now, now, task_id, lease)).rowcount
+                == 1
+            )
         if changed:
             error = safe_text(o.error or "")
-            self._execute(q.insert_error, (task_id, o.claim.attempt, error, safe_text(o.traceback), now))
+            self._execute(
+                q.insert_error, (task_id, o.claim.attempt, error, safe_text(o.traceback), now)
+            )
         return changed
 
     # Heartbeat and orphans ---------------------------------------------------------------
@@ -296,7 +313,16 @@ class SqlStorage(SqlExpose, Store):
         q = self.dialect.queries
         now = clock.timestamp()
         with self._write_tx():
-            params = (ctx.run_id, ctx.name, self.queue, self._hostname, self._host_id, os.getpid(), now, now)
+            params = (
+                ctx.run_id,
+                ctx.name,
+                self.queue,
+                self._hostname,
+                self._host_id,
+                os.getpid(),
+                now,
+                now,
+            )
             self._execute(q.beat, params)
             if ctx.beats == 0:
                 self._execute(q.forget_stale_workers, (now - STALE_WORKER_ROWS_AFTER,))
@@ -326,7 +352,9 @@ class SqlStorage(SqlExpose, Store):
             last_seen = last_seen_of.get(worker) if worker is not None else None
             for task_id in tasks:
                 if counted:
-                    changed = self._execute(q.recover, (limit, limit, now, task_id, worker)).rowcount
+                    changed = self._execute(
+                        q.recover, (limit, limit, now, task_id, worker)
+                    ).rowcount
                 else:
                     changed = self._execute(q.isolate, (task_id, worker)).rowcount
                 if not changed:
@@ -338,17 +366,25 @@ class SqlStorage(SqlExpose, Store):
 
     def _log_recovery(self, task_id: int, worker: str | None, counted: bool, now: float) -> None:
         if not counted:
-            log.info("task %s re-enqueued to run alone: its worker %s stopped beating", task_id, worker)
+            log.info(
+                "task %s re-enqueued to run alone: its worker %s stopped beating", task_id, worker
+            )
             return
-        status, recoveries, attempts = self._execute(self.dialect.queries.recovered_state, (task_id,)).fetchone()
+        status, recoveries, attempts = self._execute(
+            self.dialect.queries.recovered_state, (task_id,)
+        ).fetchone()
         if status == Status.DEAD.value:
             error = f"its worker died {recoveries} times while running it"
-            self._execute(self.dialect.queries.insert_error, (task_id, attempts + 1, error, None, now))
+            self._execute(
+                self.dialect.queries.insert_error, (task_id, attempts + 1, error, None, now)
+            )
             log.warning("task %s is dead: %s", task_id, error)
         else:
             log.info("task %s re-enqueued: its worker %s stopped beating", task_id, worker)
 
-    def _alive(self, host_id: str | None, pid: int | None, last_seen: float | None, now: float) -> bool:
+    def _alive(
+        self, host_id: str | None, pid: int | None, last_seen: float | None, now: float
+    ) -> bool:
         if last_seen is None:  # the run's row is gone: it stopped, or was forgotten
             return False
         window = self.config.orphaned_after_seconds

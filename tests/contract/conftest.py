@@ -43,8 +43,7 @@ StoreFactory = Callable[..., Store]
 #: Contract violations found by this suite and not fixed yet, by (test, param): each
 #: such test is marked ``xfail(strict=True)`` for that store only, so that the report
 #: shows it and a fix makes the suite say so (XPASS fails). Remove an entry with its fix.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -93,7 +92,9 @@ def _params() -> list[str]:
     shipped = [name for name, (_, module) in ENGINES.items() if _module_exists(module)]
     for name, (variable, module) in ENGINES.items():
         if os.environ.get(variable, "").strip() and name not in shipped and os.environ.get("CI"):
-            raise pytest.UsageError(f"{variable} is set but {module} does not exist (CI: not skipping)")
+            raise pytest.UsageError(
+                f"{variable} is set but {module} does not exist (CI: not skipping)"
+            )
     return ["memory", "sqlite", *shipped]
 
 
