@@ -7,7 +7,7 @@ import time
 from ceiling import fill
 from common import raw_connection, taskpipe_db
 
-from taskpipe import WorkerBuilder
+from taskpipe import WorkerBuilder, WorkerContext
 from taskpipe.sqlite import SqliteStorage, connect
 
 
@@ -61,19 +61,11 @@ def claim_cost(db_path: str, claims: int) -> float:
     db = connect(db_path)
     storage = SqliteStorage(db)
 
-    class Ctx:  # the two things a claim needs from a worker context
-        run_id = "bench"
-        counter = 0
-
-        def new_lease(self) -> str:
-            self.counter += 1
-            return f"bench:{self.counter}"
-
-    ctx = Ctx()
-    claim = storage._claim
+    ctx = WorkerContext("bench", capacity=1, report=print)
+    claim = storage.claim  # the store primitive, as the worker calls it
     start = time.perf_counter()
     for _ in range(claims):
-        claim(ctx, 1, False)
+        claim(ctx, 1)
     elapsed = time.perf_counter() - start
     db.execute_sql("UPDATE taskpipe_jobs SET status = 'pending' WHERE status = 'running'")
     db.close()
