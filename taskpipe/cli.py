@@ -487,16 +487,14 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """``jsonable(value)`` for a TaskInfo (or a list of them): a field nested too deeply
-    to convert becomes a note instead of failing the whole listing."""
-    try:
-        return jsonable(value)
-    except RecursionError:
-        if isinstance(value, list) and all(is_dataclass(v) for v in value):
-            return [_plain(v) for v in value]
-        if is_dataclass(value) and not isinstance(value, type):
-            return {f.name: _plain_value(getattr(value, f.name)) for f in fields(value)}
-        return TOO_DEEP
+    """``jsonable(value)`` for a TaskInfo (or a list of them), field by field: a field
+    nested too deeply to show becomes a note instead of failing the whole listing
+    (judged by depth, so every Python shows the same)."""
+    if isinstance(value, list) and all(is_dataclass(v) for v in value):
+        return [_plain(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain_value(getattr(value, f.name)) for f in fields(value)}
+    return _plain_value(value)
 
 
 def _dumps(value: Any) -> str:
