@@ -48,6 +48,9 @@ class Dialect:
 
     name = "sql"
     queries: Queries = Queries()
+    #: The peewee database class a store of this engine takes, and how to get one.
+    database_class: type[pw.Database] = pw.Database
+    connect_hint = "taskpipe.connect(url)"
     #: The driver's error classes, as peewee wraps them and raw.
     errors: tuple[type[BaseException], ...] = (pw.DatabaseError,)
 

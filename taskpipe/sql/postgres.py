@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 import peewee as pw
 import psycopg
 
-from ..config import Config
 from ..errors import SetupError, StorageError
 from ..task import TaskId
 from ..wakeups import WakeRegistry
@@ -231,6 +230,8 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     errors = (pw.DatabaseError, pw.InterfaceError, psycopg.Error)
+    database_class = pw.PostgresqlDatabase
+    connect_hint = "taskpipe.postgres.connect(url)"
     queries = _postgres_queries()
 
     # The hot path talks to psycopg directly (same connection and transaction as peewee).
@@ -496,20 +497,6 @@ class PostgresStorage(SqlStorage):
 
     dialect = PostgresDialect()
     capabilities = replace(SqlStorage.capabilities, wakeups=True)
-
-    def __init__(
-        self,
-        db: pw.Database,
-        queue: str | None = None,
-        codec: Any = None,
-        config: Config | None = None,
-    ):
-        if not isinstance(db, pw.PostgresqlDatabase):
-            raise TypeError(
-                "PostgresStorage needs a peewee PostgresqlDatabase "
-                f"(taskpipe.postgres.connect(url)), got {db!r}"
-            )
-        super().__init__(db, queue=queue, codec=codec, config=config)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe(self.db)!r}, queue={self.queue!r})"

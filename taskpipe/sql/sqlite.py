@@ -211,6 +211,8 @@ class SqliteDialect(Dialect):
 
     name = "sqlite"
     errors = (pw.DatabaseError, sqlite3.DatabaseError)
+    database_class = pw.SqliteDatabase
+    connect_hint = "taskpipe.sqlite.connect(path)"
     # The claim walks the claim index in its ORDER BY and stops after LIMIT rows; left
     # to itself the planner may pick the next-due index and sort every due row.
     queries = replace(
@@ -329,19 +331,6 @@ class SqliteStorage(SqlStorage):
     """
 
     dialect = SqliteDialect()
-
-    def __init__(
-        self,
-        db: pw.Database,
-        queue: str | None = None,
-        codec: Any = None,
-        config: Config | None = None,
-    ):
-        if not isinstance(db, pw.SqliteDatabase):
-            raise TypeError(
-                f"SqliteStorage needs a peewee SqliteDatabase (taskpipe.sqlite.connect(path)), got {db!r}"
-            )
-        super().__init__(db, queue=queue, codec=codec, config=config)
 
     @classmethod
     def with_hook(

@@ -62,9 +62,11 @@ class SqlStorage(SqlExpose, Store):
         codec: Any = None,
         config: Config | None = None,
     ):
-        if not isinstance(db, pw.Database):
+        wanted = self.dialect.database_class
+        if not isinstance(db, wanted):
             raise TypeError(
-                f"{type(self).__name__} needs a peewee database (taskpipe.connect(url)), got {db!r}"
+                f"{type(self).__name__} needs a peewee {wanted.__name__} "
+                f"({self.dialect.connect_hint}), got {db!r}"
             )
         super().__init__(queue, codec, config)
         self.db = db
