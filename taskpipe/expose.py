@@ -160,8 +160,21 @@ class Expose(Protocol):
 class ExposeMixin:
     """What every store's introspection shares: argument checks and ``wait_for``."""
 
+    codec: Any
+
     def fetch_by_id(self, task_id: int) -> TaskInfo:  # pragma: no cover - the store's
         raise NotImplementedError
+
+    def _decoded(self, data: Any) -> Any:
+        """A stored payload or result decoded with the store's codec (untyped); the raw
+        bytes when it cannot be; a value not stored as bytes (TEXT, a number) as it is."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            return data  # None, or what another program stored as TEXT or a number
+        data = bytes(data)
+        try:
+            return self.codec.decode(data)
+        except Exception:  # CodecError, or whatever a codec raises on garbage
+            return data
 
     def wait_for(self, task_id: int, timeout: timedelta | float | None = None) -> Any:
         """Wait until the task is finished: return its stored result when Done, raise
@@ -286,16 +299,6 @@ class MemoryExpose(ExposeMixin):
             worker=record.worker,
             meta=msgspec.json.decode(row.meta) if row.meta else {},
         )
-
-    def _decoded(self, data: Any) -> Any:
-        """A stored payload or result decoded with the store's codec (untyped), or the
-        raw bytes when it cannot be."""
-        if data is None:
-            return None
-        try:
-            return self.codec.decode(data)
-        except Exception:
-            return data
 
     def list_tasks(
         self, queue: str | None = None, status: Any = None, limit: int = 50, offset: int = 0

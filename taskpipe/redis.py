@@ -1054,14 +1054,6 @@ class RedisStorage(ExposeMixin, Store):
             ),
         )
 
-    def _decoded(self, data: Any) -> Any:
-        if data is None:
-            return None
-        try:
-            return self.codec.decode(data)
-        except Exception:
-            return data
-
     def fetch_by_id(self, task_id: int) -> TaskInfo:
         """The task with this id (any queue of this prefix); raises ``TaskNotFound``."""
         task_id = self._task_id(task_id)

@@ -129,17 +129,6 @@ class SqlExpose(ExposeMixin):
             if count < BATCH:
                 return total
 
-    def _decode(self, data: Any) -> Any:
-        """A stored payload or result, decoded; raw bytes when the codec cannot decode
-        them; a value not stored as bytes (TEXT, a number) as it is."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            return data
-        data = bytes(data)
-        try:
-            return self.codec.decode(data)
-        except Exception:  # CodecError, or whatever a codec raises on garbage
-            return data
-
     def _info(
         self,
         row: dict[str, Any],
@@ -150,12 +139,12 @@ class SqlExpose(ExposeMixin):
             id=TaskId(row["id"]),
             queue=_text(row["queue"]),
             status=_status(row["status"]),
-            args=self._decode(row["payload"]),
+            args=self._decoded(row["payload"]),
             priority=row["priority"],
             run_at=_time(row["run_at"]),
             attempts=row["attempts"],
             max_attempts=row["max_attempts"],
-            result=self._decode(row["result"]),
+            result=self._decoded(row["result"]),
             errors=errors,
             created_at=_time(row["created_at"]),
             started_at=_time(row["started_at"]),
