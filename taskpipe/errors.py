@@ -6,6 +6,7 @@ TaskpipeError
 │   └── CodecError         a value could not be encoded (or decoded)
 ├── StorageError           the store is unusable (missing tables, bad schema, closed)
 │   ├── SetupError         setup() was not run, or the schema is newer than this code
+│   ├── ServerUnreachable  a database server could not be reached when first used
 │   └── OutcomeRefused     the store refuses one outcome itself (retrying cannot help)
 ├── BuildError             a worker or backend was assembled wrongly (at build time)
 │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
@@ -24,6 +25,7 @@ __all__ = [
     "CodecError",
     "StorageError",
     "SetupError",
+    "ServerUnreachable",
     "OutcomeRefused",
     "BuildError",
     "CapabilityError",
@@ -56,6 +58,11 @@ class StorageError(TaskpipeError):
 
 class SetupError(StorageError):
     """The schema is missing or newer than this version of taskpipe."""
+
+
+class ServerUnreachable(StorageError):
+    """A database server (PostgreSQL, MySQL) could not be reached when the database was
+    first used; once it has been reached, a lost connection is retried instead."""
 
 
 class OutcomeRefused(StorageError):

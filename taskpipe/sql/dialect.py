@@ -1,11 +1,12 @@
 """What a SQL engine spells its own way: one ``Dialect`` object per engine.
 
 ``SqlStorage`` (``store.py``) is written once against this interface; a dialect
-(``sqlite.py``, later ``postgres.py`` and ``mysql.py``) supplies:
+(``sqlite.py``, ``postgres.py``, ``mysql.py``) supplies:
 
 - ``write_tx(db)``: a transaction that takes the write lock at once (no upgrade
   deadlocks); ``execute``/``executemany``/``fetch_named``: the hot path (named rows);
 - ``insert_rows(db, rows)``: insert and return the ids, in order;
+- ``ack_done(db, rows)``: mark a batch of tasks Done, lease-fenced;
 - ``queries``: the statements, with the claim and upserts in the engine's spelling;
 - ``classify(exc)``: busy / missing schema / integrity / full / other, from the
   driver's error class and code (never the message text);
@@ -101,6 +102,11 @@ class Dialect:
             else:
                 ids.append(TaskId(self.execute(db, q.id_for_key, (row.key,)).fetchone()[0]))
         return ids
+
+    def ack_done(self, db: pw.Database, rows: Sequence[Sequence[Any]]) -> int:
+        """Run ``queries.ack_done`` for each ``(result, done_at, id, lease)`` inside the
+        caller's write transaction; return how many rows it changed."""
+        return int(self.executemany(db, self.queries.ack_done, rows).rowcount)
 
     def classify(self, exc: BaseException) -> ErrorKind:
         """What ``exc`` (a driver error) means; see ``ErrorKind``."""

@@ -320,12 +320,13 @@ class SqlExpose(ExposeMixin):
                 (Job.status == Status.DONE.value) & (Job.done_at >= now - DAY)
             )
         )
-        stats["done_last_hour"], stats["done_last_day"] = done.tuples().get()
+        # SUM is a DECIMAL on MySQL: counts are ints everywhere.
+        stats["done_last_hour"], stats["done_last_day"] = (int(n) for n in done.tuples().get())
 
         failed = Error.select(*recent(Error.at)).where(Error.at >= now - DAY)
         if queue is not None:
             failed = failed.join(Job, on=(Job.id == Error.job_id)).where(Job.queue == queue)
-        stats["failed_last_hour"], stats["failed_last_day"] = failed.tuples().get()
+        stats["failed_last_hour"], stats["failed_last_day"] = (int(n) for n in failed.tuples().get())
 
         oldest = in_queue(
             Job.select(fn.MIN(Job.run_at)).where(

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import peewee as pw
 import psycopg
 
-from ..errors import SetupError, StorageError
+from ..errors import ServerUnreachable, SetupError, StorageError
 from ..task import TaskId
 from ..wakeups import WakeRegistry
 from . import schema
@@ -123,10 +123,6 @@ def _reorder_claim_params(params: Sequence[Any]) -> Sequence[Any]:
     """SQLite's claim binds (lease, worker, started_at, queue, now[, limit]) in that
     order; the CTE reads queue, now[, limit] first, then lease, worker, started_at."""
     return (*params[3:], *params[:3])
-
-
-class ServerUnreachable(StorageError):
-    """The PostgreSQL server could not be reached when the database was first used."""
 
 
 class PostgresDatabase(pw.PostgresqlDatabase):

@@ -24,6 +24,7 @@ __all__ = [
     "Models",
     "models_for",
     "setup",
+    "stamp_version",
     "check_schema",
     "JOBS",
     "ERRORS",
@@ -200,18 +201,26 @@ def setup(db: pw.Database) -> None:
     models = models_for(db)
     with db.atomic():
         db.create_tables(models.all(), safe=True)
-        row = models.Schema.select().first()
-        if row is None:
-            models.Schema.create(version=SCHEMA_VERSION)
-        elif row.version > SCHEMA_VERSION:
-            raise SetupError(
-                f"this database is at taskpipe schema version {row.version}, newer than this "
-                f"taskpipe ({SCHEMA_VERSION}): upgrade taskpipe"
-            )
-        elif row.version < SCHEMA_VERSION:
-            _migrate(db, models, row.version)
+        stamp_version(db)
         for sql in _index_sql():
             db.execute_sql(sql)
+
+
+def stamp_version(db: pw.Database) -> None:
+    """Bring the version row of ``db`` (whose tables exist) to ``SCHEMA_VERSION``:
+    written the first time, migrated from an older version; a newer one is refused
+    with ``SetupError``."""
+    models = models_for(db)
+    row = models.Schema.select().first()
+    if row is None:
+        models.Schema.create(version=SCHEMA_VERSION)
+    elif row.version > SCHEMA_VERSION:
+        raise SetupError(
+            f"this database is at taskpipe schema version {row.version}, newer than this "
+            f"taskpipe ({SCHEMA_VERSION}): upgrade taskpipe"
+        )
+    elif row.version < SCHEMA_VERSION:
+        _migrate(db, models, row.version)
 
 
 def check_schema(db: pw.Database) -> None:
