@@ -326,7 +326,9 @@ class SqlExpose(ExposeMixin):
         failed = Error.select(*recent(Error.at)).where(Error.at >= now - DAY)
         if queue is not None:
             failed = failed.join(Job, on=(Job.id == Error.job_id)).where(Job.queue == queue)
-        stats["failed_last_hour"], stats["failed_last_day"] = (int(n) for n in failed.tuples().get())
+        stats["failed_last_hour"], stats["failed_last_day"] = (
+            int(n) for n in failed.tuples().get()
+        )
 
         oldest = in_queue(
             Job.select(fn.MIN(Job.run_at)).where(

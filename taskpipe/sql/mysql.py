@@ -307,11 +307,17 @@ _FULL = {1021, 1114}  # disk full, table full
 _GONE = {1053, 1077, 1152, 1159, 1160, 1161, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 
 
-def _mysql_error(exc: BaseException | None) -> pymysql.err.MySQLError | None:
-    """The PyMySQL error in ``exc`` (itself, or the one peewee wrapped), or None."""
+def _mysql_error(exc: BaseException | None) -> BaseException | None:
+    """The driver's error in ``exc``: the PyMySQL error itself, the one peewee wrapped
+    (``.orig``), or the peewee error that carries its errno; None when there is none."""
     seen = 0
     while exc is not None and seen < 6:
         if isinstance(exc, pymysql.err.MySQLError):
+            return exc
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, pymysql.err.MySQLError):
+            return orig
+        if isinstance(exc, pw.PeeweeException) and exc.args and isinstance(exc.args[0], int):
             return exc
         inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = inner or exc.__cause__ or exc.__context__
@@ -494,7 +500,7 @@ class MysqlDialect(Dialect):
             return sum(self.execute(db, self.queries.ack_done, row).rowcount for row in rows)
         whens = " ".join(["WHEN %s THEN %s"] * len(rows))
         sql = (
-            f"UPDATE {JOBS} SET status = {DONE}, isolate = 0, "
+            f"UPDATE {JOBS} FORCE INDEX (PRIMARY) SET status = {DONE}, isolate = 0, "
             f"result = CASE id {whens} END, done_at = CASE id {whens} END "
             f"WHERE id IN ({', '.join(['%s'] * len(rows))}) AND status = {RUNNING} "
             f"AND lease = CASE id {whens} END"
@@ -512,7 +518,8 @@ class MysqlDialect(Dialect):
     def classify(self, exc: BaseException) -> ErrorKind:
         error = _mysql_error(exc)
         code = _errno(exc)
-        if isinstance(error, pymysql.err.InterfaceError) or code in _GONE:
+        lost = isinstance(error, (pymysql.err.InterfaceError, pw.InterfaceError))
+        if lost or code in _GONE:
             return ErrorKind.GONE
         if code in _BUSY:
             return ErrorKind.BUSY
