@@ -293,9 +293,13 @@ def test_a_database_newer_than_this_code_is_refused(tmp_path, db):
         SqliteStorage.setup(db)
 
 
-def test_the_unknown_engines_say_so():
-    with pytest.raises(StorageError, match="MySQL"):
-        taskpipe.connect("mysql://localhost/none")
+def test_an_engine_without_its_module_says_so(monkeypatch):
+    from taskpipe import connection
+
+    engines = {**connection.ENGINES, "oracle": ("taskpipe.oracle", "Oracle", "oracle")}
+    monkeypatch.setattr(connection, "ENGINES", engines)
+    with pytest.raises(StorageError, match=r"no Oracle store yet \(oracle:// URLs\)"):
+        taskpipe.connect("oracle://localhost/none")
 
 
 def test_an_async_handler_that_awaits_a_timer_runs_under_a_frozen_clock(storage):
