@@ -406,9 +406,7 @@ class MysqlDialect(Dialect):
     # Inserting ----------------------------------------------------------------------------
     def insert_one(self, db: pw.Database, row: Any) -> TaskId:
         """One row in an autocommit statement; its id from the server's reply."""
-        sql = self.queries.insert
-        self._check_size(db, sql, row)
-        cursor = self.execute(db, sql, row)
+        cursor = self._execute_row(db, row)
         return TaskId(row.id if row.id is not None else cursor.lastrowid)
 
     def insert_rows(self, db: pw.Database, rows: Sequence[Any]) -> list[TaskId]:
@@ -420,9 +418,8 @@ class MysqlDialect(Dialect):
         return [self._insert_row(db, row) for row in rows]
 
     def _insert_row(self, db: pw.Database, row: Any) -> TaskId:
-        self._check_size(db, self.queries.insert, row)
         try:
-            cursor = self.execute(db, self.queries.insert, row)
+            cursor = self._execute_row(db, row)
         except self.errors as exc:
             if row.key is None or self.classify(exc) is not ErrorKind.INTEGRITY:
                 raise
@@ -444,7 +441,8 @@ class MysqlDialect(Dialect):
 
         def flush() -> None:
             sql = head + ",".join(chunk)
-            self._check_packet(db, len(sql))
+            if len(chunk) == 1:  # a row larger than a statement's share: measured
+                self._check_packet(db, len(sql.encode("utf-8", "surrogateescape")))
             cursor.execute(sql)
             first, count = cursor.lastrowid, len(chunk)
             # This statement's rows are the first ``count`` with the token from its
@@ -469,12 +467,18 @@ class MysqlDialect(Dialect):
         flush()
         return ids
 
-    def _check_size(self, db: pw.Database, sql: str, row: Any) -> None:
+    def _execute_row(self, db: pw.Database, row: Any) -> Any:
+        """``queries.insert`` for one row; a large row's statement is measured first."""
         payload, meta = row.payload, row.meta
         size = len(payload) if isinstance(payload, (bytes, str)) else 0
         size += len(meta) if isinstance(meta, str) else 0
-        if size > STATEMENT_BYTES:
-            self._check_packet(db, len(sql) + 2 * size)
+        if size <= STATEMENT_BYTES // 2:
+            return self.execute(db, self.queries.insert, row)
+        cursor = db.cursor()
+        sql = cursor.mogrify(self.queries.insert, row)
+        self._check_packet(db, len(sql.encode("utf-8", "surrogateescape")))
+        cursor.execute(sql)
+        return cursor
 
     def _check_packet(self, db: pw.Database, size: int) -> None:
         """Refuse, with what to do, a statement larger than the server takes (it would
@@ -485,10 +489,11 @@ class MysqlDialect(Dialect):
         if limit is None:
             limit = int(self.execute(db, "SELECT @@max_allowed_packet").fetchone()[0])
             db.taskpipe_max_packet = limit  # type: ignore[attr-defined]
-        if size > limit:
+        if size + 1 > limit:  # the packet: a command byte and the statement
             raise PushError(
-                f"a task of about {size:,} bytes is larger than the server's max_allowed_packet "
-                f"({limit:,} bytes): raise max_allowed_packet on the server, or push smaller tasks"
+                f"a task's INSERT of {size:,} bytes (PyMySQL sends bytes hex-encoded: twice "
+                f"their size) is larger than the server's max_allowed_packet ({limit:,} bytes): "
+                "raise max_allowed_packet on the server, or push smaller tasks"
             )
 
     # Acknowledging ------------------------------------------------------------------------
