@@ -1,0 +1,221 @@
+"""Claim and ack cost against queue depth on PostgreSQL, in the custom and the generic plan.
+
+One fresh schema grows in steps: 10k pending rows; then 1M done rows added the way
+a drain leaves them (inserted running, then set done, not vacuumed: the partial
+"attention" index keeps an entry for each until VACUUM, the trap PERFORMANCE.md
+describes); then pending topped up to 100k and 1M. At each step taskpipe
+(``store.claim(ctx, 32)`` then ``store.ack`` of the 32) and raw psycopg (taskpipe's
+claim and ack statements) run ``iterations`` claim-32 + ack-32 rounds, interleaved,
+on a fresh connection each: once as psycopg runs them (prepared after 5
+executions, the server then choosing its plan), once with ``prepare_threshold=0``
+and ``plan_cache_mode = force_generic_plan`` (the generic plan from the first run).
+The pending count is topped up before each round set, so the depth holds.
+Autovacuum is off for this one table, so that nothing cleans up mid-measurement.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+import uuid
+
+import psycopg
+
+from pg_contenders import Q, Taskpipe, fresh_schema
+from taskpipe.sql.postgres import JOBS, _reorder_claim_params
+
+PLANS = ("custom", "generic")  # "custom": psycopg's and the server's defaults
+TRAP_FENCE = "status = 'running'"
+SAFE_FENCE = "coalesce(status, '') = 'running'"
+
+
+def _connect_raw(url: str, plan: str) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=True)
+    _set_plan(conn, plan)
+    return conn
+
+
+def _set_plan(conn: psycopg.Connection, plan: str) -> None:
+    if plan == "generic":
+        conn.prepare_threshold = 0
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+def _add_pending(conn: psycopg.Connection, n: int) -> None:
+    if n > 0:
+        now = time.time()
+        conn.execute(
+            f"INSERT INTO {JOBS} (queue, status, payload, run_at, created_at) "
+            "SELECT 'default', 'pending', convert_to(g::text, 'UTF8'), %s, %s "
+            "FROM generate_series(1, %s) g",
+            (now, now, n),
+        )
+
+
+def _add_done(conn: psycopg.Connection, n: int) -> None:
+    """``n`` rows as a drain leaves them: they were running, then done."""
+    now = time.time()
+    conn.execute(
+        f"INSERT INTO {JOBS} (queue, status, payload, run_at, created_at, attempts, lease, "
+        "worker, started_at) SELECT 'default', 'running', convert_to(g::text, 'UTF8'), %s, %s, "
+        "1, 'old:' || g, 'old', %s FROM generate_series(1, %s) g",
+        (now, now, now, n),
+    )
+    conn.execute(
+        f"UPDATE {JOBS} SET status = 'done', done_at = %s WHERE status = 'running'",
+        (now,),
+    )
+
+
+class _TaskpipeRounds:
+    def __init__(self, url: str, plan: str):
+        from taskpipe.context import WorkerContext
+        from taskpipe.store import Outcome, OutcomeKind
+
+        self.storage = Taskpipe.storage(url)
+        _set_plan(self.storage.db.connection(), plan)
+        self.ctx = WorkerContext("depth", capacity=64, report=print)
+        self.storage.beat(self.ctx)
+        self.done = lambda claims: [Outcome(c, OutcomeKind.DONE) for c in claims]
+
+    def round(self) -> tuple[float, float, int]:
+        t0 = time.perf_counter()
+        claims = self.storage.claim(self.ctx, 32)
+        t1 = time.perf_counter()
+        self.storage.ack(self.done(claims))
+        return t1 - t0, time.perf_counter() - t1, len(claims)
+
+    def close(self) -> None:
+        self.storage.retire(self.ctx)
+        self.storage.db.close()
+
+
+class _RawRounds:
+    def __init__(self, url: str, plan: str, ack_sql: str = Q.ack_done):
+        self.conn = _connect_raw(url, plan)
+        self.worker = f"raw:{uuid.uuid4().hex[:8]}"
+        self.leases = 0
+        self.ack_sql = ack_sql
+
+    def round(self) -> tuple[float, float, int]:
+        conn = self.conn
+        self.leases += 1
+        lease = f"{self.worker}:{self.leases}"
+        t0 = time.perf_counter()
+        now = time.time()
+        params = _reorder_claim_params((lease, self.worker, now, "default", now, 32))
+        rows = conn.execute(Q.claim, params).fetchall()
+        t1 = time.perf_counter()
+        done_at = time.time()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(self.ack_sql, [(None, done_at, row[0], lease) for row in rows])
+        return t1 - t0, time.perf_counter() - t1, len(rows)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+CONTENDERS = {
+    "taskpipe": _TaskpipeRounds,
+    "raw": _RawRounds,
+    # the ack fenced with a plain ``status = 'running'``: what taskpipe avoids
+    "trap": lambda url, plan: _RawRounds(url, plan, Q.ack_done.replace(SAFE_FENCE, TRAP_FENCE)),
+}
+
+
+def _plan_indexes(conn: psycopg.Connection, sql: str, types: str, args: tuple) -> str:
+    """The indexes the generic plan of ``sql`` uses (EXPLAIN of a PREPAREd statement)."""
+    name = f"p_{uuid.uuid4().hex[:8]}"
+    parts = sql.split("%s")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    conn.execute(f"PREPARE {name} ({types}) AS {numbered}")
+    try:
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE {name} ({args_sql(args)})"))
+    finally:
+        conn.execute(f"DEALLOCATE {name}")
+    found = re.findall(r"Index (?:Only )?Scan (?:Backward )?using (\w+)", plan)
+    found += re.findall(r"Bitmap Index Scan on (\w+)", plan)
+    found += ["seq scan of " + t for t in re.findall(r"Seq Scan on (\w+)", plan)]
+    found = list(dict.fromkeys(found))
+    return ", ".join(found) or plan.splitlines()[0]
+
+
+def args_sql(args: tuple) -> str:
+    return ", ".join("NULL" if a is None else repr(a) if isinstance(a, (int, float)) else f"'{a}'" for a in args)
+
+
+def plans(url: str) -> list[str]:
+    """Which index each hot statement's plan walks, custom (real values) and generic."""
+    lines = []
+    now = time.time()
+    claim_args = ("default", now, 32, "l", "w", now)
+    ack_args = (None, now, 1, "l")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            conn.execute(f"SET plan_cache_mode = {mode}")
+            claim = _plan_indexes(conn, Q.claim, "text, float8, int, text, text, float8", claim_args)
+            ack = _plan_indexes(conn, Q.ack_done, "bytea, float8, bigint, text", ack_args)
+            trap = _plan_indexes(
+                conn,
+                Q.ack_done.replace(SAFE_FENCE, TRAP_FENCE),
+                "bytea, float8, bigint, text",
+                ack_args,
+            )
+            label = {"force_custom_plan": "custom", "force_generic_plan": "generic"}[mode]
+            lines.append(f"{label} plan: claim → {claim}; ack → {ack}; ack with the plain fence → {trap}")
+    return lines
+
+
+def measure(base: str, reps: int, iterations: int, sizes=(10_000, 100_000, 1_000_000), done=1_000_000, log=print):
+    """The depth section's results: {(what, contender, plan): [median µs per rep]} and
+    the plan lines."""
+    results: dict[tuple[str, str, str], list[float]] = {}
+    plan_lines: list[str] = []
+    with fresh_schema(base) as url:
+        Taskpipe.setup(url)
+        admin = psycopg.connect(url, autocommit=True)
+        admin.execute(f"ALTER TABLE {JOBS} SET (autovacuum_enabled = false)")
+        pending = 0
+
+        def top_up(level: int) -> None:
+            nonlocal pending
+            _add_pending(admin, level - pending)
+            pending = max(pending, level)
+
+        def step(label: str, level: int, contenders: tuple[str, ...]) -> None:
+            nonlocal pending
+            top_up(level)
+            admin.execute(f"ANALYZE {JOBS}")
+            for _ in range(reps):
+                for name in contenders:
+                    for plan in PLANS:
+                        top_up(level)
+                        rounds = CONTENDERS[name](url, plan)
+                        claims, acks = [], []
+                        try:
+                            for _ in range(iterations):
+                                c, a, n = rounds.round()
+                                pending -= n
+                                claims.append(c)
+                                acks.append(a)
+                        finally:
+                            rounds.close()
+                        results.setdefault((f"claim {label}", name, plan), []).append(
+                            statistics.median(claims) * 1e6
+                        )
+                        results.setdefault((f"ack {label}", name, plan), []).append(
+                            statistics.median(acks) * 1e6
+                        )
+            log(f"  depth: {label} measured")
+
+        t0 = time.perf_counter()
+        top_up(sizes[0])
+        step("0 done", sizes[0], ("taskpipe", "raw", "trap"))
+        _add_done(admin, done)
+        log(f"  depth: {done:,} done rows added ({time.perf_counter() - t0:.0f} s)")
+        for size in sizes:
+            step(f"{size:,} pending", size, ("taskpipe", "raw", "trap") if size == sizes[0] else ("taskpipe", "raw"))
+        plan_lines = plans(url)
+        admin.close()
+    return results, plan_lines
