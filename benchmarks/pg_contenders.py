@@ -69,6 +69,11 @@ def fresh_schema(base: str) -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {name} CASCADE")
 
 
+def claim_params(lease: str, worker: str, now: float, limit: int) -> tuple:
+    """The parameters of taskpipe's claim (``claim_guarded``) for queue "default"."""
+    return tuple(_reorder_claim_params((lease, worker, now, "default", now, "default", now, limit)))
+
+
 def _row(i: int, now: float) -> tuple:
     return (None, "default", msgspec.json.encode(i), 0, now, None, None, None, now)
 
@@ -190,8 +195,8 @@ class Raw:
                 now = time.time()
                 lease_no += 1
                 lease = f"{worker}:{lease_no}"
-                params = _reorder_claim_params((lease, worker, now, "default", now, batch))
-                rows = conn.execute(Q.claim, params).fetchall()
+                params = claim_params(lease, worker, now, batch)
+                rows = conn.execute(Q.claim_guarded, params).fetchall()
                 if not rows:
                     break
                 wait([pool.submit(msgspec.json.decode, row[1]) for row in rows])
@@ -217,8 +222,8 @@ class Raw:
                     now = time.time()
                     lease_no += 1
                     lease = f"raw:{lease_no}"
-                    params = _reorder_claim_params((lease, "raw", now, "default", now, 32))
-                    rows = conn.execute(Q.claim, params).fetchall()
+                    params = claim_params(lease, "raw", now, 32)
+                    rows = conn.execute(Q.claim_guarded, params).fetchall()
                     if not rows:
                         break
                     for row in rows:

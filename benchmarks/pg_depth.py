@@ -22,8 +22,8 @@ import uuid
 
 import psycopg
 
-from pg_contenders import Q, Taskpipe, fresh_schema
-from taskpipe.sql.postgres import JOBS, _reorder_claim_params
+from pg_contenders import Q, Taskpipe, claim_params, fresh_schema
+from taskpipe.sql.postgres import JOBS
 
 PLANS = ("custom", "generic")  # "custom": psycopg's and the server's defaults
 TRAP_FENCE = "status = 'running'"
@@ -104,8 +104,8 @@ class _RawRounds:
         lease = f"{self.worker}:{self.leases}"
         t0 = time.perf_counter()
         now = time.time()
-        params = _reorder_claim_params((lease, self.worker, now, "default", now, 32))
-        rows = conn.execute(Q.claim, params).fetchall()
+        params = claim_params(lease, self.worker, now, 32)
+        rows = conn.execute(Q.claim_guarded, params).fetchall()
         t1 = time.perf_counter()
         done_at = time.time()
         with conn.transaction(), conn.cursor() as cur:
@@ -149,12 +149,14 @@ def plans(url: str) -> list[str]:
     """Which index each hot statement's plan walks, custom (real values) and generic."""
     lines = []
     now = time.time()
-    claim_args = ("default", now, 32, "l", "w", now)
+    claim_args = ("default", now, "default", now, 32, "l", "w", now)
     ack_args = (None, now, 1, "l")
     with psycopg.connect(url, autocommit=True) as conn:
         for mode in ("force_custom_plan", "force_generic_plan"):
             conn.execute(f"SET plan_cache_mode = {mode}")
-            claim = _plan_indexes(conn, Q.claim, "text, float8, int, text, text, float8", claim_args)
+            claim = _plan_indexes(
+                conn, Q.claim_guarded, "text, float8, text, float8, int, text, text, float8", claim_args
+            )
             ack = _plan_indexes(conn, Q.ack_done, "bytea, float8, bigint, text", ack_args)
             trap = _plan_indexes(
                 conn,

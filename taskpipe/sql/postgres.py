@@ -107,6 +107,14 @@ def _postgres_queries() -> Queries:
             "ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"{_SET_RUNNING}RETURNING {_CLAIMED}"
         ),
+        # (queue, now, queue, now, limit, lease, worker, started_at), reordered likewise
+        claim_guarded=(
+            f"WITH picked AS MATERIALIZED ({_PICK} AND isolate = 0 AND NOT EXISTS "
+            f"(SELECT 1 FROM {JOBS} WHERE isolate = 1 AND status IN {WAITING} AND queue = %s "
+            "AND run_at <= %s) "
+            "ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"{_SET_RUNNING}RETURNING {_CLAIMED}"
+        ),
         # (queue, now, lease, worker, started_at), reordered likewise
         claim_isolated=(
             f"WITH picked AS MATERIALIZED ({_PICK} AND isolate = 1 "
@@ -120,8 +128,9 @@ def _postgres_queries() -> Queries:
 
 
 def _reorder_claim_params(params: Sequence[Any]) -> Sequence[Any]:
-    """SQLite's claim binds (lease, worker, started_at, queue, now[, limit]) in that
-    order; the CTE reads queue, now[, limit] first, then lease, worker, started_at."""
+    """SQLite's claims bind (lease, worker, started_at, queue, now[, queue, now][, limit])
+    in that order; the CTE reads what follows started_at first, then lease, worker,
+    started_at."""
     return (*params[3:], *params[:3])
 
 

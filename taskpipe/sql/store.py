@@ -194,14 +194,22 @@ class SqlStorage(SqlExpose, Store):
         q = self.dialect.queries
         now = clock.timestamp()
         lease = ctx.new_lease()
-        rows: list[Any] = []
-        if self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
+        # One statement when no task that must run alone is due (the usual case): the
+        # guarded claim takes nothing while one is, and only then is it looked for.
+        rows: list[Any] = self.dialect.claim(
+            self.db,
+            q.claim_guarded,
+            (lease, ctx.run_id, now, self.queue, now, self.queue, now, limit),
+        )
+        if rows:
+            pass
+        elif self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
             if ctx.in_flight:  # one must run alone: let this run drain first
                 return []
             rows = self.dialect.claim(
                 self.db, q.claim_isolated, (lease, ctx.run_id, now, self.queue, now)
             )
-        if not rows:
+        if not rows:  # each task to run alone is held by another run, or none is left
             rows = self.dialect.claim(
                 self.db, q.claim, (lease, ctx.run_id, now, self.queue, now, limit)
             )
