@@ -21,8 +21,8 @@ import time
 import uuid
 
 import psycopg
-
 from pg_contenders import Q, Taskpipe, claim_params, fresh_schema
+
 from taskpipe.sql.postgres import JOBS
 
 PLANS = ("custom", "generic")  # "custom": psycopg's and the server's defaults
@@ -142,7 +142,9 @@ def _plan_indexes(conn: psycopg.Connection, sql: str, types: str, args: tuple) -
 
 
 def args_sql(args: tuple) -> str:
-    return ", ".join("NULL" if a is None else repr(a) if isinstance(a, (int, float)) else f"'{a}'" for a in args)
+    return ", ".join(
+        "NULL" if a is None else repr(a) if isinstance(a, (int, float)) else f"'{a}'" for a in args
+    )
 
 
 def plans(url: str) -> list[str]:
@@ -155,7 +157,10 @@ def plans(url: str) -> list[str]:
         for mode in ("force_custom_plan", "force_generic_plan"):
             conn.execute(f"SET plan_cache_mode = {mode}")
             claim = _plan_indexes(
-                conn, Q.claim_guarded, "text, float8, text, float8, int, text, text, float8", claim_args
+                conn,
+                Q.claim_guarded,
+                "text, float8, text, float8, int, text, text, float8",
+                claim_args,
             )
             ack = _plan_indexes(conn, Q.ack_done, "bytea, float8, bigint, text", ack_args)
             trap = _plan_indexes(
@@ -165,11 +170,20 @@ def plans(url: str) -> list[str]:
                 ack_args,
             )
             label = {"force_custom_plan": "custom", "force_generic_plan": "generic"}[mode]
-            lines.append(f"{label} plan: claim → {claim}; ack → {ack}; ack with the plain fence → {trap}")
+            lines.append(
+                f"{label} plan: claim → {claim}; ack → {ack}; ack with the plain fence → {trap}"
+            )
     return lines
 
 
-def measure(base: str, reps: int, iterations: int, sizes=(10_000, 100_000, 1_000_000), done=1_000_000, log=print):
+def measure(
+    base: str,
+    reps: int,
+    iterations: int,
+    sizes=(10_000, 100_000, 1_000_000),
+    done=1_000_000,
+    log=print,
+):
     """The depth section's results: {(what, contender, plan): [median µs per rep]} and
     the plan lines."""
     results: dict[tuple[str, str, str], list[float]] = {}
@@ -217,7 +231,11 @@ def measure(base: str, reps: int, iterations: int, sizes=(10_000, 100_000, 1_000
         _add_done(admin, done)
         log(f"  depth: {done:,} done rows added ({time.perf_counter() - t0:.0f} s)")
         for size in sizes:
-            step(f"{size:,} pending", size, ("taskpipe", "raw", "trap") if size == sizes[0] else ("taskpipe", "raw"))
+            step(
+                f"{size:,} pending",
+                size,
+                ("taskpipe", "raw", "trap") if size == sizes[0] else ("taskpipe", "raw"),
+            )
         plan_lines = plans(url)
         admin.close()
     return results, plan_lines
