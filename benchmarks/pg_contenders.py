@@ -23,7 +23,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import msgspec
 import psycopg
 
-from taskpipe.sql.postgres import _COLUMNS, CHANNEL, JOBS, PostgresDialect, _reorder_claim_params
+from taskpipe.sql.postgres import (
+    _COLUMNS,
+    ACK_DONE_MANY,
+    CHANNEL,
+    JOBS,
+    PostgresDialect,
+    _reorder_claim_params,
+)
 
 Q = PostgresDialect.queries
 PREFIX = "tp_bench_"  # every database and schema these benchmarks create starts so
@@ -72,6 +79,15 @@ def fresh_schema(base: str) -> Iterator[str]:
 def claim_params(lease: str, worker: str, now: float, limit: int) -> tuple:
     """The parameters of taskpipe's claim (``claim_guarded``) for queue "default"."""
     return tuple(_reorder_claim_params((lease, worker, now, "default", now, "default", now, limit)))
+
+
+def raw_ack(
+    conn: psycopg.Connection, rows: list, lease: str, done_at: float, sql: str = ACK_DONE_MANY
+) -> None:
+    """taskpipe's ack of a batch of Done outcomes: one autocommit statement."""
+    conn.execute(
+        sql, (done_at, [r[0] for r in rows], [lease] * len(rows), [None] * len(rows))
+    ).fetchall()
 
 
 def _row(i: int, now: float) -> tuple:
@@ -201,8 +217,7 @@ class Raw:
                     break
                 wait([pool.submit(msgspec.json.decode, row[1]) for row in rows])
                 done_at = time.time()
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(Q.ack_done, [(None, done_at, row[0], lease) for row in rows])
+                raw_ack(conn, rows, lease, done_at)
                 handled += len(rows)
         pool.shutdown()
         return handled
@@ -228,11 +243,7 @@ class Raw:
                         break
                     for row in rows:
                         record(msgspec.json.decode(row[1]))
-                    done_at = time.time()
-                    with conn.transaction(), conn.cursor() as cur:
-                        cur.executemany(
-                            Q.ack_done, [(None, done_at, row[0], lease) for row in rows]
-                        )
+                    raw_ack(conn, rows, lease, time.time())
 
     @classmethod
     @contextmanager

@@ -21,13 +21,14 @@ import time
 import uuid
 
 import psycopg
-from pg_contenders import Q, Taskpipe, claim_params, fresh_schema
+from pg_contenders import Q, Taskpipe, claim_params, fresh_schema, raw_ack
 
-from taskpipe.sql.postgres import JOBS
+from taskpipe.sql.postgres import ACK_DONE_MANY, JOBS
 
 PLANS = ("custom", "generic")  # "custom": psycopg's and the server's defaults
-TRAP_FENCE = "status = 'running'"
-SAFE_FENCE = "coalesce(status, '') = 'running'"
+# the ack fenced with a plain ``status = 'running'``: what taskpipe avoids
+TRAP_ACK = ACK_DONE_MANY.replace("coalesce(j.status, '') = 'running'", "j.status = 'running'")
+assert TRAP_ACK != ACK_DONE_MANY
 
 
 def _connect_raw(url: str, plan: str) -> psycopg.Connection:
@@ -92,7 +93,7 @@ class _TaskpipeRounds:
 
 
 class _RawRounds:
-    def __init__(self, url: str, plan: str, ack_sql: str = Q.ack_done):
+    def __init__(self, url: str, plan: str, ack_sql: str = ACK_DONE_MANY):
         self.conn = _connect_raw(url, plan)
         self.worker = f"raw:{uuid.uuid4().hex[:8]}"
         self.leases = 0
@@ -108,8 +109,7 @@ class _RawRounds:
         rows = conn.execute(Q.claim_guarded, params).fetchall()
         t1 = time.perf_counter()
         done_at = time.time()
-        with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(self.ack_sql, [(None, done_at, row[0], lease) for row in rows])
+        raw_ack(conn, rows, lease, done_at, self.ack_sql)
         return t1 - t0, time.perf_counter() - t1, len(rows)
 
     def close(self) -> None:
@@ -120,7 +120,7 @@ CONTENDERS = {
     "taskpipe": _TaskpipeRounds,
     "raw": _RawRounds,
     # the ack fenced with a plain ``status = 'running'``: what taskpipe avoids
-    "trap": lambda url, plan: _RawRounds(url, plan, Q.ack_done.replace(SAFE_FENCE, TRAP_FENCE)),
+    "trap": lambda url, plan: _RawRounds(url, plan, TRAP_ACK),
 }
 
 
@@ -152,7 +152,8 @@ def plans(url: str) -> list[str]:
     lines = []
     now = time.time()
     claim_args = ("default", now, "default", now, 32, "l", "w", now)
-    ack_args = (None, now, 1, "l")
+    ack_args = (now, "{1,2,3}", "{a,b,c}", "{NULL,NULL,NULL}")
+    ack_types = "float8, bigint[], text[], bytea[]"
     with psycopg.connect(url, autocommit=True) as conn:
         for mode in ("force_custom_plan", "force_generic_plan"):
             conn.execute(f"SET plan_cache_mode = {mode}")
@@ -162,11 +163,11 @@ def plans(url: str) -> list[str]:
                 "text, float8, text, float8, int, text, text, float8",
                 claim_args,
             )
-            ack = _plan_indexes(conn, Q.ack_done, "bytea, float8, bigint, text", ack_args)
+            ack = _plan_indexes(conn, ACK_DONE_MANY, ack_types, ack_args)
             trap = _plan_indexes(
                 conn,
-                Q.ack_done.replace(SAFE_FENCE, TRAP_FENCE),
-                "bytea, float8, bigint, text",
+                TRAP_ACK,
+                ack_types,
                 ack_args,
             )
             label = {"force_custom_plan": "custom", "force_generic_plan": "generic"}[mode]

@@ -332,6 +332,51 @@ def test_the_ack_stays_on_the_primary_key_in_the_generic_plan(pg_url):
             assert "attention" not in plan, plan
 
 
+def test_the_one_statement_ack_joins_on_the_primary_key_in_both_plans(pg_url):
+    """The batch ack (``ACK_DONE_MANY``, an UPDATE joined to unnest()) on a table with
+    done rows that were running (the attention index still lists them): the primary
+    key, never the attention index, in the custom and the generic plan."""
+    from taskpipe.sql.postgres import ACK_DONE_MANY
+
+    base = os.environ[URL_VARIABLE].strip()
+    schema = f"taskpipe_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        sep = "&" if "?" in base else "?"
+        url = f"{base}{sep}options={quote(f'-c search_path={schema}')}"
+        db = connect(url)
+        PostgresStorage.setup(db)
+        db.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO taskpipe_jobs (queue, status, run_at, created_at, lease) "
+                "SELECT 'q', 'running', 0, 0, 'l' || g FROM generate_series(1, 20000) g"
+            )
+            conn.execute("UPDATE taskpipe_jobs SET status = 'done' WHERE id % 10 <> 0")
+            conn.execute("ANALYZE taskpipe_jobs")
+            numbered = "".join(
+                f"${i}{part}" if i else part for i, part in enumerate(ACK_DONE_MANY.split("%s"))
+            )
+            conn.execute(f"PREPARE ack_many (float8, bigint[], text[], bytea[]) AS {numbered}")
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                conn.execute(f"SET plan_cache_mode = {mode}")
+                plan = "\n".join(
+                    r[0]
+                    for r in conn.execute(
+                        "EXPLAIN EXECUTE ack_many (0, '{10,20,30}', '{l10,l20,l30}', '{NULL,NULL,NULL}')"
+                    )
+                )
+                assert "taskpipe_jobs_pkey" in plan, (mode, plan)
+                assert "attention" not in plan and "Seq Scan on taskpipe_jobs" not in plan, (
+                    mode,
+                    plan,
+                )
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 def _split(sql: str) -> list[str]:
     parts = sql.split("%s")
     out: list[str] = []

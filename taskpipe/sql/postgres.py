@@ -40,7 +40,7 @@ from ..task import TaskId
 from ..wakeups import WakeRegistry
 from . import schema
 from .dialect import Dialect, ErrorKind
-from .queries import RUNNING, WAITING, Queries
+from .queries import DONE, RUNNING, WAITING, Queries
 from .schema import JOBS
 from .store import SqlStorage
 
@@ -79,6 +79,17 @@ _SET_RUNNING = (
     f"UPDATE {JOBS} j SET status = {RUNNING}, attempts = j.attempts + 1, lease = %s, worker = %s, "
     "started_at = %s FROM picked WHERE j.id = picked.id "
 )
+
+#: A batch of Done outcomes in one statement (autocommit: one round trip, one commit):
+#: (done_at, ids, leases, results); fenced like every ack (see the module docstring),
+#: so that it joins on the primary key in the generic plan too.
+ACK_DONE_MANY = (
+    f"UPDATE {JOBS} j SET status = {DONE}, result = a.result, done_at = %s, isolate = 0 "
+    "FROM unnest(%s::bigint[], %s::text[], %s::bytea[]) AS a(id, lease, result) "
+    f"WHERE j.id = a.id AND j.lease = a.lease AND coalesce(j.status, '') = {RUNNING} "
+    "RETURNING j.id, a.lease"
+)
+_BYTES = (bytes, bytearray, memoryview)
 
 
 def _postgres_queries() -> Queries:
@@ -278,6 +289,21 @@ class PostgresDialect(Dialect):
             (queue, lease),
         )
         return claimed or self.fetch_named(db, sql, _reorder_claim_params(params))
+
+    def ack_done(
+        self, db: pw.Database, rows: Sequence[Sequence[Any]]
+    ) -> set[tuple[int, str]] | None:
+        """``ACK_DONE_MANY``: the batch in one autocommit statement (the per-row
+        ``executemany`` in a transaction costs two more round trips, ~1.4× the time);
+        None (the per-row path) for a result that is not bytes."""
+        if any(r[0] is not None and not isinstance(r[0], _BYTES) for r in rows):
+            return None
+        cursor = self.execute(
+            db,
+            ACK_DONE_MANY,
+            (rows[0][1], [r[2] for r in rows], [r[3] for r in rows], [r[0] for r in rows]),
+        )
+        return {(task_id, lease) for task_id, lease in cursor.fetchall()}
 
     def insert_one(self, db: pw.Database, row: Any) -> TaskId:
         """One row and its NOTIFY in one autocommit statement (one transaction)."""
