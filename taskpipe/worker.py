@@ -269,6 +269,9 @@ class _Run:
         self.handled = 0
         self.pipe_error: PipeError | None = None
         self.threshold = max(1, worker.capacity // 2)
+        # Outcomes written at once (unless idle, or the oldest has waited ACK_DELAY):
+        # two claims' worth, so that a busy run writes once for every two claims.
+        self.ack_batch = max(self.threshold, 2 * self.config.claim_batch)
         self.loop: EventLoopThread | None = None  # for async handlers, made on first use
         self.heartbeat_thread: threading.Thread | None = None
 
@@ -387,6 +390,11 @@ class _Run:
                     self._submit(claim)
                 continue
             busy = False
+            if self._ack_due(busy):
+                # Nothing to claim: write what finished now, and look once more (a
+                # bounded store may have had no room until these were written).
+                self._flush()
+                continue
             with self.cond:
                 nothing_running = ctx.in_flight == 0 and not self.outcomes
             if nothing_running and not idle_sent:
@@ -409,14 +417,14 @@ class _Run:
             check_first = not ctx.wait(delay)
 
     def _ack_due(self, busy: bool) -> bool:
-        """Write outcomes in batches: at once when idle, else when half the capacity
-        has finished or the oldest outcome has waited ``ACK_DELAY``; after a failed
-        write, not before its backoff ends."""
+        """Write outcomes in batches: at once when idle (the last claim found nothing),
+        else when ``ack_batch`` have finished or the oldest has waited ``ACK_DELAY``;
+        after a failed write, not before its backoff ends."""
         with self.cond:
             pending = len(self.outcomes)
             if not pending or clock.real_monotonic() < self.ack_retry_at:
                 return False
-            if not busy or pending >= self.threshold or self.ctx.in_flight == 0:
+            if not busy or pending >= self.ack_batch:
                 return True
             return clock.real_monotonic() - self.first_outcome_at >= ACK_DELAY
 
