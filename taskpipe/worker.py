@@ -376,7 +376,7 @@ class _Run:
                 with self.cond:
                     room = min(ctx.free_slots(), self.config.claim_batch)
                 try:
-                    claims = store.claim(ctx, room)
+                    claims = self._claim_with_outcomes(room)
                 except Exception as exc:
                     self._report(exc)
                     claims = []
@@ -562,6 +562,36 @@ class _Run:
             self.loop.close()
 
     # Writing outcomes ---------------------------------------------------------------------
+    def _claim_with_outcomes(self, room: int) -> list[Claim] | None:
+        """Claim up to ``room`` tasks; the outcomes waiting to be written go with the
+        claim where the store can write both at once (``Store.ack_and_claim``: one
+        round trip, one commit), else they wait for the next ``_flush``."""
+        with self.cond:
+            batch: list[Outcome] = []
+            if self.outcomes and clock.real_monotonic() >= self.ack_retry_at:
+                batch, self.outcomes = self.outcomes, []
+                first_at = self.first_outcome_at
+        if batch:
+            try:
+                claims = self.store.ack_and_claim(batch, self.ctx, room)
+            except Exception as exc:  # nothing was written: the next _flush tries them alone
+                self._report(exc)
+                claims = None
+            if claims is None:
+                with self.cond:
+                    if self.outcomes:
+                        self.first_outcome_at = min(first_at, self.first_outcome_at)
+                    else:
+                        self.first_outcome_at = first_at
+                    self.outcomes[:0] = batch
+            else:
+                with self.cond:
+                    self.ack_backoff = self.ack_retry_at = 0.0
+                for outcome in batch:
+                    self._announce(outcome)
+                return claims
+        return self.store.claim(self.ctx, room)
+
     def _flush(self) -> None:
         with self.cond:
             if not self.outcomes or clock.real_monotonic() < self.ack_retry_at:

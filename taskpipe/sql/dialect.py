@@ -86,6 +86,16 @@ class Dialect:
         transaction)."""
         return None
 
+    #: True when ``ack_done_and_claim`` is one statement (``SqlStorage.ack_and_claim``).
+    acks_with_claims = False
+
+    def ack_done_and_claim(
+        self, db: pw.Database, acks: Sequence[Sequence[Any]], params: Sequence[Any]
+    ) -> tuple[list[dict[str, Any]], set[tuple[int, str]]]:
+        """``ack_done(acks)`` and the guarded claim (``queries.claim_guarded`` with
+        ``params``) in one atomic statement: (claimed rows, (id, lease) pairs written)."""
+        raise NotImplementedError
+
     def insert_one(self, db: pw.Database, row: Any) -> TaskId:
         """Insert one unkeyed row in a transaction of its own; return its id."""
         return TaskId(self.execute(db, self.queries.insert, row).lastrowid)

@@ -41,6 +41,7 @@ STALE_WORKER_ROWS_AFTER = 24 * 3600.0
 # A run on this host whose process is alive (and not stopped) is alive, even if a busy
 # write lock kept its beat from landing; up to this many orphan windows of silence.
 LIVE_PID_PATIENCE = 10
+_RESULT_TYPES = (bytes, bytearray, memoryview, type(None))  # what a codec gives
 _FULL_HINT = (
     "free space on the disk that holds the database, or purge finished tasks (taskpipe purge)"
 )
@@ -190,17 +191,39 @@ class SqlStorage(SqlExpose, Store):
         when ``ctx`` runs nothing else, and alone."""
         return self._run(self._claim, ctx, limit)
 
-    def _claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+    def ack_and_claim(
+        self, outcomes: Sequence[Outcome], ctx: WorkerContext, limit: int
+    ) -> list[Claim] | None:
+        """Where the engine can (``Dialect.ack_done_and_claim``): a batch of Done
+        outcomes without follow-ups written by the claim's own statement (one round
+        trip, one commit). None otherwise: nothing done."""
+        if (
+            not self.dialect.acks_with_claims
+            or type(self).claim is not SqlStorage.claim  # a store that claims its own way
+            or not outcomes
+            or any(o.kind != OutcomeKind.DONE or o.follow_ups for o in outcomes)
+            or len({(int(o.claim.id), o.claim.lease) for o in outcomes}) != len(outcomes)
+            or any(not isinstance(o.encoded_result, _RESULT_TYPES) for o in outcomes)
+        ):
+            return None
+        return self._run(self._claim, ctx, limit, outcomes)
+
+    def _claim(
+        self, ctx: WorkerContext, limit: int, outcomes: Sequence[Outcome] = ()
+    ) -> list[Claim]:
         q = self.dialect.queries
         now = clock.timestamp()
         lease = ctx.new_lease()
         # One statement when no task that must run alone is due (the usual case): the
         # guarded claim takes nothing while one is, and only then is it looked for.
-        rows: list[Any] = self.dialect.claim(
-            self.db,
-            q.claim_guarded,
-            (lease, ctx.run_id, now, self.queue, now, self.queue, now, limit),
-        )
+        params = (lease, ctx.run_id, now, self.queue, now, self.queue, now, limit)
+        if outcomes:
+            acks = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in outcomes]
+            rows, written = self.dialect.ack_done_and_claim(self.db, acks, params)
+            for o in outcomes:
+                o.accepted = (int(o.claim.id), o.claim.lease) in written
+        else:
+            rows = self.dialect.claim(self.db, q.claim_guarded, params)
         if rows:
             pass
         elif self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
