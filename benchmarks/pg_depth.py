@@ -23,7 +23,7 @@ import uuid
 import psycopg
 from pg_contenders import Q, Taskpipe, claim_params, fresh_schema, raw_ack
 
-from taskpipe.sql.postgres import ACK_DONE_MANY, JOBS
+from taskpipe.sql.postgres import ACK_DONE_MANY, JOBS, PostgresDialect
 
 PLANS = ("custom", "generic")  # "custom": psycopg's and the server's defaults
 # the ack fenced with a plain ``status = 'running'``: what taskpipe avoids
@@ -170,9 +170,16 @@ def plans(url: str) -> list[str]:
                 ack_types,
                 ack_args,
             )
+            both = _plan_indexes(
+                conn,
+                PostgresDialect().ack_and_claim_sql,
+                f"{ack_types}, text, float8, text, float8, int, text, text, float8",
+                ack_args + claim_args,
+            )
             label = {"force_custom_plan": "custom", "force_generic_plan": "generic"}[mode]
             lines.append(
-                f"{label} plan: claim → {claim}; ack → {ack}; ack with the plain fence → {trap}"
+                f"{label} plan: claim → {claim}; ack → {ack}; ack with the next claim → {both}; "
+                f"ack with the plain fence → {trap}"
             )
     return lines
 
