@@ -1,20 +1,21 @@
 """Claim and ack cost against queue depth on PostgreSQL, in the custom and the generic plan.
 
-One fresh schema grows in steps: 10k pending rows; then 1M done rows added the way
-a drain leaves them (inserted running, then set done, not vacuumed: the partial
-"attention" index keeps an entry for each until VACUUM, the trap PERFORMANCE.md
-describes); then pending topped up to 100k and 1M. At each step taskpipe
+Four fresh schemas: 10k pending rows; and 10k, 100k, 1M pending rows each with 1M
+done rows added the way a drain leaves them (inserted running, then set done, not
+vacuumed: the partial "attention" index keeps an entry for each until VACUUM, the
+trap PERFORMANCE.md describes). In each, interleaved with the others, taskpipe
 (``store.claim(ctx, 32)`` then ``store.ack`` of the 32) and raw psycopg (taskpipe's
-claim and ack statements) run ``iterations`` claim-32 + ack-32 rounds, interleaved,
-on a fresh connection each: once as psycopg runs them (prepared after 5
+claim and ack statements) run ``iterations`` claim-32 + ack-32 rounds on a fresh
+connection each: once as psycopg runs them (prepared after 5
 executions, the server then choosing its plan), once with ``prepare_threshold=0``
 and ``plan_cache_mode = force_generic_plan`` (the generic plan from the first run).
 The pending count is topped up before each round set, so the depth holds.
-Autovacuum is off for this one table, so that nothing cleans up mid-measurement.
+Autovacuum is off for these tables, so that nothing cleans up mid-measurement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import time
@@ -195,55 +196,64 @@ def measure(
     """The depth section's results: {(what, contender, plan): [median µs per rep]} and
     the plan lines."""
     results: dict[tuple[str, str, str], list[float]] = {}
-    plan_lines: list[str] = []
-    with fresh_schema(base) as url:
-        Taskpipe.setup(url)
-        admin = psycopg.connect(url, autocommit=True)
-        admin.execute(f"ALTER TABLE {JOBS} SET (autovacuum_enabled = false)")
-        pending = 0
-
-        def top_up(level: int) -> None:
-            nonlocal pending
-            _add_pending(admin, level - pending)
-            pending = max(pending, level)
-
-        def step(label: str, level: int, contenders: tuple[str, ...]) -> None:
-            nonlocal pending
-            top_up(level)
+    # (label, pending rows, done rows, contenders)
+    levels = [("0 done", sizes[0], 0, ("taskpipe", "raw", "trap"))]
+    levels += [
+        (
+            f"{size:,} pending",
+            size,
+            done,
+            ("taskpipe", "raw", "trap") if i == 0 else ("taskpipe", "raw"),
+        )
+        for i, size in enumerate(sizes)
+    ]
+    with contextlib.ExitStack() as stack:
+        places = []
+        t0 = time.perf_counter()
+        for label, pending, n_done, contenders in levels:
+            url = stack.enter_context(fresh_schema(base))
+            Taskpipe.setup(url)
+            admin = stack.enter_context(psycopg.connect(url, autocommit=True))
+            admin.execute(f"ALTER TABLE {JOBS} SET (autovacuum_enabled = false)")
+            _add_pending(admin, pending)
+            if n_done:
+                _add_done(admin, n_done)
             admin.execute(f"ANALYZE {JOBS}")
-            for _ in range(reps):
-                for name in contenders:
+            places.append(_Level(label, url, admin, pending, contenders))
+        log(f"  depth: {len(places)} schemas filled ({time.perf_counter() - t0:.0f} s)")
+        for _ in range(reps):
+            for level in places:  # interleaved: every depth sees the same noise
+                for name in level.contenders:
                     for plan in PLANS:
-                        top_up(level)
-                        rounds = CONTENDERS[name](url, plan)
+                        level.top_up()
+                        rounds = CONTENDERS[name](level.url, plan)
                         claims, acks = [], []
                         try:
                             for _ in range(iterations):
                                 c, a, n = rounds.round()
-                                pending -= n
+                                level.pending -= n
                                 claims.append(c)
                                 acks.append(a)
                         finally:
                             rounds.close()
-                        results.setdefault((f"claim {label}", name, plan), []).append(
+                        results.setdefault((f"claim {level.label}", name, plan), []).append(
                             statistics.median(claims) * 1e6
                         )
-                        results.setdefault((f"ack {label}", name, plan), []).append(
+                        results.setdefault((f"ack {level.label}", name, plan), []).append(
                             statistics.median(acks) * 1e6
                         )
-            log(f"  depth: {label} measured")
-
-        t0 = time.perf_counter()
-        top_up(sizes[0])
-        step("0 done", sizes[0], ("taskpipe", "raw", "trap"))
-        _add_done(admin, done)
-        log(f"  depth: {done:,} done rows added ({time.perf_counter() - t0:.0f} s)")
-        for size in sizes:
-            step(
-                f"{size:,} pending",
-                size,
-                ("taskpipe", "raw", "trap") if size == sizes[0] else ("taskpipe", "raw"),
-            )
-        plan_lines = plans(url)
-        admin.close()
+        plan_lines = plans(places[-1].url)
     return results, plan_lines
+
+
+class _Level:
+    """One schema of the depth section, kept at ``target`` pending rows."""
+
+    def __init__(self, label: str, url: str, admin, target: int, contenders: tuple[str, ...]):
+        self.label, self.url, self.admin = label, url, admin
+        self.target = self.pending = target
+        self.contenders = contenders
+
+    def top_up(self) -> None:
+        _add_pending(self.admin, self.target - self.pending)
+        self.pending = max(self.pending, self.target)
