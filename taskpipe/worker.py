@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -388,6 +389,9 @@ class _Run:
                 idle_sent, busy = False, True
                 for claim in claims:
                     self._submit(claim)
+                # Let a woken pool thread take the GIL now rather than when this
+                # thread next waits on the database: ~0.1-0.2 ms off push→start.
+                time.sleep(0)
                 continue
             busy = False
             if self._ack_due(busy):
