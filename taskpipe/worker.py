@@ -511,7 +511,8 @@ class _Run:
         task = claim.to_task(args)
         try:
             result = worker.handler(args, **worker.signature.kwargs(task, self.ctx))
-            if worker.signature.is_async or inspect.isawaitable(result):
+            # (None, the usual result, skips isawaitable's slow ABC check)
+            if worker.signature.is_async or (result is not None and inspect.isawaitable(result)):
                 result = self._event_loop().run(result)
         except BaseException as exc:
             return self._failure(claim, task, exc)
