@@ -351,6 +351,16 @@ class Store(TaskSink):
         None: this store will never have more (a finite source ran dry)."""
         raise NotImplementedError
 
+    def ack_and_claim(
+        self, outcomes: Sequence[Outcome], ctx: WorkerContext, limit: int
+    ) -> list[Claim] | None:
+        """Optional: ``ack(outcomes)`` and ``claim(ctx, limit)`` as one atomic step
+        (one round trip, one commit), for a store that can. Returns the claims and
+        sets each outcome's ``accepted``; raises when nothing was written. None (the
+        default): not for these outcomes; nothing was done, and the worker acks and
+        claims separately."""
+        return None
+
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Record ``outcomes`` in one transaction, lease-fenced (see the module
         docstring): all or nothing. When the store refuses the batch because of what

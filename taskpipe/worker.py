@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -269,6 +270,9 @@ class _Run:
         self.handled = 0
         self.pipe_error: PipeError | None = None
         self.threshold = max(1, worker.capacity // 2)
+        # Outcomes written at once (unless idle, or the oldest has waited ACK_DELAY):
+        # two claims' worth, so that a busy run writes once for every two claims.
+        self.ack_batch = max(self.threshold, 2 * self.config.claim_batch)
         self.loop: EventLoopThread | None = None  # for async handlers, made on first use
         self.heartbeat_thread: threading.Thread | None = None
 
@@ -373,7 +377,7 @@ class _Run:
                 with self.cond:
                     room = min(ctx.free_slots(), self.config.claim_batch)
                 try:
-                    claims = store.claim(ctx, room)
+                    claims = self._claim_with_outcomes(room)
                 except Exception as exc:
                     self._report(exc)
                     claims = []
@@ -385,8 +389,16 @@ class _Run:
                 idle_sent, busy = False, True
                 for claim in claims:
                     self._submit(claim)
+                # Let a woken pool thread take the GIL now rather than when this
+                # thread next waits on the database: ~0.1-0.2 ms off push→start.
+                time.sleep(0)
                 continue
             busy = False
+            if self._ack_due(busy):
+                # Nothing to claim: write what finished now, and look once more (a
+                # bounded store may have had no room until these were written).
+                self._flush()
+                continue
             with self.cond:
                 nothing_running = ctx.in_flight == 0 and not self.outcomes
             if nothing_running and not idle_sent:
@@ -409,14 +421,14 @@ class _Run:
             check_first = not ctx.wait(delay)
 
     def _ack_due(self, busy: bool) -> bool:
-        """Write outcomes in batches: at once when idle, else when half the capacity
-        has finished or the oldest outcome has waited ``ACK_DELAY``; after a failed
-        write, not before its backoff ends."""
+        """Write outcomes in batches: at once when idle (the last claim found nothing),
+        else when ``ack_batch`` have finished or the oldest has waited ``ACK_DELAY``;
+        after a failed write, not before its backoff ends."""
         with self.cond:
             pending = len(self.outcomes)
             if not pending or clock.real_monotonic() < self.ack_retry_at:
                 return False
-            if not busy or pending >= self.threshold or self.ctx.in_flight == 0:
+            if not busy or pending >= self.ack_batch:
                 return True
             return clock.real_monotonic() - self.first_outcome_at >= ACK_DELAY
 
@@ -499,7 +511,8 @@ class _Run:
         task = claim.to_task(args)
         try:
             result = worker.handler(args, **worker.signature.kwargs(task, self.ctx))
-            if worker.signature.is_async or inspect.isawaitable(result):
+            # (None, the usual result, skips isawaitable's slow ABC check)
+            if worker.signature.is_async or (result is not None and inspect.isawaitable(result)):
                 result = self._event_loop().run(result)
         except BaseException as exc:
             return self._failure(claim, task, exc)
@@ -554,6 +567,36 @@ class _Run:
             self.loop.close()
 
     # Writing outcomes ---------------------------------------------------------------------
+    def _claim_with_outcomes(self, room: int) -> list[Claim] | None:
+        """Claim up to ``room`` tasks; the outcomes waiting to be written go with the
+        claim where the store can write both at once (``Store.ack_and_claim``: one
+        round trip, one commit), else they wait for the next ``_flush``."""
+        with self.cond:
+            batch: list[Outcome] = []
+            if self.outcomes and clock.real_monotonic() >= self.ack_retry_at:
+                batch, self.outcomes = self.outcomes, []
+                first_at = self.first_outcome_at
+        if batch:
+            try:
+                claims = self.store.ack_and_claim(batch, self.ctx, room)
+            except Exception as exc:  # nothing was written: the next _flush tries them alone
+                self._report(exc)
+                claims = None
+            if claims is None:
+                with self.cond:
+                    if self.outcomes:
+                        self.first_outcome_at = min(first_at, self.first_outcome_at)
+                    else:
+                        self.first_outcome_at = first_at
+                    self.outcomes[:0] = batch
+            else:
+                with self.cond:
+                    self.ack_backoff = self.ack_retry_at = 0.0
+                for outcome in batch:
+                    self._announce(outcome)
+                return claims
+        return self.store.claim(self.ctx, room)
+
     def _flush(self) -> None:
         with self.cond:
             if not self.outcomes or clock.real_monotonic() < self.ack_retry_at:

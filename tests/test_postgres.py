@@ -9,6 +9,8 @@ URL's ``search_path``, so it touches nothing it did not create.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -332,6 +334,86 @@ def test_the_ack_stays_on_the_primary_key_in_the_generic_plan(pg_url):
             assert "attention" not in plan, plan
 
 
+def test_claims_never_read_the_whole_table_in_the_generic_plan(pg_url):
+    """With the LIMIT a parameter, the generic plan guesses 10% of the due rows; a
+    claim that joined ``picked`` then read the whole table (0.4 s at 1M pending)."""
+    from taskpipe.sql.postgres import PostgresDialect
+
+    dialect = PostgresDialect()
+    with _scratch_schema() as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO taskpipe_jobs (queue, run_at, created_at) "
+            "SELECT 'q', 0, 0 FROM generate_series(1, 50000)"
+        )
+        conn.execute("ANALYZE taskpipe_jobs")
+        claim = "text, float8, text, float8, int, text, text, float8"
+        statements = {
+            "claim_guarded": (dialect.queries.claim_guarded, claim),
+            "claim": (dialect.queries.claim, "text, float8, int, text, text, float8"),
+            "ack_and_claim": (
+                dialect.ack_and_claim_sql,
+                f"float8, bigint[], text[], bytea[], {claim}",
+            ),
+        }
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        for name, (sql, types) in statements.items():
+            numbered = "".join(
+                f"${i}{part}" if i else part for i, part in enumerate(sql.split("%s"))
+            )
+            conn.execute(f"PREPARE {name} ({types}) AS {numbered}")
+            nulls = ", ".join("NULL" for _ in types.split(","))
+            plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE {name} ({nulls})"))
+            assert "Seq Scan" not in plan and "taskpipe_jobs_claim" in plan, (name, plan)
+
+
+@contextlib.contextmanager
+def _scratch_schema():
+    """A URL whose connections work in a fresh, set-up schema (dropped after)."""
+    base = os.environ[URL_VARIABLE].strip()
+    schema = f"taskpipe_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        sep = "&" if "?" in base else "?"
+        url = f"{base}{sep}options={quote(f'-c search_path={schema}')}"
+        db = connect(url)
+        PostgresStorage.setup(db)
+        db.close()
+        yield url
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_the_one_statement_ack_joins_on_the_primary_key_in_both_plans(pg_url):
+    """The batch ack (``ACK_DONE_MANY``, an UPDATE joined to unnest()) on a table with
+    done rows that were running (the attention index still lists them): the primary
+    key, never the attention index, in the custom and the generic plan."""
+    from taskpipe.sql.postgres import ACK_DONE_MANY
+
+    with _scratch_schema() as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO taskpipe_jobs (queue, status, run_at, created_at, lease) "
+            "SELECT 'q', 'running', 0, 0, 'l' || g FROM generate_series(1, 20000) g"
+        )
+        conn.execute("UPDATE taskpipe_jobs SET status = 'done' WHERE id % 10 <> 0")
+        conn.execute("ANALYZE taskpipe_jobs")
+        numbered = "".join(
+            f"${i}{part}" if i else part for i, part in enumerate(ACK_DONE_MANY.split("%s"))
+        )
+        conn.execute(f"PREPARE ack_many (float8, bigint[], text[], bytea[]) AS {numbered}")
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            conn.execute(f"SET plan_cache_mode = {mode}")
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    "EXPLAIN EXECUTE ack_many (0, '{10,20,30}', '{l10,l20,l30}', '{NULL,NULL,NULL}')"
+                )
+            )
+            assert "taskpipe_jobs_pkey" in plan, (mode, plan)
+            assert "attention" not in plan and "Seq Scan on taskpipe_jobs" not in plan, (mode, plan)
+
+
 def _split(sql: str) -> list[str]:
     parts = sql.split("%s")
     out: list[str] = []
@@ -390,3 +472,58 @@ def test_an_id_given_by_hand_is_never_handed_out_again(pg_url):
     assert ahead == first + 1000
     assert storage.push("c") > ahead
     assert min(storage.push_bulk(range(100))) > ahead  # the COPY path takes its ids after it
+
+
+def test_outcomes_go_with_the_next_claim_in_one_statement(pg_url):
+    """``ack_and_claim``: Done outcomes are written by the claim's own statement; a
+    zombie's (its lease taken back) is not accepted; other outcomes are not merged."""
+    from taskpipe.context import WorkerContext
+    from taskpipe.store import Outcome, OutcomeKind
+
+    storage = PostgresStorage(connect(pg_url), queue=_queue())
+    storage.push_bulk(range(6))
+    run = WorkerContext("w", capacity=8, report=lambda exc: None)
+    first = storage.claim(run, 2)
+    zombie = Outcome(first[1], OutcomeKind.DONE)
+    zombie.claim = dataclasses.replace(first[1], lease="someone-else")
+    outcomes = [Outcome(first[0], OutcomeKind.DONE, encoded_result=b"1"), zombie]
+    second = storage.ack_and_claim(outcomes, run, 3)
+    assert [int(c.id) for c in second] == [int(first[1].id) + i for i in (1, 2, 3)]
+    assert [o.accepted for o in outcomes] == [True, False]
+    assert storage.fetch_by_id(first[0].id).status.value == "done"
+    assert storage.fetch_by_id(first[1].id).status.value == "running"
+    retry = [Outcome(second[0], OutcomeKind.RETRY, error="x", delay=1)]
+    assert storage.ack_and_claim(retry, run, 1) is None  # not merged: nothing done
+    assert storage.fetch_by_id(second[0].id).status.value == "running"
+
+
+def test_a_lost_connection_after_the_merged_statement_committed_returns_what_it_did(
+    pg_url, monkeypatch
+):
+    """The connection drops after the ack-and-claim statement committed: what it
+    claimed (under its lease) and wrote (its done_at) is read back, not done twice."""
+    from taskpipe.context import WorkerContext
+    from taskpipe.sql.postgres import PostgresDialect
+    from taskpipe.store import Outcome, OutcomeKind
+
+    storage = PostgresStorage(connect(pg_url), queue=_queue())
+    storage.push_bulk(range(4))
+    run = WorkerContext("w", capacity=8, report=lambda exc: None)
+    first = storage.claim(run, 2)
+    real = PostgresDialect.fetch_named
+    calls = []
+
+    def commit_then_drop(self, db, sql, params=()):
+        rows = real(self, db, sql, params)
+        calls.append(sql)
+        if len(calls) == 1:
+            raise psycopg.OperationalError("the server closed the connection")
+        return rows
+
+    monkeypatch.setattr(PostgresDialect, "fetch_named", commit_then_drop)
+    outcomes = [Outcome(c, OutcomeKind.DONE) for c in first]
+    second = storage.ack_and_claim(outcomes, run, 2)
+    assert len(second) == 2 and all(o.accepted for o in outcomes)
+    assert calls[0] == storage.dialect.ack_and_claim_sql and len(calls) == 2  # read back once
+    states = {int(c.id): storage.fetch_by_id(c.id).status.value for c in first + second}
+    assert sorted(states.values()) == ["done", "done", "running", "running"]

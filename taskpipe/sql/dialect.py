@@ -77,6 +77,26 @@ class Dialect:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def ack_done(
+        self, db: pw.Database, rows: Sequence[Sequence[Any]]
+    ) -> set[tuple[int, str]] | None:
+        """Mark ``rows`` (result, done_at, id, lease: ``queries.ack_done``'s parameters,
+        one ``done_at`` for all) done in one statement, each only if still running
+        under its lease, and return the (id, lease) pairs it wrote; None when the
+        engine has no such statement (the store then runs ``ack_done`` per row in a
+        transaction)."""
+        return None
+
+    #: True when ``ack_done_and_claim`` is one statement (``SqlStorage.ack_and_claim``).
+    acks_with_claims = False
+
+    def ack_done_and_claim(
+        self, db: pw.Database, acks: Sequence[Sequence[Any]], params: Sequence[Any]
+    ) -> tuple[list[dict[str, Any]], set[tuple[int, str]]]:
+        """``ack_done(acks)`` and the guarded claim (``queries.claim_guarded`` with
+        ``params``) in one atomic statement: (claimed rows, (id, lease) pairs written)."""
+        raise NotImplementedError
+
     def insert_one(self, db: pw.Database, row: Any) -> TaskId:
         """Insert one unkeyed row in a transaction of its own; return its id."""
         return TaskId(self.execute(db, self.queries.insert, row).lastrowid)

@@ -62,6 +62,17 @@ class Queries:
         "AND run_at <= ? AND isolate = 0 ORDER BY priority DESC, run_at, id LIMIT ?) "
         f"RETURNING {CLAIMED}"
     )
+    # (lease, worker, started_at, queue, now, queue, now, limit): the same, but taking
+    # nothing while a task that must run alone is due, so that the usual claim is one
+    # statement (the store looks for such a task only when this one came back empty).
+    claim_guarded: str = (
+        f"UPDATE {JOBS} SET status = {RUNNING}, attempts = attempts + 1, lease = ?, worker = ?, started_at = ? "
+        f"WHERE id IN (SELECT id FROM {JOBS} WHERE status IN {WAITING} AND queue = ? "
+        f"AND run_at <= ? AND isolate = 0 AND NOT EXISTS (SELECT 1 FROM {JOBS} WHERE isolate = 1 "
+        f"AND status IN {WAITING} AND queue = ? AND run_at <= ?) "
+        "ORDER BY priority DESC, run_at, id LIMIT ?) "
+        f"RETURNING {CLAIMED}"
+    )
     # (lease, worker, started_at, queue, now)
     claim_isolated: str = (
         f"UPDATE {JOBS} SET status = {RUNNING}, attempts = attempts + 1, lease = ?, worker = ?, started_at = ? "

@@ -220,6 +220,12 @@ class SqliteDialect(Dialect):
         claim=Queries.claim.replace(
             f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_claim WHERE"
         ),
+        claim_guarded=Queries.claim_guarded.replace(
+            f"(SELECT id FROM {JOBS} WHERE", f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_claim WHERE"
+        ).replace(
+            f"(SELECT 1 FROM {JOBS} WHERE",
+            f"(SELECT 1 FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE",
+        ),
         claim_isolated=Queries.claim_isolated.replace(
             f"(SELECT id FROM {JOBS} WHERE",
             f"(SELECT id FROM {JOBS} INDEXED BY {JOBS}_isolated WHERE",

@@ -41,6 +41,7 @@ STALE_WORKER_ROWS_AFTER = 24 * 3600.0
 # A run on this host whose process is alive (and not stopped) is alive, even if a busy
 # write lock kept its beat from landing; up to this many orphan windows of silence.
 LIVE_PID_PATIENCE = 10
+_RESULT_TYPES = (bytes, bytearray, memoryview, type(None))  # what a codec gives
 _FULL_HINT = (
     "free space on the disk that holds the database, or purge finished tasks (taskpipe purge)"
 )
@@ -190,18 +191,48 @@ class SqlStorage(SqlExpose, Store):
         when ``ctx`` runs nothing else, and alone."""
         return self._run(self._claim, ctx, limit)
 
-    def _claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
+    def ack_and_claim(
+        self, outcomes: Sequence[Outcome], ctx: WorkerContext, limit: int
+    ) -> list[Claim] | None:
+        """Where the engine can (``Dialect.ack_done_and_claim``): a batch of Done
+        outcomes without follow-ups written by the claim's own statement (one round
+        trip, one commit). None otherwise: nothing done."""
+        if (
+            not self.dialect.acks_with_claims
+            or type(self).claim is not SqlStorage.claim  # a store that claims its own way
+            or not outcomes
+            or any(o.kind != OutcomeKind.DONE or o.follow_ups for o in outcomes)
+            or len({(int(o.claim.id), o.claim.lease) for o in outcomes}) != len(outcomes)
+            or any(not isinstance(o.encoded_result, _RESULT_TYPES) for o in outcomes)
+        ):
+            return None
+        return self._run(self._claim, ctx, limit, outcomes)
+
+    def _claim(
+        self, ctx: WorkerContext, limit: int, outcomes: Sequence[Outcome] = ()
+    ) -> list[Claim]:
         q = self.dialect.queries
         now = clock.timestamp()
         lease = ctx.new_lease()
-        rows: list[Any] = []
-        if self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
+        # One statement when no task that must run alone is due (the usual case): the
+        # guarded claim takes nothing while one is, and only then is it looked for.
+        params = (lease, ctx.run_id, now, self.queue, now, self.queue, now, limit)
+        if outcomes:
+            acks = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in outcomes]
+            rows, written = self.dialect.ack_done_and_claim(self.db, acks, params)
+            for o in outcomes:
+                o.accepted = (int(o.claim.id), o.claim.lease) in written
+        else:
+            rows = self.dialect.claim(self.db, q.claim_guarded, params)
+        if rows:
+            pass
+        elif self._execute(q.any_isolated, (self.queue, now)).fetchone() is not None:
             if ctx.in_flight:  # one must run alone: let this run drain first
                 return []
             rows = self.dialect.claim(
                 self.db, q.claim_isolated, (lease, ctx.run_id, now, self.queue, now)
             )
-        if not rows:
+        if not rows:  # each task to run alone is held by another run, or none is left
             rows = self.dialect.claim(
                 self.db, q.claim, (lease, ctx.run_id, now, self.queue, now, limit)
             )
@@ -260,6 +291,14 @@ class SqlStorage(SqlExpose, Store):
         now = clock.timestamp()
         outcomes = _first_per_claim(outcomes)
         done = [o for o in outcomes if o.kind == OutcomeKind.DONE]
+        if done and len(done) == len(outcomes) and not any(o.follow_ups for o in done):
+            # the usual batch: one statement where the engine has one
+            rows = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in done]
+            written = self.dialect.ack_done(self.db, rows)
+            if written is not None:
+                for o in done:
+                    o.accepted = (int(o.claim.id), o.claim.lease) in written
+                return
         with self._write_tx():
             if done:
                 rows = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in done]

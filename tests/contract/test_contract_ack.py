@@ -371,15 +371,23 @@ def test_the_worker_writes_an_unwritable_outcome_as_dead_and_the_others(store):
     base = random.randrange(10**12, 2 * 10**12)
     taken = store.push_task(Task("keeper", id=base))
     ids = store.push_bulk(["fine", "clash", "fine"])
-    real_ack = store.ack
+    real_ack, real_ack_and_claim = store.ack, store.ack_and_claim
 
-    def ack_with_a_clash(outcomes):
+    def clash(outcomes):
         for o in outcomes:
             if o.task is not None and o.task.args == "clash" and o.kind is OutcomeKind.DONE:
                 o.follow_ups = (store.row(Task("clash", id=base), now()),)
+
+    def ack_with_a_clash(outcomes):
+        clash(outcomes)
         return real_ack(outcomes)
 
+    def ack_and_claim_with_a_clash(outcomes, ctx, limit):  # outcomes may ride on a claim
+        clash(outcomes)
+        return real_ack_and_claim(outcomes, ctx, limit)
+
     store.ack = ack_with_a_clash
+    store.ack_and_claim = ack_and_claim_with_a_clash
     WorkerBuilder("w").backend(store).build(lambda item: item).run_until_idle()
     statuses = [store.fetch_by_id(i).status for i in ids]
     assert statuses == [Status.DONE, Status.DEAD, Status.DONE]
