@@ -138,8 +138,45 @@ local function member(id, ra)
 end
 
 local function id_of(m)
-  local s = string.match(m, ':(%d+)$')
-  return (string.gsub(s, '^0+(%d)', '%1'))
+  return (string.match(m, ':0*(%d+)$'))
+end
+
+-- the zset score of a priority: its negation, exact as text
+local function neg(pr)
+  if pr == nil or pr == '0' then return '0' end
+  if string.sub(pr, 1, 1) == '-' then return string.sub(pr, 2) end
+  return '-' .. pr
+end
+
+-- one variadic command over a list, 1000 arguments a call (key nil: none before them)
+local function many(cmd, key, list)
+  local n = #list
+  for i = 1, n, 1000 do
+    local j = i + 999
+    if j > n then j = n end
+    if key then redis.call(cmd, key, unpack(list, i, j))
+    else redis.call(cmd, unpack(list, i, j)) end
+  end
+end
+
+-- a batch of index writes, applied together by apply(B): one variadic call per
+-- (command, key) instead of one call per task
+local function new_batch() return {ops = {}, order = {}, rt = {}, fin = {}} end
+local function defer(B, cmd, key, a, b)
+  local k = cmd .. ' ' .. key
+  local e = B.ops[k]
+  if not e then
+    e = {cmd, key, {}}
+    B.ops[k] = e
+    B.order[#B.order + 1] = e
+  end
+  local list = e[3]
+  list[#list + 1] = a
+  if b ~= nil then list[#list + 1] = b end
+end
+local function apply(B)
+  for _, e in ipairs(B.order) do many(e[1], e[2], e[3]) end
+  B.ops, B.order = {}, {}
 end
 
 -- a waiting task (pending or failed) enters its queue
@@ -148,8 +185,8 @@ local function schedule(id, q, ra, now)
   redis.call('ZADD', qk(q, 'wait'), ra, id)
   if tonumber(ra) <= tonumber(now) then
     local m = member(id, ra)
-    local iso = redis.call('HGET', h, 'iso')
-    redis.call('ZADD', qk(q, iso == '1' and 'iso' or 'ready'), redis.call('HGET', h, 'sc'), m)
+    local v = redis.call('HMGET', h, 'iso', 'pr')
+    redis.call('ZADD', qk(q, v[1] == '1' and 'iso' or 'ready'), neg(v[2]), m)
     redis.call('HSET', h, 'm', m)
   else
     redis.call('ZADD', qk(q, 'later'), ra, id)
@@ -193,46 +230,90 @@ local function forget(id)
   redis.call('DEL', h, P .. ':e:' .. id, P .. ':r:' .. id)
 end
 
-local function trim(fin, keep)
-  local excess = redis.call('ZCARD', fin) - tonumber(keep)
-  if excess > 0 then
-    for _, old_id in ipairs(redis.call('ZRANGE', fin, 0, excess - 1)) do forget(old_id) end
+-- forget many tasks listed in queue q's fin:{st} (st: done or dead), with one
+-- variadic call per index; a task found elsewhere is forgotten alone
+local function forget_many(q, st, ids)
+  if #ids == 0 then return end
+  local dels, sum, n = {}, 0, 0
+  for _, id in ipairs(ids) do
+    local h = tk(id)
+    local v = redis.call('HMGET', h, 'q', 'st', 'k', 'sa', 'da')
+    if v[1] == q and v[2] == st then
+      if st == 'done' and v[4] and v[5] then
+        sum, n = sum + (tonumber(v[4]) - tonumber(v[5])), n + 1
+      end
+      local k = v[3]
+      if k and redis.call('HGET', P .. ':keys', k) == id then
+        redis.call('HDEL', P .. ':keys', k)
+        redis.call('ZREM', P .. ':keyidx', k)
+      end
+      dels[#dels + 1] = h
+      dels[#dels + 1] = P .. ':e:' .. id
+      dels[#dels + 1] = P .. ':r:' .. id
+    elseif v[1] then
+      forget(id)
+    end
+  end
+  many('ZREM', qk(q, 's:' .. st), ids)
+  many('ZREM', qk(q, 'fin:' .. st), ids)
+  many('DEL', nil, dels)
+  if n > 0 then
+    redis.call('HINCRBYFLOAT', qk(q, 'rt'), 'sum', string.format('%.6f', sum))
+    redis.call('HINCRBY', qk(q, 'rt'), 'n', -n)
   end
 end
 
--- a task becomes Done or Dead; the oldest beyond `keep` are forgotten (at once, or at
--- flush(batch) when a batch is given); `sa` is its started_at when the caller has it
-local function finish(id, q, old, st, now, keep, sa, batch)
-  local h = tk(id)
-  redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
-  redis.call('HDEL', h, 'ls')
-  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
-  redis.call('ZADD', qk(q, 's:' .. st), id, id)
+local function trim(q, st, keep)
   local fin = qk(q, 'fin:' .. st)
-  redis.call('ZADD', fin, now, id)
+  local excess = redis.call('ZCARD', fin) - tonumber(keep)
+  if excess > 0 then forget_many(q, st, redis.call('ZRANGE', fin, 0, excess - 1)) end
+end
+
+-- a task becomes Done or Dead; the oldest beyond `keep` are forgotten (at once, or at
+-- flush(B) when a batch is given: its index writes are deferred too); `sa` is its
+-- started_at when the caller has it; `result` is written with the status
+local function finish(id, q, old, st, now, keep, sa, B, result)
+  local h = tk(id)
+  if result then
+    redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st, 'r', result)
+  else
+    redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
+  end
+  redis.call('HDEL', h, 'ls')
+  local fin = qk(q, 'fin:' .. st)
+  if B then
+    if old then defer(B, 'ZREM', qk(q, 's:' .. old), id) end
+    defer(B, 'ZADD', qk(q, 's:' .. st), id, id)
+    defer(B, 'ZADD', fin, now, id)
+  else
+    if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+    redis.call('ZADD', qk(q, 's:' .. st), id, id)
+    redis.call('ZADD', fin, now, id)
+  end
   if st == 'done' then
     if sa == nil then sa = redis.call('HGET', h, 'sa') end
     if sa then
       local rt, took = qk(q, 'rt'), tonumber(now) - tonumber(sa)
-      if batch then
-        local e = batch.rt[rt] or {0, 0}
+      if B then
+        local e = B.rt[rt] or {0, 0}
         e[1], e[2] = e[1] + took, e[2] + 1
-        batch.rt[rt] = e
+        B.rt[rt] = e
       else
         redis.call('HINCRBYFLOAT', rt, 'sum', tostring(took))
         redis.call('HINCRBY', rt, 'n', 1)
       end
     end
   end
-  if batch then batch.fin[fin] = true else trim(fin, keep) end
+  if B then B.fin[fin] = {q, st} else trim(q, st, keep) end
 end
 
-local function flush(batch, keep)
-  for rt, e in pairs(batch.rt) do
+local function flush(B, keep)
+  apply(B)
+  for rt, e in pairs(B.rt) do
     redis.call('HINCRBYFLOAT', rt, 'sum', string.format('%.6f', e[1]))
     redis.call('HINCRBY', rt, 'n', e[2])
   end
-  for fin, _ in pairs(batch.fin) do trim(fin, keep) end
+  for _, f in pairs(B.fin) do trim(f[1], f[2], keep) end
 end
 
 local function add_error(id, q, err, now)
@@ -242,11 +323,32 @@ local function add_error(id, q, err, now)
   redis.call('ZREMRANGEBYSCORE', errs, '-inf', '(' .. tostring(tonumber(now) - 86400))
 end
 
--- rows: 10 values each (id, queue, payload, priority, score, run_at, max_attempts,
--- meta, 'k'..key, created_at); '' is None
-local function taken_id(a, i, n, seen)
-  for r = 0, n - 1 do
-    local id = a[i + r * 10]
+-- Rows travel as two strings (see _encode_rows in Python): a head of one record per
+-- row, "id,priority,run_at,max_attempts,created_at,len(queue),len(payload),len(meta),
+-- len(key);" ('' is None), and a blob of queue, payload, meta and key bytes in order.
+local ROW = '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);'
+
+-- an iterator over the rows of (head, blob): each a table, or nil at the end
+local function rows_of(head, blob)
+  local it, pos = string.gmatch(head, ROW), 1
+  local function take(len)
+    if len == '' then return nil end
+    local n = tonumber(len)
+    local v = string.sub(blob, pos, pos + n - 1)
+    pos = pos + n
+    return v
+  end
+  return function()
+    local id, pr, ra, ma, ca, ql, pl, ml, kl = it()
+    if id == nil then return nil end
+    return {id = id, pr = pr, ra = ra, ma = ma, ca = ca,
+            q = take(ql), p = take(pl), me = take(ml), k = take(kl)}
+  end
+end
+
+-- the first explicit id of a row head that is taken (or repeated), else nil
+local function taken_id(head, seen)
+  for id in string.gmatch(head, '([^,;]*)[^;]*;') do
     if id ~= '' then
       if seen[id] or redis.call('EXISTS', tk(id)) == 1 then return id end
       seen[id] = true
@@ -257,10 +359,10 @@ end
 
 local explicit_max = nil  -- the greatest explicit id ever inserted ({p}:maxid)
 
-local function insert_row(a, i, now, queues)
-  local id, q, key = a[i], a[i + 1], a[i + 8]
-  if key ~= '' then
-    key = string.sub(key, 2)
+-- a row is written; its index entries go into the batch B (written by apply(B))
+local function insert_row(r, now, queues, B)
+  local id, q, key = r.id, r.q, r.k
+  if key then
     local existing = redis.call('HGET', P .. ':keys', key)
     if existing then return existing end
   end
@@ -275,30 +377,58 @@ local function insert_row(a, i, now, queues)
     explicit_max = tonumber(id)
     redis.call('SET', P .. ':maxid', id)
   end
-  local h, ra = tk(id), a[i + 5]
+  local h, ra = tk(id), r.ra
   local due = tonumber(ra) <= tonumber(now)
-  local m = due and member(id, ra) or ''
-  redis.call('HSET', h, 'q', q, 'p', a[i + 2], 'pr', a[i + 3], 'sc', a[i + 4], 'ra', ra,
-    'ca', a[i + 9], 'st', 'pending', 'at', 0, 'iso', 0, 'rc', 0, 'm', m)
-  if a[i + 6] ~= '' then redis.call('HSET', h, 'ma', a[i + 6]) end
-  if a[i + 7] ~= '' then redis.call('HSET', h, 'me', a[i + 7]) end
-  if key ~= '' then
-    redis.call('HSET', h, 'k', key)
+  -- absent fields read as their defaults: at, rc 0; iso, m, ma, me, k none
+  local f = {'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending'}
+  local m
+  if due then
+    m = member(id, ra)
+    f[#f + 1] = 'm'
+    f[#f + 1] = m
+  end
+  if r.ma ~= '' then f[#f + 1] = 'ma'; f[#f + 1] = r.ma end
+  if r.me then f[#f + 1] = 'me'; f[#f + 1] = r.me end
+  if key then
+    f[#f + 1] = 'k'
+    f[#f + 1] = key
     redis.call('HSET', P .. ':keys', key, id)
     redis.call('ZADD', P .. ':keyidx', 0, key)
   end
-  redis.call('ZADD', qk(q, 's:pending'), id, id)
-  redis.call('ZADD', qk(q, 'wait'), ra, id)
+  redis.call('HSET', h, unpack(f))
+  defer(B, 'ZADD', qk(q, 's:pending'), id, id)
+  defer(B, 'ZADD', qk(q, 'wait'), ra, id)
   if due then
-    redis.call('ZADD', qk(q, 'ready'), a[i + 4], m)
+    defer(B, 'ZADD', qk(q, 'ready'), neg(r.pr), m)
   else
-    redis.call('ZADD', qk(q, 'later'), ra, id)
+    defer(B, 'ZADD', qk(q, 'later'), ra, id)
   end
   if not queues[q] then
     queues[q] = true
     redis.call('SADD', P .. ':queues', q)
   end
   return id
+end
+
+-- claimed tasks as two strings: "id,attempt,priority,max_attempts,iso,len(payload),
+-- len(meta);" per task ('' is None), and the payloads and metas in order
+local function field(v)  -- a stored number as a head field ('?' if it could break the head)
+  if not v then return '' end
+  if string.find(v, '[,;]') then return '?' end
+  return v
+end
+
+local function claims_reply(out)
+  if #out == 0 then return {} end
+  local head, blob = {}, {}
+  for i, t in ipairs(out) do
+    local p, me = t[2] or '', t[6]
+    head[i] = t[1] .. ',' .. field(t[3]) .. ',' .. field(t[4]) .. ',' .. field(t[5]) .. ','
+      .. field(t[7]) .. ',' .. #p .. ',' .. (me and #me or '') .. ';'
+    blob[#blob + 1] = p
+    if me then blob[#blob + 1] = me end
+  end
+  return {table.concat(head), table.concat(blob)}
 end
 
 local function publish(queues)
@@ -324,19 +454,21 @@ local function requeue(id, q, st, now)
 end
 """
 
-# ARGV: P, token, now, nrows, rows...
+# ARGV: P, token, now, row head, row blob; returns the ids, comma-separated
 _INSERT = r"""
-local token, now, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local token, now, head, blob = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tok = P .. ':tok:' .. token
 local prev = redis.call('GET', tok)
-if prev then return split(prev) end
-local bad = taken_id(ARGV, 5, n, {})
+if prev then return prev end
+local bad = taken_id(head, {})
 if bad then return redis.error_reply('DUPLICATE a task with id ' .. bad .. ' already exists') end
-local ids, queues = {}, {}
-for r = 0, n - 1 do table.insert(ids, insert_row(ARGV, 5 + r * 10, now, queues)) end
-redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
+local ids, queues, B = {}, {}, new_batch()
+for r in rows_of(head, blob) do ids[#ids + 1] = insert_row(r, now, queues, B) end
+apply(B)
+local reply = table.concat(ids, ',')
+redis.call('SET', tok, reply, 'EX', %(ttl)d)
 publish(queues)
-return ids
+return reply
 """
 
 # ARGV: P, lease, now, queue, limit, run, in_flight, promote
@@ -348,16 +480,16 @@ local prev = redis.call('GET', tok)
 if prev then
   for _, id in ipairs(split(prev)) do
     local v = redis.call('HMGET', tk(id), 'ls', 'p', 'at', 'pr', 'ma', 'me', 'iso')
-    if v[1] == lease then table.insert(out, {id, v[2], v[3], v[4], v[5], v[6], v[7]}) end
+    if v[1] == lease then table.insert(out, {id, v[2], v[3] or '0', v[4], v[5], v[6], v[7]}) end
   end
 else
   local later = qk(q, 'later')
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))) do
     redis.call('ZREM', later, id)
     local h = tk(id)
-    local v = redis.call('HMGET', h, 'ra', 'sc', 'iso')
+    local v = redis.call('HMGET', h, 'ra', 'pr', 'iso')
     local m = member(id, v[1])
-    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), v[2], m)
+    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), neg(v[2]), m)
     redis.call('HSET', h, 'm', m)
   end
   local popped
@@ -366,7 +498,7 @@ else
   else
     popped = redis.call('ZPOPMIN', qk(q, 'ready'), limit)
   end
-  local held = P .. ':held:' .. run
+  local B = new_batch()
   for j = 1, #popped, 2 do
     local id = id_of(popped[j])
     local h = tk(id)
@@ -375,59 +507,82 @@ else
     if st == 'pending' or st == 'failed' then
       local at = (tonumber(v[3]) or 0) + 1
       redis.call('HSET', h, 'ls', lease, 'w', run, 'sa', now, 'st', 'running', 'm', '', 'at', at)
-      redis.call('ZREM', qk(q, 'wait'), id)
-      redis.call('ZREM', qk(q, 's:' .. st), id)
-      redis.call('ZADD', qk(q, 's:running'), id, id)
-      redis.call('SADD', held, id)
-      table.insert(ids, id)
-      table.insert(out, {id, v[2], tostring(at), v[4], v[5], v[6], v[7]})
+      defer(B, 'ZREM', qk(q, 's:' .. st), id)
+      ids[#ids + 1] = id
+      out[#out + 1] = {id, v[2], tostring(at), v[4], v[5], v[6], v[7]}
     end
   end
   if #ids > 0 then
+    apply(B)
+    many('ZREM', qk(q, 'wait'), ids)
+    local running = {}
+    for j, id in ipairs(ids) do
+      running[2 * j - 1] = id
+      running[2 * j] = id
+    end
+    many('ZADD', qk(q, 's:running'), running)
+    many('SADD', P .. ':held:' .. run, ids)
     redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
     redis.call('ZADD', P .. ':seen', 'NX', now, run)
   end
 end
-return out
+return claims_reply(out)
 """
 
-# ARGV: P, token, now, keep, n, then per outcome: id, lease, kind, has_result, result,
-# error (JSON or ''), run_at, nfollow, follow-up rows (10 values each)
+# ARGV: P, token, now, keep, nleases, leases..., head, blob, follow-up row head, row blob.
+# head: "id,lease number,kind,len(result),len(error),run_at,follow-ups;" per outcome
+# ('' is None); blob: the results and errors in order; the follow-ups are rows, in
+# the order of their outcomes. Returns one '1' (accepted) or '0' per outcome.
 _ACK = r"""
-local token, now, keep, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local token, now, keep, nl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local tok = P .. ':tok:' .. token
 local prev = redis.call('GET', tok)
-if prev then return split(prev) end
-local outcomes, used, seen = {}, {}, {}
-local i = 6
-for _ = 1, n do
-  local o = {id = ARGV[i], lease = ARGV[i + 1], kind = ARGV[i + 2], has = ARGV[i + 3],
-             result = ARGV[i + 4], err = ARGV[i + 5], ra = ARGV[i + 6],
-             nf = tonumber(ARGV[i + 7]), fi = i + 8}
-  i = i + 8 + o.nf * 10
-  local v = redis.call('HMGET', tk(o.id), 'st', 'ls', 'q', 'w', 'sa')
-  o.ok = v[1] == 'running' and v[2] == o.lease and not used[o.id]
+if prev then return prev end
+local head, blob = ARGV[6 + nl], ARGV[7 + nl]
+local rhead, rblob = ARGV[8 + nl], ARGV[9 + nl]
+local rows = {}
+if rhead ~= '' then for r in rows_of(rhead, rblob) do rows[#rows + 1] = r end end
+local outcomes, used, seen, pos, fi = {}, {}, {}, 1, 1
+for id, li, kind, rl, el, ra, nf in string.gmatch(head,
+    '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);') do
+  local o = {id = id, lease = ARGV[5 + tonumber(li)], kind = kind, ra = ra,
+             nf = tonumber(nf), fi = fi}
+  fi = fi + o.nf
+  if rl ~= '' then
+    o.result = string.sub(blob, pos, pos + tonumber(rl) - 1)
+    pos = pos + tonumber(rl)
+  end
+  if el ~= '' then
+    o.err = string.sub(blob, pos, pos + tonumber(el) - 1)
+    pos = pos + tonumber(el)
+  end
+  local v = redis.call('HMGET', tk(id), 'st', 'ls', 'q', 'w', 'sa')
+  o.ok = v[1] == 'running' and v[2] == o.lease and not used[id]
   if o.ok then
-    used[o.id] = true
+    used[id] = true
     o.q, o.w, o.sa = v[3], v[4], v[5]
-    local bad = taken_id(ARGV, o.fi, o.nf, seen)
-    if bad then
-      return redis.error_reply('DUPLICATE follow-up id ' .. bad .. ' is taken by another task')
+    for r = o.fi, o.fi + o.nf - 1 do
+      local rid = rows[r].id
+      if rid ~= '' then
+        if seen[rid] or redis.call('EXISTS', tk(rid)) == 1 then
+          return redis.error_reply('DUPLICATE follow-up id ' .. rid .. ' is taken by another task')
+        end
+        seen[rid] = true
+      end
     end
   end
-  table.insert(outcomes, o)
+  outcomes[#outcomes + 1] = o
 end
-local flags, queues, batch = {}, {}, {rt = {}, fin = {}}
+local flags, queues, B = {}, {}, new_batch()
 for _, o in ipairs(outcomes) do
   if o.ok then
     local id, q, h = o.id, o.q, tk(o.id)
-    if o.w then redis.call('SREM', P .. ':held:' .. o.w, id) end
+    if o.w then defer(B, 'SREM', P .. ':held:' .. o.w, id) end
     if o.kind == 'done' then
-      if o.has == '1' then redis.call('HSET', h, 'r', o.result) end
-      finish(id, q, 'running', 'done', now, keep, o.sa, batch)
+      finish(id, q, 'running', 'done', now, keep, o.sa, B, o.result)
     elseif o.kind == 'dead' then
       add_error(id, q, o.err, now)
-      finish(id, q, 'running', 'dead', now, keep, o.sa, batch)
+      finish(id, q, 'running', 'dead', now, keep, o.sa, B)
     elseif o.kind == 'release' then
       redis.call('HINCRBY', h, 'at', -1)
       redis.call('HDEL', h, 'ls', 'w', 'sa')
@@ -447,18 +602,17 @@ for _, o in ipairs(outcomes) do
       end
       schedule(id, q, o.ra, now)
     end
-    for r = 0, o.nf - 1 do
-      insert_row(ARGV, o.fi + r * 10, now, queues)
-    end
-    table.insert(flags, '1')
+    for r = o.fi, o.fi + o.nf - 1 do insert_row(rows[r], now, queues, B) end
+    flags[#flags + 1] = '1'
   else
-    table.insert(flags, '0')
+    flags[#flags + 1] = '0'
   end
 end
-flush(batch, keep)
-redis.call('SET', tok, table.concat(flags, ','), 'EX', %(ttl)d)
+flush(B, keep)
+local reply = table.concat(flags)
+redis.call('SET', tok, reply, 'EX', %(ttl)d)
 publish(queues)
-return flags
+return reply
 """
 
 # ARGV: P, run, now, cutoff, max_recoveries, info, keep
@@ -559,7 +713,7 @@ return #ids
 _PURGE = r"""
 local ids = redis.call('ZRANGEBYSCORE', qk(ARGV[2], 'fin:' .. ARGV[3]), '-inf', ARGV[4],
   'LIMIT', 0, tonumber(ARGV[5]))
-for _, id in ipairs(ids) do forget(id) end
+forget_many(ARGV[2], ARGV[3], ids)
 return #ids
 """
 
@@ -700,6 +854,51 @@ def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _encode_rows(rows: Sequence[Row]) -> tuple[bytes, bytes]:
+    """Rows as the scripts read them: a head of one record per row, "id,priority,
+    run_at,max_attempts,created_at,len(queue),len(payload),len(meta),len(key);"
+    (sizes in bytes, '' for None), and a blob of queue, payload, meta and key bytes."""
+    head: list[str] = []
+    blob: list[bytes] = []
+    queues: dict[str, bytes] = {}
+    times: dict[float, str] = {}
+    for row in rows:
+        queue = queues.get(row.queue)
+        if queue is None:
+            queue = queues[row.queue] = row.queue.encode()
+        payload = row.payload
+        if not isinstance(payload, bytes):
+            payload = payload.encode() if isinstance(payload, str) else bytes(payload)
+        run_at = times.get(row.run_at)
+        if run_at is None:
+            run_at = times[row.run_at] = repr(float(row.run_at))
+        created_at = times.get(row.created_at)
+        if created_at is None:
+            created_at = times[row.created_at] = repr(float(row.created_at))
+        blob.append(queue)
+        blob.append(payload)
+        if row.id is None and row.meta is None and row.key is None and row.max_attempts is None:
+            head.append(
+                f",{int(row.priority)},{run_at},,{created_at},{len(queue)},{len(payload)},,;"
+            )
+            continue
+        meta_size = key_size = ""
+        if row.meta is not None:
+            meta = row.meta.encode()
+            blob.append(meta)
+            meta_size = str(len(meta))
+        if row.key is not None:
+            key = row.key.encode()
+            blob.append(key)
+            key_size = str(len(key))
+        head.append(
+            f"{'' if row.id is None else int(row.id)},{int(row.priority)},{run_at},"
+            f"{'' if row.max_attempts is None else int(row.max_attempts)},{created_at},"
+            f"{len(queue)},{len(payload)},{meta_size},{key_size};"
+        )
+    return "".join(head).encode(), b"".join(blob)
+
+
 # The store -------------------------------------------------------------------------------
 class RedisStorage(ExposeMixin, Store):
     """Tasks in Redis (see the module docstring for the keys, retention, wake-ups and
@@ -795,34 +994,14 @@ class RedisStorage(ExposeMixin, Store):
         return clock.timestamp()
 
     # Pushing ---------------------------------------------------------------------------
-    @staticmethod
-    def _row_args(row: Row) -> list[Any]:
-        payload = row.payload
-        if isinstance(payload, memoryview):
-            payload = bytes(payload)
-        return [
-            "" if row.id is None else str(int(row.id)),
-            row.queue,
-            payload,
-            str(int(row.priority)),
-            str(-int(row.priority)),
-            repr(float(row.run_at)),
-            "" if row.max_attempts is None else str(int(row.max_attempts)),
-            row.meta or "",
-            "" if row.key is None else "k" + row.key,
-            repr(float(row.created_at)),
-        ]
-
     def insert(self, rows: Sequence[Row]) -> list[TaskId]:
         """Write ``rows`` in one script call: all or nothing (a taken explicit id
         rejects the batch), ids from INCR in order, keyed rows idempotent on the key."""
         if not rows:
             return []
-        args: list[Any] = [uuid.uuid4().hex, repr(self._now()), len(rows)]
-        for row in rows:
-            args.extend(self._row_args(row))
+        head, blob = _encode_rows(rows)
         try:
-            ids = self._run("insert", *args)
+            ids = self._run("insert", uuid.uuid4().hex, repr(self._now()), head, blob)
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
             if text.startswith("DUPLICATE"):
@@ -830,7 +1009,7 @@ class RedisStorage(ExposeMixin, Store):
             raise PushError(f"push failed: {text}") from exc
         except StorageError as exc:
             raise PushError(f"push failed: {exc}") from exc
-        return [TaskId(int(i)) for i in ids]
+        return [TaskId(int(i)) for i in ids.split(b",")]
 
     def last_key(self, prefix: str) -> str | None:
         """The greatest task key starting with ``prefix`` under this store's prefix."""
@@ -851,7 +1030,7 @@ class RedisStorage(ExposeMixin, Store):
             return []
         lease = ctx.new_lease()
         now = repr(self._now())
-        rows = self._run(
+        reply = self._run(
             "claim",
             lease,
             now,
@@ -861,27 +1040,41 @@ class RedisStorage(ExposeMixin, Store):
             int(ctx.in_flight),
             PROMOTE_PER_CLAIM,
         )
-        return [self._to_claim(row, lease) for row in rows]
+        if not reply:
+            return []
+        head, blob = reply
+        claims = []
+        pos = 0
+        queue = self.queue
+        for record in head[:-1].split(b";"):
+            task_id, attempt, priority, max_attempts, iso, size, meta_size = record.split(b",")
+            end = pos + int(size)
+            payload = blob[pos:end]
+            claim = Claim(TaskId(int(task_id)), queue, payload, int(attempt), lease)
+            if meta_size:
+                pos, end = end, end + int(meta_size)
+                claim.defect = self._fill(claim, priority, max_attempts, iso, blob[pos:end])
+            elif priority != b"0" or max_attempts or iso:
+                claim.defect = self._fill(claim, priority, max_attempts, iso, None)
+            pos = end
+            claims.append(claim)
+        return claims
 
-    def _to_claim(self, row: list[Any], lease: str) -> Claim:
-        task_id, payload, attempts, priority, max_attempts, meta, iso = row
-        claim = Claim(
-            id=TaskId(int(task_id)),
-            queue=self.queue,
-            payload=payload,
-            attempt=int(attempts or 1),
-            lease=lease,
-            isolated=iso == b"1",
-        )
+    @staticmethod
+    def _fill(
+        claim: Claim, priority: bytes, max_attempts: bytes, iso: bytes, meta: bytes | None
+    ) -> str | None:
+        """Set a claim's less common fields; returns why the stored task is malformed."""
+        claim.isolated = iso == b"1"
         try:
             claim.priority = int(priority or 0)
-            claim.max_attempts = None if max_attempts is None else int(max_attempts)
+            claim.max_attempts = int(max_attempts) if max_attempts else None
             claim.meta = msgspec.json.decode(meta) if meta else {}
             if not isinstance(claim.meta, dict):
                 raise ValueError("meta is not an object")
         except (ValueError, msgspec.DecodeError) as exc:
-            claim.defect = f"the stored task is malformed: {exc}"
-        return claim
+            return f"the stored task is malformed: {exc}"
+        return None
 
     def next_due(self) -> float | None:
         """The earliest ``run_at`` of a waiting (Pending or Failed) task of this queue."""
@@ -894,40 +1087,69 @@ class RedisStorage(ExposeMixin, Store):
         if not outcomes:
             return
         now = self._now()
-        args: list[Any] = [uuid.uuid4().hex, repr(now), self.keep_finished, len(outcomes)]
+        leases: dict[str, int] = {}
+        head: list[str] = []
+        blob: list[bytes] = []
+        rows: list[Row] = []
         wake = False
+        done_head = ",,0;"
         for o in outcomes:
-            has_result = o.kind is OutcomeKind.DONE and o.encoded_result is not None
-            error = ""
-            if o.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.INTERRUPTED):
+            claim, kind = o.claim, o.kind
+            number = leases.setdefault(claim.lease, len(leases) + 1)
+            if kind is OutcomeKind.DONE and not o.follow_ups:
+                result = o.encoded_result
+                if result is None:
+                    head.append(f"{int(claim.id)},{number},done,,{done_head}")
+                    continue
+                if isinstance(result, str):
+                    result = result.encode()
+                elif not isinstance(result, bytes):
+                    result = bytes(result)
+                blob.append(result)
+                head.append(f"{int(claim.id)},{number},done,{len(result)},{done_head}")
+                continue
+            result_size = error_size = ""
+            if kind is OutcomeKind.DONE and o.encoded_result is not None:
+                result = o.encoded_result
+                result = result.encode() if isinstance(result, str) else bytes(result)
+                blob.append(result)
+                result_size = str(len(result))
+            if kind in (OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.INTERRUPTED):
                 error = json.dumps(
-                    [o.claim.attempt, safe_text(o.error or ""), safe_text(o.traceback), now]
-                )
-            result = o.encoded_result if has_result else ""
-            if isinstance(result, str):
-                result = result.encode()
-            args += [
-                str(int(o.claim.id)),
-                o.claim.lease,
-                _KINDS[o.kind],
-                "1" if has_result else "0",
-                result,
-                error,
-                repr(now + float(o.delay or 0.0)),
-                len(o.follow_ups),
-            ]
-            for row in o.follow_ups:
-                args.extend(self._row_args(row))
-            wake = wake or bool(o.follow_ups) or o.kind is not OutcomeKind.DONE
+                    [claim.attempt, safe_text(o.error or ""), safe_text(o.traceback), now]
+                ).encode()
+                blob.append(error)
+                error_size = str(len(error))
+            run_at = repr(now + float(o.delay or 0.0)) if kind is not OutcomeKind.DONE else ""
+            head.append(
+                f"{int(claim.id)},{number},{_KINDS[kind]},{result_size},{error_size},"
+                f"{run_at},{len(o.follow_ups)};"
+            )
+            rows.extend(o.follow_ups)
+            wake = wake or bool(o.follow_ups) or kind is not OutcomeKind.DONE
+        row_head, row_blob = _encode_rows(rows) if rows else (b"", b"")
         try:
-            flags = self._run("ack", *args)
+            flags = self._run(
+                "ack",
+                uuid.uuid4().hex,
+                repr(now),
+                self.keep_finished,
+                len(leases),
+                *leases,
+                "".join(head),
+                b"".join(blob),
+                row_head,
+                row_blob,
+            )
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
             if text.startswith("DUPLICATE "):  # a follow-up's id: writing again cannot help
                 raise OutcomeRefused(f"ack rejected: {text.removeprefix('DUPLICATE ')}") from None
             raise StorageError(f"ack failed: {text}") from exc
+        if len(flags) != len(outcomes):
+            raise StorageError(f"ack failed: {len(flags)} flags for {len(outcomes)} outcomes")
         for o, flag in zip(outcomes, flags, strict=True):
-            o.accepted = flag == b"1"
+            o.accepted = flag == 49  # b"1"
         if wake:
             for queue in {
                 self.queue,

@@ -318,10 +318,12 @@ def test_finished_tasks_are_kept_up_to_keep_finished_per_status(env):
 
 def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
     """What a retry after a lost reply does: the same script call again, same token."""
+    from taskpipe.redis import _encode_rows
+
     store = env.store()
     now = time.time()
     row = store.row(taskpipe.Task("once"), now)
-    args = [store.prefix, "token-1", repr(now), 1, *store._row_args(row)]
+    args = [store.prefix, "token-1", repr(now), *_encode_rows([row])]
     first = store._scripts["insert"](keys=[], args=args)
     assert store._scripts["insert"](keys=[], args=args) == first
     assert store.stats(queue=env.queue)["pending"] == 1
@@ -330,26 +332,18 @@ def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
     claim_args = [store.prefix, "run:1", repr(now), env.queue, 10, run.run_id, 0, 100]
     claimed = store._scripts["claim"](keys=[], args=claim_args)
     assert store._scripts["claim"](keys=[], args=claim_args) == claimed  # the same task back
-    [task] = claimed
-    assert store.fetch_by_id(int(task[0])).attempts == 1  # counted once
+    head, payloads = claimed
+    task_id = head.split(b",")[0].decode()
+    assert (head.count(b";"), payloads) == (1, b'"once"')
+    assert store.fetch_by_id(int(task_id)).attempts == 1  # counted once
 
-    ack_args = [
-        store.prefix,
-        "ack-1",
-        repr(now),
-        100,
-        1,
-        task[0],
-        "run:1",
-        "done",
-        "1",
-        b'"r"',
-        "",
-        "0",
-        0,
-    ]
-    assert store._scripts["ack"](keys=[], args=ack_args) == [b"1"]
-    assert store._scripts["ack"](keys=[], args=ack_args) == [b"1"]  # accepted, not re-applied
+    # token, now, keep, one lease, the lease, then "id,lease,kind,len(result),len(error),
+    # run_at,follow-ups;", the results, and no follow-up rows
+    ack_args = [store.prefix, "ack-1", repr(now), 100, 1, "run:1"]
+    ack_args += [f"{task_id},1,done,3,,,0;", b'"r"', b"", b""]
+    assert store._scripts["ack"](keys=[], args=ack_args) == b"1"
+    assert store._scripts["ack"](keys=[], args=ack_args) == b"1"  # accepted, not re-applied
+    task = [task_id]
     info = store.fetch_by_id(int(task[0]))
     assert (info.status, info.result, info.attempts) == (Status.DONE, "r", 1)
     assert store.stats(queue=env.queue)["done"] == 1
