@@ -349,7 +349,7 @@ class SameLua:
                         pos += size
                         ids.append(fields[0].decode())
                     text = "".join(f"{i},1,done,,,,0;" for i in ids)
-                    args = [prefix, uuid.uuid4().hex, repr(time.time()), 10_000, 1, lease]
+                    args = [prefix, uuid.uuid4().hex, repr(time.time()), 10_000, "bench", 1, lease]
                     ack(keys=[], args=[*args, text, b"", b"", b""], client=client)
 
             pool = [threading.Thread(target=loop, args=(k,)) for k in range(4)]

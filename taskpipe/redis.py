@@ -32,7 +32,9 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:q:{queue}:iso        the same for tasks that must run alone
     {p}:q:{queue}:later      zset run_at → id: waiting, not due when last looked at
     {p}:q:{queue}:wait       zset run_at → id: every waiting task (``next_due``)
-    {p}:q:{queue}:s:{status} zset id → id per status (listing, counts)
+    {p}:q:{queue}:s:{status} zset id → id per status but Running (listing, counts)
+    {p}:q:{queue}:running    hash id → "started_at len(run) run lease" of each Running
+                             task: an ack counts only while its lease is there
     {p}:q:{queue}:fin:{done|dead}  zset done_at → id (retention, purge, rates)
     {p}:q:{queue}:errs  :rt  failures of the last day; Done run-time sum and count
     {p}:runs {p}:seen {p}:held:{run} {p}:orphans   worker runs, last beats, held tasks
@@ -205,10 +207,29 @@ local function unschedule(id, q)
   end
 end
 
+-- (Running tasks have no status zset: the queue's running hash is their index)
 local function set_status(id, q, old, new)
-  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+  if old and old ~= 'running' then redis.call('ZREM', qk(q, 's:' .. old), id) end
   redis.call('ZADD', qk(q, 's:' .. new), id, id)
   redis.call('HSET', tk(id), 'st', new)
+end
+
+-- the value of a running task in its queue's running hash: "started_at len(run) run
+-- lease"; an ack is accepted only while it is there with the ack's lease
+local function held_value(sa, run, lease)
+  return sa .. ' ' .. #run .. ' ' .. run .. lease
+end
+local function parse_held(v)  -- started_at, run, lease
+  local sa, n, rest = string.match(v, '^(%S*) (%d+) (.*)$')
+  if not sa then return nil end
+  n = tonumber(n)
+  return sa, string.sub(rest, 1, n), string.sub(rest, n + 1)
+end
+
+-- a running task stops running: out of the running hash and its run's held set
+local function unhold(id, q, run)
+  redis.call('HDEL', qk(q, 'running'), id)
+  if run then redis.call('SREM', P .. ':held:' .. run, id) end
 end
 
 -- a finished task leaves for good (evicted or purged): its key is free again
@@ -279,8 +300,8 @@ local function finish(id, q, old, st, now, keep, sa, B, result)
   else
     redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
   end
-  redis.call('HDEL', h, 'ls')
   local fin = qk(q, 'fin:' .. st)
+  if old == 'running' then old = nil end
   if B then
     if old then defer(B, 'ZREM', qk(q, 's:' .. old), id) end
     defer(B, 'ZADD', qk(q, 's:' .. st), id, id)
@@ -447,7 +468,7 @@ local function requeue(id, q, st, now)
   else return 0 end
   local h = tk(id)
   redis.call('HSET', h, 'ra', now, 'at', 0, 'iso', 0)
-  redis.call('HDEL', h, 'r', 'da', 'sa', 'ls', 'w')
+  redis.call('HDEL', h, 'r', 'da', 'sa', 'w')
   set_status(id, q, st, 'pending')
   schedule(id, q, now, now)
   return 1
@@ -478,9 +499,12 @@ local tok = P .. ':tok:' .. lease
 local ids, out = {}, {}
 local prev = redis.call('GET', tok)
 if prev then
+  local held = held_value(now, run, lease)
   for _, id in ipairs(split(prev)) do
-    local v = redis.call('HMGET', tk(id), 'ls', 'p', 'at', 'pr', 'ma', 'me', 'iso')
-    if v[1] == lease then table.insert(out, {id, v[2], v[3] or '0', v[4], v[5], v[6], v[7]}) end
+    if redis.call('HGET', qk(q, 'running'), id) == held then
+      local v = redis.call('HMGET', tk(id), 'p', 'at', 'pr', 'ma', 'me', 'iso')
+      table.insert(out, {id, v[1], v[2] or '0', v[3], v[4], v[5], v[6]})
+    end
   end
 else
   local later = qk(q, 'later')
@@ -506,7 +530,7 @@ else
     local st = v[1]
     if st == 'pending' or st == 'failed' then
       local at = (tonumber(v[3]) or 0) + 1
-      redis.call('HSET', h, 'ls', lease, 'w', run, 'sa', now, 'st', 'running', 'm', '', 'at', at)
+      redis.call('HSET', h, 'w', run, 'sa', now, 'st', 'running', 'at', at)
       defer(B, 'ZREM', qk(q, 's:' .. st), id)
       ids[#ids + 1] = id
       out[#out + 1] = {id, v[2], tostring(at), v[4], v[5], v[6], v[7]}
@@ -515,12 +539,12 @@ else
   if #ids > 0 then
     apply(B)
     many('ZREM', qk(q, 'wait'), ids)
-    local running = {}
+    local running, held = {}, held_value(now, run, lease)
     for j, id in ipairs(ids) do
       running[2 * j - 1] = id
-      running[2 * j] = id
+      running[2 * j] = held
     end
-    many('ZADD', qk(q, 's:running'), running)
+    many('HSET', qk(q, 'running'), running)
     many('SADD', P .. ':held:' .. run, ids)
     redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
     redis.call('ZADD', P .. ':seen', 'NX', now, run)
@@ -534,18 +558,18 @@ return claims_reply(out)
 # ('' is None); blob: the results and errors in order; the follow-ups are rows, in
 # the order of their outcomes. Returns one '1' (accepted) or '0' per outcome.
 _ACK = r"""
-local token, now, keep, nl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local token, now, keep, q, nl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local tok = P .. ':tok:' .. token
 local prev = redis.call('GET', tok)
 if prev then return prev end
-local head, blob = ARGV[6 + nl], ARGV[7 + nl]
-local rhead, rblob = ARGV[8 + nl], ARGV[9 + nl]
+local head, blob = ARGV[7 + nl], ARGV[8 + nl]
+local rhead, rblob = ARGV[9 + nl], ARGV[10 + nl]
 local rows = {}
 if rhead ~= '' then for r in rows_of(rhead, rblob) do rows[#rows + 1] = r end end
 local outcomes, used, seen, pos, fi = {}, {}, {}, 1, 1
 for id, li, kind, rl, el, ra, nf in string.gmatch(head,
     '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);') do
-  local o = {id = id, lease = ARGV[5 + tonumber(li)], kind = kind, ra = ra,
+  local o = {id = id, lease = ARGV[6 + tonumber(li)], kind = kind, ra = ra,
              nf = tonumber(nf), fi = fi}
   fi = fi + o.nf
   if rl ~= '' then
@@ -556,11 +580,22 @@ for id, li, kind, rl, el, ra, nf in string.gmatch(head,
     o.err = string.sub(blob, pos, pos + tonumber(el) - 1)
     pos = pos + tonumber(el)
   end
-  local v = redis.call('HMGET', tk(id), 'st', 'ls', 'q', 'w', 'sa')
-  o.ok = v[1] == 'running' and v[2] == o.lease and not used[id]
+  outcomes[#outcomes + 1] = o
+end
+local ids = {}
+for i, o in ipairs(outcomes) do ids[i] = o.id end
+local held = {}
+for i = 1, #ids, 1000 do
+  local part = redis.call('HMGET', qk(q, 'running'), unpack(ids, i, math.min(i + 999, #ids)))
+  for j, v in ipairs(part) do held[i + j - 1] = v end
+end
+for i, o in ipairs(outcomes) do
+  local sa, run, lease
+  if held[i] then sa, run, lease = parse_held(held[i]) end
+  o.ok = lease ~= nil and lease == o.lease and not used[o.id]
   if o.ok then
-    used[id] = true
-    o.q, o.w, o.sa = v[3], v[4], v[5]
+    used[o.id] = true
+    o.q, o.w, o.sa = q, run, sa
     for r = o.fi, o.fi + o.nf - 1 do
       local rid = rows[r].id
       if rid ~= '' then
@@ -571,13 +606,13 @@ for id, li, kind, rl, el, ra, nf in string.gmatch(head,
       end
     end
   end
-  outcomes[#outcomes + 1] = o
 end
 local flags, queues, B = {}, {}, new_batch()
 for _, o in ipairs(outcomes) do
   if o.ok then
-    local id, q, h = o.id, o.q, tk(o.id)
-    if o.w then defer(B, 'SREM', P .. ':held:' .. o.w, id) end
+    local id, h = o.id, tk(o.id)
+    defer(B, 'HDEL', qk(q, 'running'), id)
+    defer(B, 'SREM', P .. ':held:' .. o.w, id)
     if o.kind == 'done' then
       finish(id, q, 'running', 'done', now, keep, o.sa, B, o.result)
     elseif o.kind == 'dead' then
@@ -585,13 +620,12 @@ for _, o in ipairs(outcomes) do
       finish(id, q, 'running', 'dead', now, keep, o.sa, B)
     elseif o.kind == 'release' then
       redis.call('HINCRBY', h, 'at', -1)
-      redis.call('HDEL', h, 'ls', 'w', 'sa')
+      redis.call('HDEL', h, 'w', 'sa')
       set_status(id, q, 'running', 'pending')
       schedule(id, q, redis.call('HGET', h, 'ra'), now)
       queues[q] = true
     else -- retry, interrupted
       add_error(id, q, o.err, now)
-      redis.call('HDEL', h, 'ls')
       redis.call('HSET', h, 'ra', o.ra)
       if o.kind == 'retry' then
         redis.call('HSET', h, 'iso', 0)
@@ -637,8 +671,9 @@ for _, r in ipairs(dead) do
     for _, id in ipairs(mine) do
       local h = tk(id)
       local q = redis.call('HGET', h, 'q')
+      redis.call('HDEL', qk(q, 'running'), id)
       local attempts = redis.call('HINCRBY', h, 'at', -1)
-      redis.call('HDEL', h, 'ls', 'w', 'sa')
+      redis.call('HDEL', h, 'w', 'sa')
       redis.call('HSET', h, 'iso', 1)
       redis.call('RPUSH', P .. ':r:' .. id, record)
       local rc = 0
@@ -682,8 +717,7 @@ local v = redis.call('HMGET', h, 'st', 'q', 'w', 'at')
 local st, q = v[1], v[2]
 if not st then return -1 end
 if st == 'pending' or st == 'failed' then unschedule(id, q)
-elseif st == 'running' then
-  if v[3] then redis.call('SREM', P .. ':held:' .. v[3], id) end
+elseif st == 'running' then unhold(id, q, v[3])
 else return 0 end
 add_error(id, q, '[' .. (v[4] or 0) .. ',"killed",null,' .. now .. ']', now)
 finish(id, q, st, 'dead', now, ARGV[4])
@@ -1134,6 +1168,7 @@ class RedisStorage(ExposeMixin, Store):
                 uuid.uuid4().hex,
                 repr(now),
                 self.keep_finished,
+                self.queue,
                 len(leases),
                 *leases,
                 "".join(head),
@@ -1296,7 +1331,10 @@ class RedisStorage(ExposeMixin, Store):
         pipe = self.client.pipeline(transaction=False)
         for q in self._queues(queue):
             for s in statuses:
-                pipe.zrevrange(self._qk(f"s:{s.value}", q), 0, offset + limit - 1)
+                if s is Status.RUNNING:  # a hash: as many as the workers hold
+                    pipe.hkeys(self._qk("running", q))
+                else:
+                    pipe.zrevrange(self._qk(f"s:{s.value}", q), 0, offset + limit - 1)
         ids = sorted({int(m) for members in self._do(pipe.execute) for m in members}, reverse=True)
         return self._infos(ids[offset : offset + limit])
 
@@ -1336,7 +1374,10 @@ class RedisStorage(ExposeMixin, Store):
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             for s in Status:
-                pipe.zcard(self._qk(f"s:{s.value}", q))
+                if s is Status.RUNNING:
+                    pipe.hlen(self._qk("running", q))
+                else:
+                    pipe.zcard(self._qk(f"s:{s.value}", q))
         replies = self._do(pipe.execute)
         n = len(Status)
         return [
