@@ -348,9 +348,9 @@ class SameLua:
                         recorder.record(msgspec.json.decode(blob[pos : pos + size]))
                         pos += size
                         ids.append(fields[0].decode())
-                    text = "".join(f"{i},1,done,,,,0;" for i in ids)
+                    plain = f"1={','.join(ids)};"
                     args = [prefix, uuid.uuid4().hex, repr(time.time()), 10_000, "bench", 1, lease]
-                    ack(keys=[], args=[*args, text, b"", b"", b""], client=client)
+                    ack(keys=[], args=[*args, "", b"", b"", b"", plain], client=client)
 
             pool = [threading.Thread(target=loop, args=(k,)) for k in range(4)]
             for thread in pool:

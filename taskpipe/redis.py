@@ -86,6 +86,7 @@ writes too. When a push that returned must never be lost, use PostgreSQL
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -129,7 +130,20 @@ _ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _PRELUDE = r"""
 local P = ARGV[1]
 local function tk(id) return P .. ':t:' .. id end
-local function qk(q, name) return P .. ':q:' .. q .. ':' .. name end
+local QK = {}  -- key names made once per call (a Lua string is hashed when made)
+local function qk(q, name)
+  local t = QK[q]
+  if not t then
+    t = {}
+    QK[q] = t
+  end
+  local k = t[name]
+  if not k then
+    k = P .. ':q:' .. q .. ':' .. name
+    t[name] = k
+  end
+  return k
+end
 
 local function member(id, ra)
   local us = math.floor(tonumber(ra) * 1000000)
@@ -165,14 +179,17 @@ end
 -- (command, key) instead of one call per task
 local function new_batch() return {ops = {}, order = {}, rt = {}, fin = {}} end
 local function defer(B, cmd, key, a, b)
-  local k = cmd .. ' ' .. key
-  local e = B.ops[k]
-  if not e then
-    e = {cmd, key, {}}
-    B.ops[k] = e
-    B.order[#B.order + 1] = e
+  local by_key = B.ops[cmd]
+  if not by_key then
+    by_key = {}
+    B.ops[cmd] = by_key
   end
-  local list = e[3]
+  local list = by_key[key]
+  if not list then
+    list = {}
+    by_key[key] = list
+    B.order[#B.order + 1] = {cmd, key, list}
+  end
   list[#list + 1] = a
   if b ~= nil then list[#list + 1] = b end
 end
@@ -433,9 +450,9 @@ end
 
 -- claimed tasks as two strings: "id,attempt,priority,max_attempts,iso,len(payload),
 -- len(meta);" per task ('' is None), and the payloads and metas in order
-local function field(v)  -- a stored number as a head field ('?' if it could break the head)
+local function field(v)  -- a stored number as a head field ('?' if it is none)
   if not v then return '' end
-  if string.find(v, '[,;]') then return '?' end
+  if not tonumber(v) then return '?' end
   return v
 end
 
@@ -553,17 +570,19 @@ end
 return claims_reply(out)
 """
 
-# ARGV: P, token, now, keep, nleases, leases..., head, blob, follow-up row head, row blob.
-# head: "id,lease number,kind,len(result),len(error),run_at,follow-ups;" per outcome
-# ('' is None); blob: the results and errors in order; the follow-ups are rows, in
-# the order of their outcomes. Returns one '1' (accepted) or '0' per outcome.
+# ARGV: P, token, now, keep, queue, nleases, leases..., head, blob, follow-up row head,
+# row blob, plain. head: "id,lease number,kind,len(result),len(error),run_at,follow-ups;"
+# per outcome ('' is None); blob: the results and errors in order; the follow-ups are
+# rows, in the order of their outcomes; plain: the Done outcomes with no result and no
+# follow-up, "lease number=id,id,…;" per lease. Returns one '1' (accepted) or '0' per
+# outcome: those of head, then those of plain, in order.
 _ACK = r"""
 local token, now, keep, q, nl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local tok = P .. ':tok:' .. token
 local prev = redis.call('GET', tok)
 if prev then return prev end
 local head, blob = ARGV[7 + nl], ARGV[8 + nl]
-local rhead, rblob = ARGV[9 + nl], ARGV[10 + nl]
+local rhead, rblob, plain = ARGV[9 + nl], ARGV[10 + nl], ARGV[11 + nl]
 local rows = {}
 if rhead ~= '' then for r in rows_of(rhead, rblob) do rows[#rows + 1] = r end end
 local outcomes, used, seen, pos, fi = {}, {}, {}, 1, 1
@@ -581,6 +600,12 @@ for id, li, kind, rl, el, ra, nf in string.gmatch(head,
     pos = pos + tonumber(el)
   end
   outcomes[#outcomes + 1] = o
+end
+for li, list in string.gmatch(plain, '(%%d+)=([^;]*);') do
+  local lease = ARGV[6 + tonumber(li)]
+  for id in string.gmatch(list, '%%d+') do
+    outcomes[#outcomes + 1] = {id = id, lease = lease, kind = 'done', nf = 0, fi = fi}
+  end
 end
 local ids = {}
 for i, o in ipairs(outcomes) do ids[i] = o.id end
@@ -981,6 +1006,8 @@ class RedisStorage(ExposeMixin, Store):
             for name, source in _SCRIPTS.items()
         }
         self._hostname = socket.gethostname()
+        self._token_base = uuid.uuid4().hex[:16]
+        self._tokens = itertools.count()
 
     def __repr__(self) -> str:
         return f"RedisStorage(queue={self.queue!r}, prefix={self.prefix!r})"
@@ -1022,7 +1049,21 @@ class RedisStorage(ExposeMixin, Store):
             raise StorageError(f"Redis is unreachable ({exc}); retried and gave up") from exc
 
     def _run(self, name: str, *args: Any) -> Any:
-        return self._do(self._scripts[name], keys=[], args=[self.prefix, *args])
+        script = self._scripts[name]
+        execute = self.client.execute_command
+        try:
+            try:
+                return execute("EVALSHA", script.sha, 0, self.prefix, *args)
+            except redis.exceptions.NoScriptError:  # the server lost its script cache
+                script.sha = self.client.script_load(script.script)
+                return execute("EVALSHA", script.sha, 0, self.prefix, *args)
+        except _ERRORS as exc:
+            raise StorageError(f"Redis is unreachable ({exc}); retried and gave up") from exc
+
+    def _token(self) -> str:
+        """A token naming one write (its result is kept under it for a replay): unique
+        across processes (pid) and hosts (a random part per store)."""
+        return f"{self._token_base}{os.getpid()}:{next(self._tokens)}"
 
     def _now(self) -> float:
         return clock.timestamp()
@@ -1035,7 +1076,7 @@ class RedisStorage(ExposeMixin, Store):
             return []
         head, blob = _encode_rows(rows)
         try:
-            ids = self._run("insert", uuid.uuid4().hex, repr(self._now()), head, blob)
+            ids = self._run("insert", self._token(), repr(self._now()), head, blob)
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
             if text.startswith("DUPLICATE"):
@@ -1125,27 +1166,23 @@ class RedisStorage(ExposeMixin, Store):
         head: list[str] = []
         blob: list[bytes] = []
         rows: list[Row] = []
+        detailed: list[Outcome] = []  # in head
+        plain: dict[int, list[Outcome]] = {}  # Done, no result, no follow-up: by lease
         wake = False
-        done_head = ",,0;"
         for o in outcomes:
             claim, kind = o.claim, o.kind
             number = leases.setdefault(claim.lease, len(leases) + 1)
-            if kind is OutcomeKind.DONE and not o.follow_ups:
+            if kind is OutcomeKind.DONE and not o.follow_ups and o.encoded_result is None:
+                plain.setdefault(number, []).append(o)
+                continue
+            detailed.append(o)
+            result_size = error_size = ""
+            if kind is OutcomeKind.DONE and o.encoded_result is not None:
                 result = o.encoded_result
-                if result is None:
-                    head.append(f"{int(claim.id)},{number},done,,{done_head}")
-                    continue
                 if isinstance(result, str):
                     result = result.encode()
                 elif not isinstance(result, bytes):
                     result = bytes(result)
-                blob.append(result)
-                head.append(f"{int(claim.id)},{number},done,{len(result)},{done_head}")
-                continue
-            result_size = error_size = ""
-            if kind is OutcomeKind.DONE and o.encoded_result is not None:
-                result = o.encoded_result
-                result = result.encode() if isinstance(result, str) else bytes(result)
                 blob.append(result)
                 result_size = str(len(result))
             if kind in (OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.INTERRUPTED):
@@ -1162,10 +1199,14 @@ class RedisStorage(ExposeMixin, Store):
             rows.extend(o.follow_ups)
             wake = wake or bool(o.follow_ups) or kind is not OutcomeKind.DONE
         row_head, row_blob = _encode_rows(rows) if rows else (b"", b"")
+        plain_text = "".join(
+            f"{number}={','.join([str(int(o.claim.id)) for o in group])};"
+            for number, group in plain.items()
+        )
         try:
             flags = self._run(
                 "ack",
-                uuid.uuid4().hex,
+                self._token(),
                 repr(now),
                 self.keep_finished,
                 self.queue,
@@ -1175,15 +1216,17 @@ class RedisStorage(ExposeMixin, Store):
                 b"".join(blob),
                 row_head,
                 row_blob,
+                plain_text,
             )
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
             if text.startswith("DUPLICATE "):  # a follow-up's id: writing again cannot help
                 raise OutcomeRefused(f"ack rejected: {text.removeprefix('DUPLICATE ')}") from None
             raise StorageError(f"ack failed: {text}") from exc
-        if len(flags) != len(outcomes):
-            raise StorageError(f"ack failed: {len(flags)} flags for {len(outcomes)} outcomes")
-        for o, flag in zip(outcomes, flags, strict=True):
+        ordered = detailed + [o for group in plain.values() for o in group]
+        if len(flags) != len(ordered):
+            raise StorageError(f"ack failed: {len(flags)} flags for {len(ordered)} outcomes")
+        for o, flag in zip(ordered, flags, strict=True):
             o.accepted = flag == 49  # b"1"
         if wake:
             for queue in {

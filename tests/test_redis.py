@@ -338,9 +338,9 @@ def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
     assert store.fetch_by_id(int(task_id)).attempts == 1  # counted once
 
     # token, now, keep, queue, one lease, the lease, then "id,lease,kind,len(result),len(error),
-    # run_at,follow-ups;", the results, and no follow-up rows
+    # run_at,follow-ups;", the results, no follow-up rows, no plain Done
     ack_args = [store.prefix, "ack-1", repr(now), 100, env.queue, 1, "run:1"]
-    ack_args += [f"{task_id},1,done,3,,,0;", b'"r"', b"", b""]
+    ack_args += [f"{task_id},1,done,3,,,0;", b'"r"', b"", b"", ""]
     assert store._scripts["ack"](keys=[], args=ack_args) == b"1"
     assert store._scripts["ack"](keys=[], args=ack_args) == b"1"  # accepted, not re-applied
     task = [task_id]
