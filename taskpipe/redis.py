@@ -148,6 +148,7 @@ end
 local function member(id, ra)
   local us = math.floor(tonumber(ra) * 1000000)
   if us < 0 then us = 0 end
+  if #id <= 15 then return string.format('%017d:%020d', us, tonumber(id)) end
   local pad = 20 - #id
   if pad < 0 then pad = 0 end
   return string.format('%017d', us) .. ':' .. string.rep('0', pad) .. id
@@ -193,9 +194,26 @@ local function defer(B, cmd, key, a, b)
   list[#list + 1] = a
   if b ~= nil then list[#list + 1] = b end
 end
+-- the list of a deferred (command, key), to append to directly
+local function deferred(B, cmd, key)
+  local by_key = B.ops[cmd]
+  if not by_key then
+    by_key = {}
+    B.ops[cmd] = by_key
+  end
+  local list = by_key[key]
+  if not list then
+    list = {}
+    by_key[key] = list
+    B.order[#B.order + 1] = {cmd, key, list}
+  end
+  return list
+end
 local function apply(B)
-  for _, e in ipairs(B.order) do many(e[1], e[2], e[3]) end
-  B.ops, B.order = {}, {}
+  for _, e in ipairs(B.order) do
+    if #e[3] > 0 then many(e[1], e[2], e[3]) end
+  end
+  B.ops, B.order, B.q = {}, {}, nil
 end
 
 -- a waiting task (pending or failed) enters its queue
@@ -366,26 +384,41 @@ end
 -- len(key);" ('' is None), and a blob of queue, payload, meta and key bytes in order.
 local ROW = '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);'
 
--- an iterator over the rows of (head, blob): each a table, or nil at the end
-local function rows_of(head, blob)
-  local it, pos = string.gmatch(head, ROW), 1
-  local function take(len)
-    if len == '' then return nil end
-    local n = tonumber(len)
-    local v = string.sub(blob, pos, pos + n - 1)
-    pos = pos + n
-    return v
-  end
+-- an iterator over the rows of (head, blob): a table per row, or (reuse) the same table
+-- each time, filled with the next row; nil at the end
+local function rows_of(head, blob, reuse)
+  local it, pos, r = string.gmatch(head, ROW), 1, {}
   return function()
     local id, pr, ra, ma, ca, ql, pl, ml, kl = it()
     if id == nil then return nil end
-    return {id = id, pr = pr, ra = ra, ma = ma, ca = ca,
-            q = take(ql), p = take(pl), me = take(ml), k = take(kl)}
+    if not reuse then r = {} end
+    r.id, r.pr, r.ra, r.ma, r.ca = id, pr, ra, ma, ca
+    local e = pos + ql
+    r.q = string.sub(blob, pos, e - 1)
+    pos, e = e, e + pl
+    r.p = string.sub(blob, pos, e - 1)
+    pos = e
+    if ml ~= '' then
+      e = pos + ml
+      r.me = string.sub(blob, pos, e - 1)
+      pos = e
+    else
+      r.me = nil
+    end
+    if kl ~= '' then
+      e = pos + kl
+      r.k = string.sub(blob, pos, e - 1)
+      pos = e
+    else
+      r.k = nil
+    end
+    return r
   end
 end
 
 -- the first explicit id of a row head that is taken (or repeated), else nil
 local function taken_id(head, seen)
+  if not (string.find(head, '^%d') or string.find(head, ';%d')) then return nil end
   for id in string.gmatch(head, '([^,;]*)[^;]*;') do
     if id ~= '' then
       if seen[id] or redis.call('EXISTS', tk(id)) == 1 then return id end
@@ -396,6 +429,7 @@ local function taken_id(head, seen)
 end
 
 local explicit_max = nil  -- the greatest explicit id ever inserted ({p}:maxid)
+local next_id, last_id = 0, -1  -- ids taken beforehand by one INCRBY (insert_rows)
 
 -- a row is written; its index entries go into the batch B (written by apply(B))
 local function insert_row(r, now, queues, B)
@@ -406,40 +440,69 @@ local function insert_row(r, now, queues, B)
   end
   if explicit_max == nil then explicit_max = tonumber(redis.call('GET', P .. ':maxid') or '-1') end
   if id == '' then
-    id = redis.call('INCR', P .. ':ids')
-    while id <= explicit_max and redis.call('EXISTS', tk(id)) == 1 do
-      id = redis.call('INCR', P .. ':ids')
+    local n
+    if next_id <= last_id then  -- taken beforehand, unless an explicit id took it
+      n = next_id
+      next_id = next_id + 1
+      if n <= explicit_max and redis.call('EXISTS', tk(n)) == 1 then n = nil end
     end
-    id = string.format('%d', id)
+    if not n then
+      n = redis.call('INCR', P .. ':ids')
+      while n <= explicit_max and redis.call('EXISTS', tk(n)) == 1 do
+        n = redis.call('INCR', P .. ':ids')
+      end
+    end
+    id = string.format('%d', n)
   elseif tonumber(id) > explicit_max then
     explicit_max = tonumber(id)
     redis.call('SET', P .. ':maxid', id)
   end
   local h, ra = tk(id), r.ra
   local due = tonumber(ra) <= tonumber(now)
-  -- absent fields read as their defaults: at, rc 0; iso, m, ma, me, k none
-  local f = {'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending'}
   local m
-  if due then
-    m = member(id, ra)
-    f[#f + 1] = 'm'
-    f[#f + 1] = m
-  end
-  if r.ma ~= '' then f[#f + 1] = 'ma'; f[#f + 1] = r.ma end
-  if r.me then f[#f + 1] = 'me'; f[#f + 1] = r.me end
-  if key then
-    f[#f + 1] = 'k'
-    f[#f + 1] = key
-    redis.call('HSET', P .. ':keys', key, id)
-    redis.call('ZADD', P .. ':keyidx', 0, key)
-  end
-  redis.call('HSET', h, unpack(f))
-  defer(B, 'ZADD', qk(q, 's:pending'), id, id)
-  defer(B, 'ZADD', qk(q, 'wait'), ra, id)
-  if due then
-    defer(B, 'ZADD', qk(q, 'ready'), neg(r.pr), m)
+  if due then m = member(id, ra) end
+  -- absent fields read as their defaults: at, rc 0; iso, m, ma, me, k none
+  if r.ma == '' and not r.me and not key then
+    if due then
+      redis.call('HSET', h, 'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending',
+        'm', m)
+    else
+      redis.call('HSET', h, 'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending')
+    end
   else
-    defer(B, 'ZADD', qk(q, 'later'), ra, id)
+    local f = {'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending'}
+    if due then f[#f + 1] = 'm'; f[#f + 1] = m end
+    if r.ma ~= '' then f[#f + 1] = 'ma'; f[#f + 1] = r.ma end
+    if r.me then f[#f + 1] = 'me'; f[#f + 1] = r.me end
+    if key then
+      f[#f + 1] = 'k'
+      f[#f + 1] = key
+      redis.call('HSET', P .. ':keys', key, id)
+      redis.call('ZADD', P .. ':keyidx', 0, key)
+    end
+    redis.call('HSET', h, unpack(f))
+  end
+  local L = B.q and B.q[q]
+  if not L then
+    L = {pending = deferred(B, 'ZADD', qk(q, 's:pending')), wait = deferred(B, 'ZADD', qk(q, 'wait')),
+         ready = deferred(B, 'ZADD', qk(q, 'ready')), later = deferred(B, 'ZADD', qk(q, 'later'))}
+    B.q = B.q or {}
+    B.q[q] = L
+  end
+  local list = L.pending
+  list[#list + 1] = id
+  list[#list + 1] = id
+  list = L.wait
+  list[#list + 1] = ra
+  list[#list + 1] = id
+  if due then
+    list = L.ready
+    list[#list + 1] = neg(r.pr)
+    list[#list + 1] = m
+  else
+    list = L.later
+    list[#list + 1] = ra
+    list[#list + 1] = id
   end
   if not queues[q] then
     queues[q] = true
@@ -496,12 +559,19 @@ end
 _INSERT = r"""
 local token, now, head, blob = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tok = P .. ':tok:' .. token
-local prev = redis.call('GET', tok)
-if prev then return prev end
+local got = redis.call('MGET', tok, P .. ':maxid')
+if got[1] then return got[1] end
+explicit_max = tonumber(got[2] or '-1')
 local bad = taken_id(head, {})
 if bad then return redis.error_reply('DUPLICATE a task with id ' .. bad .. ' already exists') end
+-- no explicit id and no key (no row can be skipped): the ids are taken by one INCRBY
+if not (string.find(head, '^%%d') or string.find(head, ';%%d') or string.find(head, '%%d;')) then
+  local _, n = string.gsub(head, ';', ';')
+  local last = redis.call('INCRBY', P .. ':ids', n)
+  next_id, last_id = last - n + 1, last
+end
 local ids, queues, B = {}, {}, new_batch()
-for r in rows_of(head, blob) do ids[#ids + 1] = insert_row(r, now, queues, B) end
+for r in rows_of(head, blob, true) do ids[#ids + 1] = insert_row(r, now, queues, B) end
 apply(B)
 local reply = table.concat(ids, ',')
 redis.call('SET', tok, reply, 'EX', %(ttl)d)
