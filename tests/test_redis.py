@@ -386,3 +386,133 @@ class socket_closed_port:
 
     def __exit__(self, *exc: Any) -> None:
         self.sock.close()
+
+
+# The wire formats and the running hash (issue 12: the scripts were reshaped for speed) ------
+ODD = "a,b;c=d e\u00e9\u2603"  # the separators of the scripts' heads, a space, non-ASCII
+
+
+def test_odd_queue_names_keys_meta_and_worker_names_travel_intact(env):
+    env.queue = f"q{ODD}"
+    store = env.store()
+    payloads = [f"x,;{ODD}", "x" * 3000, {"k": ODD}]
+    ids = store.push_bulk(payloads)
+    keyed = store.push_task(taskpipe.Task("keyed", key=f"k{ODD}", meta={"m": ODD}, priority=3))
+    assert store.push_task(taskpipe.Task("again", key=f"k{ODD}")) == keyed
+    assert store.last_key("k") == f"k{ODD}"
+    seen: list[Any] = []
+
+    def handle(item: Any, task: taskpipe.Task[Any]) -> Any:
+        seen.append((task.id, item, task.meta, task.priority))
+        return item
+
+    worker = WorkerBuilder(f"w{ODD}").backend(store).concurrency(3).build(handle)
+    assert worker.run_until_idle() == 4
+    assert seen[0] == (keyed, "keyed", {"m": ODD}, 3)  # the highest priority first
+    assert sorted(s[0] for s in seen[1:]) == ids
+    for tid in [*ids, keyed]:
+        info = store.fetch_by_id(tid)
+        assert (info.status, info.queue, info.worker.startswith(f"w{ODD}:")) == (
+            Status.DONE,
+            env.queue,
+            True,
+        )
+    assert store.fetch_by_id(ids[2]).result == {"k": ODD}
+    assert store.stats(queue=env.queue)["done"] == 4
+
+
+def test_bulk_ids_step_over_explicit_ids_ahead_of_the_counter(env):
+    store = env.store()
+    first = store.push_bulk(["a", "b"])
+    ahead = [first[-1] + 2, first[-1] + 4]
+    for tid in ahead:
+        store.push_task(taskpipe.Task(f"explicit {tid}", id=tid))
+    ids = store.push_bulk([f"plain {i}" for i in range(6)])
+    assert not set(ids) & set(ahead) and len(set(ids)) == 6
+    for tid, n in zip(ids, range(6), strict=True):
+        assert store.fetch_by_id(tid).args == f"plain {n}"
+    for tid in ahead:
+        assert store.fetch_by_id(tid).args == f"explicit {tid}"
+    assert store.stats(queue=env.queue)["pending"] == 10
+
+
+def test_a_batch_of_mixed_outcomes_and_leases_is_fenced_per_outcome(env):
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    ids = store.push_bulk(list(range(6)))
+    run = WorkerContext("mixed", capacity=10, report=pytest.fail)
+    store.beat(run)
+    first = store.claim(run, 3)  # one lease
+    second = store.claim(run, 3)  # another
+    assert store.kill(first[0].id)  # its lease is gone
+    batch = [
+        Outcome(first[0], OutcomeKind.DONE),  # plain Done, stale
+        Outcome(second[0], OutcomeKind.DONE, encoded_result=b'"r"'),  # Done with a result
+        Outcome(first[1], OutcomeKind.RETRY, error="boom", delay=60),
+        Outcome(second[1], OutcomeKind.DONE),  # plain Done, other lease
+        Outcome(first[2], OutcomeKind.DONE),  # plain Done
+        Outcome(second[1], OutcomeKind.DONE),  # the same claim twice: only the first counts
+    ]
+    store.ack(batch)
+    assert [o.accepted for o in batch] == [False, True, True, True, True, False]
+    statuses = {tid: store.fetch_by_id(tid).status for tid in ids}
+    assert statuses == {
+        ids[0]: Status.DEAD,
+        ids[1]: Status.FAILED,
+        ids[2]: Status.DONE,
+        ids[3]: Status.DONE,
+        ids[4]: Status.DONE,
+        ids[5]: Status.RUNNING,
+    }
+    assert store.fetch_by_id(ids[3]).result == "r"
+    running = store.list_tasks(queue=env.queue, status=Status.RUNNING)
+    assert [(t.id, t.worker, t.attempts) for t in running] == [(ids[5], run.run_id, 1)]
+    assert store.stats(queue=env.queue)["running"] == 1
+    [held] = [w for w in store.list_workers() if w.run_id == run.run_id]
+    assert held.tasks_held == 1
+    store.ack([Outcome(second[2], OutcomeKind.DONE)])
+    assert store.stats(queue=env.queue)["running"] == 0
+    assert env.acct.hlen(f"{env.prefix}:q:{env.queue}:running") == 0
+    assert env.acct.scard(f"{env.prefix}:held:{run.run_id}") == 0
+
+
+def test_a_replayed_claim_does_not_return_a_task_finished_since(env):
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    store.push_bulk(["a", "b"])
+    run = WorkerContext("replay", capacity=4, report=pytest.fail)
+    store.beat(run)
+    now = repr(time.time())
+    args = [store.prefix, "lease-1", now, env.queue, 2, run.run_id, 0, 100]
+    head, _ = store._scripts["claim"](keys=[], args=args)
+    task_ids = [int(r.split(b",")[0]) for r in head[:-1].split(b";")]
+    claims = [
+        taskpipe.store.Claim(taskpipe.TaskId(t), env.queue, b"", 1, "lease-1") for t in task_ids
+    ]
+    store.ack([Outcome(claims[0], OutcomeKind.DONE)])
+    head, _ = store._scripts["claim"](keys=[], args=args)  # the reply was lost: again
+    assert [int(r.split(b",")[0]) for r in head[:-1].split(b";")] == task_ids[1:]
+
+
+def test_trimmed_records_leave_no_index_entries_and_keep_the_run_time_sum(env):
+    from taskpipe.redis import RedisStorage
+
+    client = taskpipe.connect(env.url)
+    store = RedisStorage(client, queue=env.queue, keep_finished=5)
+    RedisStorage.setup(store)
+    store.push_all([taskpipe.Task(i, key=f"key-{i}") for i in range(12)])
+    assert (
+        WorkerBuilder("w").backend(store).concurrency(4).build(lambda i: i).run_until_idle() == 12
+    )
+    p = f"{env.prefix}:q:{env.queue}"
+    assert env.acct.zcard(f"{p}:fin:done") == env.acct.zcard(f"{p}:s:done") == 5
+    assert int(env.acct.hget(f"{p}:rt", "n")) == 5
+    assert env.acct.hlen(f"{env.prefix}:keys") == env.acct.zcard(f"{env.prefix}:keyidx") == 5
+    tasks = len(list(env.acct.scan_iter(match=f"{env.prefix}:t:*")))
+    assert tasks == 5
+    assert store.purge("done", 0) == 5
+    assert env.acct.hlen(f"{env.prefix}:keys") == 0
+    assert int(env.acct.hget(f"{p}:rt", "n")) == 0
+    client.close()
