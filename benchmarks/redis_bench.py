@@ -610,8 +610,9 @@ def update_readme(text: str) -> None:
 
 def memory(url: str, n: int) -> None:
     """Bytes per finished record: push ``n`` no-op tasks, drain them with
-    ``keep_finished=n``, and compare ``INFO memory`` used_memory before and after; also
-    the sum of ``MEMORY USAGE`` over every key of the prefix."""
+    ``keep_finished=n``, drop the replay tokens (they expire after 5 minutes anyway),
+    then compare ``INFO memory`` used_memory with its value before the pushes, and sum
+    ``MEMORY USAGE key SAMPLES 0`` over every key of the prefix."""
     from taskpipe.redis import connect
 
     prefix = f"tp-mem-{uuid.uuid4().hex[:10]}"
@@ -619,6 +620,12 @@ def memory(url: str, n: int) -> None:
     store = RedisStorage(client, queue="bench", keep_finished=n)
     RedisStorage.setup(store)
     info = redis.Redis.from_url(url)
+
+    def drop_tokens() -> None:
+        tokens = list(info.scan_iter(match=f"{prefix}:tok:*", count=1000))
+        for i in range(0, len(tokens), 1000):
+            info.unlink(*tokens[i : i + 1000])
+
     try:
         before = info.info("memory")["used_memory"]
         for start in range(0, n, 100_000):
@@ -627,20 +634,34 @@ def memory(url: str, n: int) -> None:
         handled = worker.run_until_idle()
         assert handled == n, f"drained {handled} of {n}"
         assert store.stats()["done"] == n
+        drop_tokens()
+        time.sleep(1)  # let lazy frees settle
         after = info.info("memory")["used_memory"]
-        total, keys = 0, 0
+        total, keys, biggest = 0, 0, []
         pipe = info.pipeline(transaction=False)
+        names: list[bytes] = []
         for key in info.scan_iter(match=f"{prefix}:*", count=1000):
             pipe.memory_usage(key, samples=0)
-            keys += 1
+            names.append(key)
             if len(pipe) >= 1000:
-                total += sum(x or 0 for x in pipe.execute())
-        total += sum(x or 0 for x in pipe.execute())
-        print(f"{n:,} finished records, keep_finished={n:,}, {keys:,} keys")
+                sizes = pipe.execute()
+                biggest += [
+                    (x or 0, k) for x, k in zip(sizes, names, strict=True) if (x or 0) > 1e6
+                ]
+                total += sum(x or 0 for x in sizes)
+                keys += len(names)
+                names = []
+        sizes = pipe.execute()
+        biggest += [(x or 0, k) for x, k in zip(sizes, names, strict=True) if (x or 0) > 1e6]
+        total += sum(x or 0 for x in sizes)
+        keys += len(names)
+        print(f"{n:,} finished (Done) records, keep_finished={n:,}, {keys:,} keys")
         print(
-            f"INFO memory used_memory: {after - before:,} bytes = {(after - before) / n:.0f} B/record"
+            f"INFO memory used_memory after - before: {after - before:,} B = {(after - before) / n:.0f} B/record"
         )
-        print(f"MEMORY USAGE ... SAMPLES 0, summed: {total:,} bytes = {total / n:.0f} B/record")
+        print(f"sum of MEMORY USAGE <key> SAMPLES 0:     {total:,} B = {total / n:.0f} B/record")
+        for size, key in sorted(biggest, reverse=True):
+            print(f"  {key.decode()}: {size:,} B = {size / n:.0f} B/record")
     finally:
         store.drop()
         store.close()
