@@ -19,8 +19,8 @@ The hot scripts are shaped for speed (issue 12): rows, claimed tasks and outcome
 travel as a few strings whatever the batch size (a head of comma-separated numbers
 and a blob of the bytes they measure), because redis-py parses and packs RESP in
 Python, element by element; index writes of a batch are one variadic call per key;
-the claim and the ack touch each task's hash once; a batch of acks is fenced by one
-``HMGET`` on the queue's running hash.
+a claim reads and writes each task's hash once, an ack writes it once, and a batch of
+acks is fenced by one ``HMGET`` on the queue's running hash.
 
 Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
 ``?prefix=`` in the URL), so several applications share one Redis::
