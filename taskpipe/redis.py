@@ -37,7 +37,9 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
                              priority, then due time, then id
     {p}:q:{queue}:iso        the same for tasks that must run alone
     {p}:q:{queue}:later      zset run_at → id: waiting, not due when last looked at
-    {p}:q:{queue}:wait       zset run_at → id: every waiting task (``next_due``)
+    {p}:q:{queue}:wait       zset run_at → id: every waiting task but the due ones of
+                             priority 0, found by their score 0 in ready and iso
+                             (``next_due``: the earliest of the three)
     {p}:q:{queue}:s:{status} zset id → id per status but Running (listing, counts)
     {p}:q:{queue}:running    hash id → "started_at len(run) run lease" of each Running
                              task: an ack counts only while its lease is there
@@ -239,16 +241,19 @@ local function apply(B)
   B.ops, B.order, B.q = {}, {}, nil
 end
 
--- a waiting task (pending or failed) enters its queue
+-- a waiting task (pending or failed) enters its queue; `wait` holds it unless it is
+-- due with priority 0 (score 0 in ready or iso, where next_due finds it)
 local function schedule(id, q, ra, now)
   local h = tk(id)
-  redis.call('ZADD', qk(q, 'wait'), ra, id)
   if tonumber(ra) <= tonumber(now) then
     local m = member(id, ra)
     local v = redis.call('HMGET', h, 'iso', 'pr')
-    redis.call('ZADD', qk(q, v[1] == '1' and 'iso' or 'ready'), neg(v[2]), m)
+    local score = neg(v[2])
+    if score ~= '0' then redis.call('ZADD', qk(q, 'wait'), ra, id) end
+    redis.call('ZADD', qk(q, v[1] == '1' and 'iso' or 'ready'), score, m)
     redis.call('HSET', h, 'm', m)
   else
+    redis.call('ZADD', qk(q, 'wait'), ra, id)
     redis.call('ZADD', qk(q, 'later'), ra, id)
   end
 end
@@ -515,12 +520,15 @@ local function insert_row(r, now, queues, B)
   local list = L.pending
   list[#list + 1] = id
   list[#list + 1] = id
-  list = L.wait
-  list[#list + 1] = ra
-  list[#list + 1] = id
+  local score = neg(r.pr)
+  if not due or score ~= '0' then  -- (a due task of priority 0 is found in ready)
+    list = L.wait
+    list[#list + 1] = ra
+    list[#list + 1] = id
+  end
   if due then
     list = L.ready
-    list[#list + 1] = neg(r.pr)
+    list[#list + 1] = score
     list[#list + 1] = m
   else
     list = L.later
@@ -622,9 +630,10 @@ else
     redis.call('ZREM', later, id)
     local h = tk(id)
     local v = redis.call('HMGET', h, 'ra', 'pr', 'iso')
-    local m = member(id, v[1])
-    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), neg(v[2]), m)
+    local m, score = member(id, v[1]), neg(v[2])
+    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), score, m)
     redis.call('HSET', h, 'm', m)
+    if score == '0' then redis.call('ZREM', qk(q, 'wait'), id) end
   end
   local popped
   if tonumber(ARGV[7]) == 0 and redis.call('ZCARD', qk(q, 'iso')) > 0 then
@@ -642,13 +651,13 @@ else
       local at = (tonumber(v[3]) or 0) + 1
       redis.call('HSET', h, 'w', run, 'sa', now, 'st', 'running', 'at', at, 'm', '')
       defer(B, 'ZREM', qk(q, 's:' .. st), id)
+      if v[4] ~= '0' then defer(B, 'ZREM', qk(q, 'wait'), id) end
       ids[#ids + 1] = id
       out[#out + 1] = {id, v[2], tostring(at), v[4], v[5], v[6], v[7]}
     end
   end
   if #ids > 0 then
     apply(B)
-    many('ZREM', qk(q, 'wait'), ids)
     local running, held = {}, held_value(now, run, lease)
     for j, id in ipairs(ids) do
       running[2 * j - 1] = id
@@ -818,6 +827,22 @@ end
 return recovered
 """
 
+# ARGV: P, queue; the earliest run_at of a waiting task (exact, as stored), or nil
+_NEXT_DUE = r"""
+local q = ARGV[2]
+local best, best_ra = nil, nil
+local head = redis.call('ZRANGE', qk(q, 'wait'), 0, 0, 'WITHSCORES')
+if head[1] then best, best_ra = tonumber(head[2]), head[2] end
+for _, name in ipairs({'ready', 'iso'}) do
+  local first = redis.call('ZRANGEBYSCORE', qk(q, name), 0, 0, 'LIMIT', 0, 1)
+  if first[1] then
+    local ra = redis.call('HGET', tk(id_of(first[1])), 'ra')
+    if ra and (best == nil or tonumber(ra) < best) then best, best_ra = tonumber(ra), ra end
+  end
+end
+return best_ra
+"""
+
 # ARGV: P, run
 _RETIRE = r"""
 local run = ARGV[2]
@@ -875,6 +900,7 @@ _SCRIPTS = {
     "ack": _ACK,
     "beat": _BEAT,
     "retire": _RETIRE,
+    "next_due": _NEXT_DUE,
     "kill": _KILL,
     "retry": _RETRY,
     "retry_dead": _RETRY_DEAD,
@@ -1246,8 +1272,8 @@ class RedisStorage(ExposeMixin, Store):
 
     def next_due(self) -> float | None:
         """The earliest ``run_at`` of a waiting (Pending or Failed) task of this queue."""
-        head = self._do(self.client.zrange, self._qk("wait"), 0, 0, withscores=True)
-        return float(head[0][1]) if head else None
+        found = self._run("next_due", self.queue)
+        return None if found is None else float(found)
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Record outcomes and their follow-ups in one script, lease-fenced, all or
@@ -1548,19 +1574,20 @@ class RedisStorage(ExposeMixin, Store):
             pipe.zcount(self._qk("fin:done", q), now - DAY, "+inf")
             pipe.zcount(self._qk("errs", q), now - HOUR, "+inf")
             pipe.zcount(self._qk("errs", q), now - DAY, "+inf")
-            pipe.zrange(self._qk("wait", q), 0, 0, withscores=True)
             pipe.hmget(self._qk("rt", q), "sum", "n")
         replies = self._do(pipe.execute)
+        heads = [self._run("next_due", q) for q in queues]
         oldest: float | None = None
         total, count = 0.0, 0
         for i in range(len(queues)):
-            dh, dd, fh, fd, head, (rt_sum, rt_n) = replies[6 * i : 6 * i + 6]
+            dh, dd, fh, fd, (rt_sum, rt_n) = replies[5 * i : 5 * i + 5]
+            head = None if heads[i] is None else float(heads[i])
             stats["done_last_hour"] += dh
             stats["done_last_day"] += dd
             stats["failed_last_hour"] += fh
             stats["failed_last_day"] += fd
-            if head and head[0][1] <= now:
-                oldest = head[0][1] if oldest is None else min(oldest, head[0][1])
+            if head is not None and head <= now:
+                oldest = head if oldest is None else min(oldest, head)
             if rt_n and int(rt_n) > 0:
                 total += float(rt_sum or 0)
                 count += int(rt_n)

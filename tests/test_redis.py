@@ -516,3 +516,28 @@ def test_trimmed_records_leave_no_index_entries_and_keep_the_run_time_sum(env):
     assert env.acct.hlen(f"{env.prefix}:keys") == 0
     assert int(env.acct.hget(f"{p}:rt", "n")) == 0
     client.close()
+
+
+def test_next_due_finds_due_tasks_of_priority_zero_outside_the_wait_set(env):
+    """A due task of priority 0 is not in ``wait`` (its score 0 in ``ready`` or ``iso``
+    says when it is due): next_due and the oldest pending age still see it."""
+    store = env.store()
+    t0 = 1_800_000_000.25
+    with freeze_time(datetime.fromtimestamp(t0, UTC)) as frozen:
+        store.push_task(taskpipe.Task("later, p0", run_after=30))
+        store.push_task(taskpipe.Task("urgent", priority=5))
+        frozen.tick(2)
+        store.push("plain")  # due, priority 0: only in ready
+        assert store.next_due() == t0  # the urgent one, pushed first
+        run = WorkerContext("nd", capacity=4, report=pytest.fail)
+        store.beat(run)
+        [urgent] = store.claim(run, 1)
+        assert urgent.priority == 5
+        assert store.next_due() == t0 + 2  # found in ready by its score
+        assert store.stats(queue=env.queue)["oldest_pending_age"] == pytest.approx(0.0)
+        frozen.tick(40)  # the delayed one is due now (still in wait until a claim promotes it)
+        assert store.next_due() == t0 + 2
+        claimed = store.claim(run, 2)  # promotes it (out of wait), then takes both by run_at
+        assert [store.fetch_by_id(c.id).args for c in claimed] == ["plain", "later, p0"]
+        assert store.next_due() is None
+        assert env.acct.zcard(f"{env.prefix}:q:{env.queue}:wait") == 0
