@@ -541,3 +541,32 @@ def test_next_due_finds_due_tasks_of_priority_zero_outside_the_wait_set(env):
         assert [store.fetch_by_id(c.id).args for c in claimed] == ["plain", "later, p0"]
         assert store.next_due() is None
         assert env.acct.zcard(f"{env.prefix}:q:{env.queue}:wait") == 0
+
+
+def test_a_task_claimed_from_failed_is_running_to_retry_kill_and_introspection(env):
+    """A claim leaves the task's hash as it was (pending or failed): every other path
+    must see it Running through the queue's running hash."""
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    [tid] = store.push_bulk(["x"])
+    run = WorkerContext("rf", capacity=4, report=pytest.fail)
+    store.beat(run)
+    [first] = store.claim(run, 1)
+    store.ack([Outcome(first, OutcomeKind.RETRY, error="boom", delay=0)])
+    assert store.fetch_by_id(tid).status is Status.FAILED
+    [second] = store.claim(run, 1)
+    assert second.attempt == 2
+    info = store.fetch_by_id(tid)
+    assert (info.status, info.attempts, info.worker) == (Status.RUNNING, 2, run.run_id)
+    assert info.started_at is not None
+    assert [t.id for t in store.list_tasks(queue=env.queue, status="failed")] == []
+    assert not store.retry(tid)  # a Running task is not retried
+    assert store.kill(tid)
+    info = store.fetch_by_id(tid)
+    assert (info.status, info.attempts, info.worker) == (Status.DEAD, 2, run.run_id)
+    assert [e.error for e in info.errors] == ["boom", "killed"]
+    late = Outcome(second, OutcomeKind.DONE)
+    store.ack([late])
+    assert not late.accepted
+    assert store.fetch_by_id(tid).status is Status.DEAD
