@@ -388,7 +388,7 @@ local function finish(id, q, old, st, now, keep, sa, B, result)
       end
     end
   end
-  if B then B.fin[fin] = {q, st} else trim(q, st, keep) end
+  if B then B.fin[fin] = B.fin[fin] or {q, st} else trim(q, st, keep) end
 end
 
 local function flush(B, keep)
