@@ -43,6 +43,7 @@ as quick": raw_ms ÷ taskpipe_ms). The machine is noisy: compare ratios within a
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
 import statistics
@@ -148,8 +149,10 @@ class _Proc:
 
 
 def _tmpfile() -> str:
+    """A scratch file, removed when the run ends."""
     fd, path = tempfile.mkstemp(prefix="taskpipe-redis-bench-")
     os.close(fd)
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
     return path
 
 
