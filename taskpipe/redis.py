@@ -8,13 +8,19 @@
     RedisStorage.setup(client)                       # records the layout; idempotent
     storage = RedisStorage(client, queue="emails")   # or taskpipe.open_storage(url, queue=…)
 
-Every atomic step is one Lua script (registered once per store with
-``client.register_script``, which reloads it after a ``NOSCRIPT``): an insert (a
-whole ``push_bulk`` is one script call: all or nothing), a claim (due tasks are
-promoted from the delayed set inside it), an ack with its follow-ups, a beat with its
-recoveries, and each introspection write. Times are ``taskpipe.clock.timestamp()``
-values passed *into* the scripts (never Redis ``TIME``), so a frozen clock rules
-them as it rules the other stores.
+Every atomic step is one Lua script (run by ``EVALSHA``, loaded again after a
+``NOSCRIPT``): an insert (a whole ``push_bulk`` is one script call: all or nothing),
+a claim (due tasks are promoted from the delayed set inside it), an ack with its
+follow-ups, a beat with its recoveries, and each introspection write. Times are
+``taskpipe.clock.timestamp()`` values passed *into* the scripts (never Redis
+``TIME``), so a frozen clock rules them as it rules the other stores.
+
+The hot scripts are shaped for speed (issue 12): rows, claimed tasks and outcomes
+travel as a few strings whatever the batch size (a head of comma-separated numbers
+and a blob of the bytes they measure), because redis-py parses and packs RESP in
+Python, element by element; index writes of a batch are one variadic call per key;
+a claim reads and writes each task's hash once, an ack writes it once, and a batch of
+acks is fenced by one ``HMGET`` on the queue's running hash.
 
 Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
 ``?prefix=`` in the URL), so several applications share one Redis::
@@ -31,8 +37,12 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
                              priority, then due time, then id
     {p}:q:{queue}:iso        the same for tasks that must run alone
     {p}:q:{queue}:later      zset run_at → id: waiting, not due when last looked at
-    {p}:q:{queue}:wait       zset run_at → id: every waiting task (``next_due``)
-    {p}:q:{queue}:s:{status} zset id → id per status (listing, counts)
+    {p}:q:{queue}:wait       zset run_at → id: every waiting task but the due ones of
+                             priority 0, found by their score 0 in ready and iso
+                             (``next_due``: the earliest of the three)
+    {p}:q:{queue}:s:{status} zset id → id per status but Running (listing, counts)
+    {p}:q:{queue}:running    hash id → "started_at len(run) run lease" of each Running
+                             task: an ack counts only while its lease is there
     {p}:q:{queue}:fin:{done|dead}  zset done_at → id (retention, purge, rates)
     {p}:q:{queue}:errs  :rt  failures of the last day; Done run-time sum and count
     {p}:runs {p}:seen {p}:held:{run} {p}:orphans   worker runs, last beats, held tasks
@@ -43,14 +53,22 @@ Priorities are exact up to 2**53 in magnitude (a zset score is a double). Run ti
 are ordered to the microsecond; ids up to 20 digits (non-negative).
 
 Big batches: a ``push_bulk`` is one script, and Redis runs nothing else meanwhile
-(about 3 s for 100,000 tasks on a small machine); past ``busy-reply-threshold``
+(about 1 s for 100,000 tasks on a small machine); past ``busy-reply-threshold``
 (5 s) other clients get ``BUSY`` errors. ``push_stream``/``push_all`` write batches of
 1,000, each one script call.
 
 Retention: finished tasks are kept for introspection and ``wait_for``, at most
 ``keep_finished`` Done and ``keep_finished`` Dead tasks per queue (default 10,000
 each); finishing one more forgets the oldest (its key becomes free again). ``purge``
-deletes older ones on demand.
+deletes older ones on demand. Memory: about 500 bytes per finished record (Redis
+7.0, a 17-character prefix, no-op tasks: 1,000,000 Done records at
+``keep_finished=1_000_000`` took 492 B each by ``INFO memory`` used_memory before and
+after, 451 B summing ``MEMORY USAGE key SAMPLES 0``: the task's hash about 260 B, its
+entries in ``s:done`` and ``fin:done`` 94 B each; measured by ``python
+benchmarks/redis_bench.py --memory 1000000``), plus the payload and result beyond a
+few bytes. The default keeps up to 10,000 Done and 10,000 Dead per queue: about 10 MB.
+Size ``keep_finished`` (and Redis' ``maxmemory``) with it: Redis holds everything in
+memory, and a Redis out of memory refuses pushes (``OOM``, raised as ``PushError``).
 
 Wake-ups: every insert publishes the queue's name on ``{p}:wake``; while a worker of
 this process waits, one listener thread per client subscribes and wakes the workers
@@ -66,24 +84,34 @@ claim returns the tasks it took (none is left running under a live worker withou
 being run), an ack is not applied twice.
 
 Durability. Redis acknowledges a write once it is in memory. What a Redis crash (or
-restart) loses therefore depends on its persistence settings, not on taskpipe:
+restart, or failover) loses therefore depends on its persistence settings, not on
+taskpipe:
 
-- no persistence (``save ""``, ``appendonly no``): everything — every pending task,
-  every result;
-- RDB snapshots only: everything written since the last snapshot (minutes);
-- AOF with ``appendfsync everysec`` (the usual choice): about the last second of
-  pushes, claims and acks. A lost ack means the task runs again (at-least-once); a
-  lost push is gone although ``push`` returned;
-- AOF with ``appendfsync always``: nothing acknowledged, at a large cost in write
-  throughput.
+- no persistence (``save ""``, ``appendonly no``, as in the benchmarks): everything.
+  Every pending and delayed task, every record, every key of ``Task(key=…)`` (so a
+  cron tick may be enqueued again), the layout (``check_setup`` fails until ``setup``
+  runs again). Workers keep running and find an empty queue;
+- RDB snapshots only (Redis' default ``save`` rules): everything written since the
+  last snapshot, which is minutes;
+- AOF with ``appendfsync everysec`` (the usual choice): up to about one second of
+  writes. A lost push is gone although ``push`` returned. A lost claim puts its tasks
+  back to Pending: they run again although a worker may have run them. A lost ack
+  leaves its tasks Running under their worker's run: they run again once that run
+  stops or stops beating (recovered, see ``beat``). Results and errors of that second
+  are lost with their acks: at-least-once, never lost-and-done;
+- AOF with ``appendfsync always``: nothing that was acknowledged, at the cost of an
+  fsync per write (each script call: a ``push_bulk`` is one), which bounds pushes by
+  the disk's fsync rate.
 
 A replica does not help: replication is asynchronous, so a failover can lose recent
-writes too. When a push that returned must never be lost, use PostgreSQL
-(``taskpipe.open_storage("postgresql://…")``) or SQLite on a local disk.
+writes like ``everysec`` does (``WAIT`` is not used). When a push that returned must
+never be lost, use PostgreSQL (``taskpipe.open_storage("postgresql://…")``, stock
+``synchronous_commit``) or SQLite on a local disk.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -127,31 +155,105 @@ _ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _PRELUDE = r"""
 local P = ARGV[1]
 local function tk(id) return P .. ':t:' .. id end
-local function qk(q, name) return P .. ':q:' .. q .. ':' .. name end
+local QK = {}  -- key names made once per call (a Lua string is hashed when made)
+local function qk(q, name)
+  local t = QK[q]
+  if not t then
+    t = {}
+    QK[q] = t
+  end
+  local k = t[name]
+  if not k then
+    k = P .. ':q:' .. q .. ':' .. name
+    t[name] = k
+  end
+  return k
+end
 
 local function member(id, ra)
   local us = math.floor(tonumber(ra) * 1000000)
   if us < 0 then us = 0 end
+  if #id <= 15 then return string.format('%017d:%020d', us, tonumber(id)) end
   local pad = 20 - #id
   if pad < 0 then pad = 0 end
   return string.format('%017d', us) .. ':' .. string.rep('0', pad) .. id
 end
 
 local function id_of(m)
-  local s = string.match(m, ':(%d+)$')
-  return (string.gsub(s, '^0+(%d)', '%1'))
+  return (string.match(m, ':0*(%d+)$'))
 end
 
--- a waiting task (pending or failed) enters its queue
+-- the zset score of a priority: its negation, exact as text
+local function neg(pr)
+  if pr == nil or pr == '0' then return '0' end
+  if string.sub(pr, 1, 1) == '-' then return string.sub(pr, 2) end
+  return '-' .. pr
+end
+
+-- one variadic command over a list, 1000 arguments a call (key nil: none before them)
+local function many(cmd, key, list)
+  local n = #list
+  for i = 1, n, 1000 do
+    local j = i + 999
+    if j > n then j = n end
+    if key then redis.call(cmd, key, unpack(list, i, j))
+    else redis.call(cmd, unpack(list, i, j)) end
+  end
+end
+
+-- a batch of index writes, applied together by apply(B): one variadic call per
+-- (command, key) instead of one call per task
+local function new_batch() return {ops = {}, order = {}, rt = {}, fin = {}} end
+local function defer(B, cmd, key, a, b)
+  local by_key = B.ops[cmd]
+  if not by_key then
+    by_key = {}
+    B.ops[cmd] = by_key
+  end
+  local list = by_key[key]
+  if not list then
+    list = {}
+    by_key[key] = list
+    B.order[#B.order + 1] = {cmd, key, list}
+  end
+  list[#list + 1] = a
+  if b ~= nil then list[#list + 1] = b end
+end
+-- the list of a deferred (command, key), to append to directly
+local function deferred(B, cmd, key)
+  local by_key = B.ops[cmd]
+  if not by_key then
+    by_key = {}
+    B.ops[cmd] = by_key
+  end
+  local list = by_key[key]
+  if not list then
+    list = {}
+    by_key[key] = list
+    B.order[#B.order + 1] = {cmd, key, list}
+  end
+  return list
+end
+local function apply(B)
+  for _, e in ipairs(B.order) do
+    if #e[3] > 0 then many(e[1], e[2], e[3]) end
+  end
+  B.ops, B.order, B.q = {}, {}, nil
+end
+
+-- a waiting task (pending or failed) enters its queue; `wait` holds it unless it is
+-- due with priority 0 (score 0 in ready or iso, where next_due finds it)
 local function schedule(id, q, ra, now)
   local h = tk(id)
-  redis.call('ZADD', qk(q, 'wait'), ra, id)
   if tonumber(ra) <= tonumber(now) then
     local m = member(id, ra)
-    local iso = redis.call('HGET', h, 'iso')
-    redis.call('ZADD', qk(q, iso == '1' and 'iso' or 'ready'), redis.call('HGET', h, 'sc'), m)
+    local v = redis.call('HMGET', h, 'iso', 'pr')
+    local score = neg(v[2])
+    if score ~= '0' then redis.call('ZADD', qk(q, 'wait'), ra, id) end
+    redis.call('ZADD', qk(q, v[1] == '1' and 'iso' or 'ready'), score, m)
     redis.call('HSET', h, 'm', m)
   else
+    redis.call('ZADD', qk(q, 'wait'), ra, id)
     redis.call('ZADD', qk(q, 'later'), ra, id)
   end
 end
@@ -168,10 +270,29 @@ local function unschedule(id, q)
   end
 end
 
+-- (Running tasks have no status zset: the queue's running hash is their index)
 local function set_status(id, q, old, new)
-  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+  if old and old ~= 'running' then redis.call('ZREM', qk(q, 's:' .. old), id) end
   redis.call('ZADD', qk(q, 's:' .. new), id, id)
   redis.call('HSET', tk(id), 'st', new)
+end
+
+-- the value of a running task in its queue's running hash: "started_at len(run) run
+-- lease"; an ack is accepted only while it is there with the ack's lease
+local function held_value(sa, run, lease)
+  return sa .. ' ' .. #run .. ' ' .. run .. lease
+end
+local function parse_held(v)  -- started_at, run, lease
+  local sa, n, rest = string.match(v, '^(%S*) (%d+) (.*)$')
+  if not sa then return nil end
+  n = tonumber(n)
+  return sa, string.sub(rest, 1, n), string.sub(rest, n + 1)
+end
+
+-- a running task stops running: out of the running hash and its run's held set
+local function unhold(id, q, run)
+  redis.call('HDEL', qk(q, 'running'), id)
+  if run then redis.call('SREM', P .. ':held:' .. run, id) end
 end
 
 -- a finished task leaves for good (evicted or purged): its key is free again
@@ -193,46 +314,90 @@ local function forget(id)
   redis.call('DEL', h, P .. ':e:' .. id, P .. ':r:' .. id)
 end
 
-local function trim(fin, keep)
-  local excess = redis.call('ZCARD', fin) - tonumber(keep)
-  if excess > 0 then
-    for _, old_id in ipairs(redis.call('ZRANGE', fin, 0, excess - 1)) do forget(old_id) end
+-- forget many tasks listed in queue q's fin:{st} (st: done or dead), with one
+-- variadic call per index; a task found elsewhere is forgotten alone
+local function forget_many(q, st, ids)
+  if #ids == 0 then return end
+  local dels, sum, n = {}, 0, 0
+  for _, id in ipairs(ids) do
+    local h = tk(id)
+    local v = redis.call('HMGET', h, 'q', 'st', 'k', 'sa', 'da')
+    if v[1] == q and v[2] == st then
+      if st == 'done' and v[4] and v[5] then
+        sum, n = sum + (tonumber(v[4]) - tonumber(v[5])), n + 1
+      end
+      local k = v[3]
+      if k and redis.call('HGET', P .. ':keys', k) == id then
+        redis.call('HDEL', P .. ':keys', k)
+        redis.call('ZREM', P .. ':keyidx', k)
+      end
+      dels[#dels + 1] = h
+      dels[#dels + 1] = P .. ':e:' .. id
+      dels[#dels + 1] = P .. ':r:' .. id
+    elseif v[1] then
+      forget(id)
+    end
+  end
+  many('ZREM', qk(q, 's:' .. st), ids)
+  many('ZREM', qk(q, 'fin:' .. st), ids)
+  many('DEL', nil, dels)
+  if n > 0 then
+    redis.call('HINCRBYFLOAT', qk(q, 'rt'), 'sum', string.format('%.6f', sum))
+    redis.call('HINCRBY', qk(q, 'rt'), 'n', -n)
   end
 end
 
--- a task becomes Done or Dead; the oldest beyond `keep` are forgotten (at once, or at
--- flush(batch) when a batch is given); `sa` is its started_at when the caller has it
-local function finish(id, q, old, st, now, keep, sa, batch)
-  local h = tk(id)
-  redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
-  redis.call('HDEL', h, 'ls')
-  if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
-  redis.call('ZADD', qk(q, 's:' .. st), id, id)
+local function trim(q, st, keep)
   local fin = qk(q, 'fin:' .. st)
-  redis.call('ZADD', fin, now, id)
+  local excess = redis.call('ZCARD', fin) - tonumber(keep)
+  if excess > 0 then forget_many(q, st, redis.call('ZRANGE', fin, 0, excess - 1)) end
+end
+
+-- a task becomes Done or Dead; the oldest beyond `keep` are forgotten (at once, or at
+-- flush(B) when a batch is given: its index writes are deferred too); `sa` is its
+-- started_at when the caller has it; `result` is written with the status
+local function finish(id, q, old, st, now, keep, sa, B, result)
+  local h = tk(id)
+  if result then
+    redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st, 'r', result)
+  else
+    redis.call('HSET', h, 'da', now, 'iso', 0, 'st', st)
+  end
+  local fin = qk(q, 'fin:' .. st)
+  if old == 'running' then old = nil end
+  if B then
+    if old then defer(B, 'ZREM', qk(q, 's:' .. old), id) end
+    defer(B, 'ZADD', qk(q, 's:' .. st), id, id)
+    defer(B, 'ZADD', fin, now, id)
+  else
+    if old then redis.call('ZREM', qk(q, 's:' .. old), id) end
+    redis.call('ZADD', qk(q, 's:' .. st), id, id)
+    redis.call('ZADD', fin, now, id)
+  end
   if st == 'done' then
     if sa == nil then sa = redis.call('HGET', h, 'sa') end
     if sa then
       local rt, took = qk(q, 'rt'), tonumber(now) - tonumber(sa)
-      if batch then
-        local e = batch.rt[rt] or {0, 0}
+      if B then
+        local e = B.rt[rt] or {0, 0}
         e[1], e[2] = e[1] + took, e[2] + 1
-        batch.rt[rt] = e
+        B.rt[rt] = e
       else
         redis.call('HINCRBYFLOAT', rt, 'sum', tostring(took))
         redis.call('HINCRBY', rt, 'n', 1)
       end
     end
   end
-  if batch then batch.fin[fin] = true else trim(fin, keep) end
+  if B then B.fin[fin] = B.fin[fin] or {q, st} else trim(q, st, keep) end
 end
 
-local function flush(batch, keep)
-  for rt, e in pairs(batch.rt) do
+local function flush(B, keep)
+  apply(B)
+  for rt, e in pairs(B.rt) do
     redis.call('HINCRBYFLOAT', rt, 'sum', string.format('%.6f', e[1]))
     redis.call('HINCRBY', rt, 'n', e[2])
   end
-  for fin, _ in pairs(batch.fin) do trim(fin, keep) end
+  for _, f in pairs(B.fin) do trim(f[1], f[2], keep) end
 end
 
 local function add_error(id, q, err, now)
@@ -242,11 +407,47 @@ local function add_error(id, q, err, now)
   redis.call('ZREMRANGEBYSCORE', errs, '-inf', '(' .. tostring(tonumber(now) - 86400))
 end
 
--- rows: 10 values each (id, queue, payload, priority, score, run_at, max_attempts,
--- meta, 'k'..key, created_at); '' is None
-local function taken_id(a, i, n, seen)
-  for r = 0, n - 1 do
-    local id = a[i + r * 10]
+-- Rows travel as two strings (see _encode_rows in Python): a head of one record per
+-- row, "id,priority,run_at,max_attempts,created_at,len(queue),len(payload),len(meta),
+-- len(key);" ('' is None), and a blob of queue, payload, meta and key bytes in order.
+local ROW = '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);'
+
+-- an iterator over the rows of (head, blob): a table per row, or (reuse) the same table
+-- each time, filled with the next row; nil at the end
+local function rows_of(head, blob, reuse)
+  local it, pos, r = string.gmatch(head, ROW), 1, {}
+  return function()
+    local id, pr, ra, ma, ca, ql, pl, ml, kl = it()
+    if id == nil then return nil end
+    if not reuse then r = {} end
+    r.id, r.pr, r.ra, r.ma, r.ca = id, pr, ra, ma, ca
+    local e = pos + ql
+    r.q = string.sub(blob, pos, e - 1)
+    pos, e = e, e + pl
+    r.p = string.sub(blob, pos, e - 1)
+    pos = e
+    if ml ~= '' then
+      e = pos + ml
+      r.me = string.sub(blob, pos, e - 1)
+      pos = e
+    else
+      r.me = nil
+    end
+    if kl ~= '' then
+      e = pos + kl
+      r.k = string.sub(blob, pos, e - 1)
+      pos = e
+    else
+      r.k = nil
+    end
+    return r
+  end
+end
+
+-- the first explicit id of a row head that is taken (or repeated), else nil
+local function taken_id(head, seen)
+  if not (string.find(head, '^%d') or string.find(head, ';%d')) then return nil end
+  for id in string.gmatch(head, '([^,;]*)[^;]*;') do
     if id ~= '' then
       if seen[id] or redis.call('EXISTS', tk(id)) == 1 then return id end
       seen[id] = true
@@ -256,49 +457,110 @@ local function taken_id(a, i, n, seen)
 end
 
 local explicit_max = nil  -- the greatest explicit id ever inserted ({p}:maxid)
+local next_id, last_id = 0, -1  -- ids taken beforehand by one INCRBY (insert_rows)
 
-local function insert_row(a, i, now, queues)
-  local id, q, key = a[i], a[i + 1], a[i + 8]
-  if key ~= '' then
-    key = string.sub(key, 2)
+-- a row is written; its index entries go into the batch B (written by apply(B))
+local function insert_row(r, now, queues, B)
+  local id, q, key = r.id, r.q, r.k
+  if key then
     local existing = redis.call('HGET', P .. ':keys', key)
     if existing then return existing end
   end
   if explicit_max == nil then explicit_max = tonumber(redis.call('GET', P .. ':maxid') or '-1') end
   if id == '' then
-    id = redis.call('INCR', P .. ':ids')
-    while id <= explicit_max and redis.call('EXISTS', tk(id)) == 1 do
-      id = redis.call('INCR', P .. ':ids')
+    local n
+    if next_id <= last_id then  -- taken beforehand, unless an explicit id took it
+      n = next_id
+      next_id = next_id + 1
+      if n <= explicit_max and redis.call('EXISTS', tk(n)) == 1 then n = nil end
     end
-    id = string.format('%d', id)
+    if not n then
+      n = redis.call('INCR', P .. ':ids')
+      while n <= explicit_max and redis.call('EXISTS', tk(n)) == 1 do
+        n = redis.call('INCR', P .. ':ids')
+      end
+    end
+    id = string.format('%d', n)
   elseif tonumber(id) > explicit_max then
     explicit_max = tonumber(id)
     redis.call('SET', P .. ':maxid', id)
   end
-  local h, ra = tk(id), a[i + 5]
+  local h, ra = tk(id), r.ra
   local due = tonumber(ra) <= tonumber(now)
-  local m = due and member(id, ra) or ''
-  redis.call('HSET', h, 'q', q, 'p', a[i + 2], 'pr', a[i + 3], 'sc', a[i + 4], 'ra', ra,
-    'ca', a[i + 9], 'st', 'pending', 'at', 0, 'iso', 0, 'rc', 0, 'm', m)
-  if a[i + 6] ~= '' then redis.call('HSET', h, 'ma', a[i + 6]) end
-  if a[i + 7] ~= '' then redis.call('HSET', h, 'me', a[i + 7]) end
-  if key ~= '' then
-    redis.call('HSET', h, 'k', key)
-    redis.call('HSET', P .. ':keys', key, id)
-    redis.call('ZADD', P .. ':keyidx', 0, key)
-  end
-  redis.call('ZADD', qk(q, 's:pending'), id, id)
-  redis.call('ZADD', qk(q, 'wait'), ra, id)
-  if due then
-    redis.call('ZADD', qk(q, 'ready'), a[i + 4], m)
+  local m
+  if due then m = member(id, ra) end
+  -- absent fields read as their defaults: at, rc 0; iso, m, ma, me, k none
+  if r.ma == '' and not r.me and not key then
+    if due then
+      redis.call('HSET', h, 'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending',
+        'm', m)
+    else
+      redis.call('HSET', h, 'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending')
+    end
   else
-    redis.call('ZADD', qk(q, 'later'), ra, id)
+    local f = {'q', q, 'p', r.p, 'pr', r.pr, 'ra', ra, 'ca', r.ca, 'st', 'pending'}
+    if due then f[#f + 1] = 'm'; f[#f + 1] = m end
+    if r.ma ~= '' then f[#f + 1] = 'ma'; f[#f + 1] = r.ma end
+    if r.me then f[#f + 1] = 'me'; f[#f + 1] = r.me end
+    if key then
+      f[#f + 1] = 'k'
+      f[#f + 1] = key
+      redis.call('HSET', P .. ':keys', key, id)
+      redis.call('ZADD', P .. ':keyidx', 0, key)
+    end
+    redis.call('HSET', h, unpack(f))
+  end
+  local L = B.q and B.q[q]
+  if not L then
+    L = {pending = deferred(B, 'ZADD', qk(q, 's:pending')), wait = deferred(B, 'ZADD', qk(q, 'wait')),
+         ready = deferred(B, 'ZADD', qk(q, 'ready')), later = deferred(B, 'ZADD', qk(q, 'later'))}
+    B.q = B.q or {}
+    B.q[q] = L
+  end
+  local list = L.pending
+  list[#list + 1] = id
+  list[#list + 1] = id
+  local score = neg(r.pr)
+  if not due or score ~= '0' then  -- (a due task of priority 0 is found in ready)
+    list = L.wait
+    list[#list + 1] = ra
+    list[#list + 1] = id
+  end
+  if due then
+    list = L.ready
+    list[#list + 1] = score
+    list[#list + 1] = m
+  else
+    list = L.later
+    list[#list + 1] = ra
+    list[#list + 1] = id
   end
   if not queues[q] then
     queues[q] = true
     redis.call('SADD', P .. ':queues', q)
   end
   return id
+end
+
+-- claimed tasks as two strings: "id,attempt,priority,max_attempts,iso,len(payload),
+-- len(meta);" per task ('' is None), and the payloads and metas in order
+local function field(v)  -- a stored number as a head field ('?' if it is none)
+  if not v then return '' end
+  if not tonumber(v) then return '?' end
+  return v
+end
+
+local function claims_reply(out)
+  if #out == 0 then return {} end
+  local head, blob = {}, {}
+  for i, t in ipairs(out) do
+    local p, me = t[2] or '', t[6]
+    head[i] = t[1] .. ',' .. field(t[3]) .. ',' .. field(t[4]) .. ',' .. field(t[5]) .. ','
+      .. field(t[7]) .. ',' .. #p .. ',' .. (me and #me or '') .. ';'
+    blob[#blob + 1] = p
+    if me then blob[#blob + 1] = me end
+  end
+  return {table.concat(head), table.concat(blob)}
 end
 
 local function publish(queues)
@@ -317,26 +579,35 @@ local function requeue(id, q, st, now)
   else return 0 end
   local h = tk(id)
   redis.call('HSET', h, 'ra', now, 'at', 0, 'iso', 0)
-  redis.call('HDEL', h, 'r', 'da', 'sa', 'ls', 'w')
+  redis.call('HDEL', h, 'r', 'da', 'sa', 'w')
   set_status(id, q, st, 'pending')
   schedule(id, q, now, now)
   return 1
 end
 """
 
-# ARGV: P, token, now, nrows, rows...
+# ARGV: P, token, now, row head, row blob; returns the ids, comma-separated
 _INSERT = r"""
-local token, now, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local token, now, head, blob = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tok = P .. ':tok:' .. token
-local prev = redis.call('GET', tok)
-if prev then return split(prev) end
-local bad = taken_id(ARGV, 5, n, {})
+local got = redis.call('MGET', tok, P .. ':maxid')
+if got[1] then return got[1] end
+explicit_max = tonumber(got[2] or '-1')
+local bad = taken_id(head, {})
 if bad then return redis.error_reply('DUPLICATE a task with id ' .. bad .. ' already exists') end
-local ids, queues = {}, {}
-for r = 0, n - 1 do table.insert(ids, insert_row(ARGV, 5 + r * 10, now, queues)) end
-redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
+-- no explicit id and no key (no row can be skipped): the ids are taken by one INCRBY
+if not (string.find(head, '^%%d') or string.find(head, ';%%d') or string.find(head, '%%d;')) then
+  local _, n = string.gsub(head, ';', ';')
+  local last = redis.call('INCRBY', P .. ':ids', n)
+  next_id, last_id = last - n + 1, last
+end
+local ids, queues, B = {}, {}, new_batch()
+for r in rows_of(head, blob, true) do ids[#ids + 1] = insert_row(r, now, queues, B) end
+apply(B)
+local reply = table.concat(ids, ',')
+redis.call('SET', tok, reply, 'EX', %(ttl)d)
 publish(queues)
-return ids
+return reply
 """
 
 # ARGV: P, lease, now, queue, limit, run, in_flight, promote
@@ -346,19 +617,23 @@ local tok = P .. ':tok:' .. lease
 local ids, out = {}, {}
 local prev = redis.call('GET', tok)
 if prev then
+  local held = held_value(now, run, lease)
   for _, id in ipairs(split(prev)) do
-    local v = redis.call('HMGET', tk(id), 'ls', 'p', 'at', 'pr', 'ma', 'me', 'iso')
-    if v[1] == lease then table.insert(out, {id, v[2], v[3], v[4], v[5], v[6], v[7]}) end
+    if redis.call('HGET', qk(q, 'running'), id) == held then
+      local v = redis.call('HMGET', tk(id), 'p', 'at', 'pr', 'ma', 'me', 'iso')
+      table.insert(out, {id, v[1], v[2] or '0', v[3], v[4], v[5], v[6]})
+    end
   end
 else
   local later = qk(q, 'later')
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, tonumber(ARGV[8]))) do
     redis.call('ZREM', later, id)
     local h = tk(id)
-    local v = redis.call('HMGET', h, 'ra', 'sc', 'iso')
-    local m = member(id, v[1])
-    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), v[2], m)
+    local v = redis.call('HMGET', h, 'ra', 'pr', 'iso')
+    local m, score = member(id, v[1]), neg(v[2])
+    redis.call('ZADD', qk(q, v[3] == '1' and 'iso' or 'ready'), score, m)
     redis.call('HSET', h, 'm', m)
+    if score == '0' then redis.call('ZREM', qk(q, 'wait'), id) end
   end
   local popped
   if tonumber(ARGV[7]) == 0 and redis.call('ZCARD', qk(q, 'iso')) > 0 then
@@ -366,7 +641,7 @@ else
   else
     popped = redis.call('ZPOPMIN', qk(q, 'ready'), limit)
   end
-  local held = P .. ':held:' .. run
+  local B = new_batch()
   for j = 1, #popped, 2 do
     local id = id_of(popped[j])
     local h = tk(id)
@@ -374,69 +649,110 @@ else
     local st = v[1]
     if st == 'pending' or st == 'failed' then
       local at = (tonumber(v[3]) or 0) + 1
-      redis.call('HSET', h, 'ls', lease, 'w', run, 'sa', now, 'st', 'running', 'm', '', 'at', at)
-      redis.call('ZREM', qk(q, 'wait'), id)
-      redis.call('ZREM', qk(q, 's:' .. st), id)
-      redis.call('ZADD', qk(q, 's:running'), id, id)
-      redis.call('SADD', held, id)
-      table.insert(ids, id)
-      table.insert(out, {id, v[2], tostring(at), v[4], v[5], v[6], v[7]})
+      redis.call('HSET', h, 'w', run, 'sa', now, 'st', 'running', 'at', at, 'm', '')
+      defer(B, 'ZREM', qk(q, 's:' .. st), id)
+      if v[4] ~= '0' then defer(B, 'ZREM', qk(q, 'wait'), id) end
+      ids[#ids + 1] = id
+      out[#out + 1] = {id, v[2], tostring(at), v[4], v[5], v[6], v[7]}
     end
   end
   if #ids > 0 then
+    apply(B)
+    local running, held = {}, held_value(now, run, lease)
+    for j, id in ipairs(ids) do
+      running[2 * j - 1] = id
+      running[2 * j] = held
+    end
+    many('HSET', qk(q, 'running'), running)
+    many('SADD', P .. ':held:' .. run, ids)
     redis.call('SET', tok, table.concat(ids, ','), 'EX', %(ttl)d)
     redis.call('ZADD', P .. ':seen', 'NX', now, run)
   end
 end
-return out
+return claims_reply(out)
 """
 
-# ARGV: P, token, now, keep, n, then per outcome: id, lease, kind, has_result, result,
-# error (JSON or ''), run_at, nfollow, follow-up rows (10 values each)
+# ARGV: P, token, now, keep, queue, nleases, leases..., head, blob, follow-up row head,
+# row blob, plain. head: "id,lease number,kind,len(result),len(error),run_at,follow-ups;"
+# per outcome ('' is None); blob: the results and errors in order; the follow-ups are
+# rows, in the order of their outcomes; plain: the Done outcomes with no result and no
+# follow-up, "lease number=id,id,…;" per lease. Returns one '1' (accepted) or '0' per
+# outcome: those of head, then those of plain, in order.
 _ACK = r"""
-local token, now, keep, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local token, now, keep, q, nl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local tok = P .. ':tok:' .. token
 local prev = redis.call('GET', tok)
-if prev then return split(prev) end
-local outcomes, used, seen = {}, {}, {}
-local i = 6
-for _ = 1, n do
-  local o = {id = ARGV[i], lease = ARGV[i + 1], kind = ARGV[i + 2], has = ARGV[i + 3],
-             result = ARGV[i + 4], err = ARGV[i + 5], ra = ARGV[i + 6],
-             nf = tonumber(ARGV[i + 7]), fi = i + 8}
-  i = i + 8 + o.nf * 10
-  local v = redis.call('HMGET', tk(o.id), 'st', 'ls', 'q', 'w', 'sa')
-  o.ok = v[1] == 'running' and v[2] == o.lease and not used[o.id]
+if prev then return prev end
+local head, blob = ARGV[7 + nl], ARGV[8 + nl]
+local rhead, rblob, plain = ARGV[9 + nl], ARGV[10 + nl], ARGV[11 + nl]
+local rows = {}
+if rhead ~= '' then for r in rows_of(rhead, rblob) do rows[#rows + 1] = r end end
+local outcomes, used, seen, pos, fi = {}, {}, {}, 1, 1
+for id, li, kind, rl, el, ra, nf in string.gmatch(head,
+    '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);') do
+  local o = {id = id, lease = ARGV[6 + tonumber(li)], kind = kind, ra = ra,
+             nf = tonumber(nf), fi = fi}
+  fi = fi + o.nf
+  if rl ~= '' then
+    o.result = string.sub(blob, pos, pos + tonumber(rl) - 1)
+    pos = pos + tonumber(rl)
+  end
+  if el ~= '' then
+    o.err = string.sub(blob, pos, pos + tonumber(el) - 1)
+    pos = pos + tonumber(el)
+  end
+  outcomes[#outcomes + 1] = o
+end
+for li, list in string.gmatch(plain, '(%%d+)=([^;]*);') do
+  local lease = ARGV[6 + tonumber(li)]
+  for id in string.gmatch(list, '%%d+') do
+    outcomes[#outcomes + 1] = {id = id, lease = lease, kind = 'done', nf = 0, fi = fi}
+  end
+end
+local ids = {}
+for i, o in ipairs(outcomes) do ids[i] = o.id end
+local held = {}
+for i = 1, #ids, 1000 do
+  local part = redis.call('HMGET', qk(q, 'running'), unpack(ids, i, math.min(i + 999, #ids)))
+  for j, v in ipairs(part) do held[i + j - 1] = v end
+end
+for i, o in ipairs(outcomes) do
+  local sa, run, lease
+  if held[i] then sa, run, lease = parse_held(held[i]) end
+  o.ok = lease ~= nil and lease == o.lease and not used[o.id]
   if o.ok then
     used[o.id] = true
-    o.q, o.w, o.sa = v[3], v[4], v[5]
-    local bad = taken_id(ARGV, o.fi, o.nf, seen)
-    if bad then
-      return redis.error_reply('DUPLICATE follow-up id ' .. bad .. ' is taken by another task')
+    o.q, o.w, o.sa = q, run, sa
+    for r = o.fi, o.fi + o.nf - 1 do
+      local rid = rows[r].id
+      if rid ~= '' then
+        if seen[rid] or redis.call('EXISTS', tk(rid)) == 1 then
+          return redis.error_reply('DUPLICATE follow-up id ' .. rid .. ' is taken by another task')
+        end
+        seen[rid] = true
+      end
     end
   end
-  table.insert(outcomes, o)
 end
-local flags, queues, batch = {}, {}, {rt = {}, fin = {}}
+local flags, queues, B = {}, {}, new_batch()
 for _, o in ipairs(outcomes) do
   if o.ok then
-    local id, q, h = o.id, o.q, tk(o.id)
-    if o.w then redis.call('SREM', P .. ':held:' .. o.w, id) end
+    local id, h = o.id, tk(o.id)
+    defer(B, 'HDEL', qk(q, 'running'), id)
+    defer(B, 'SREM', P .. ':held:' .. o.w, id)
     if o.kind == 'done' then
-      if o.has == '1' then redis.call('HSET', h, 'r', o.result) end
-      finish(id, q, 'running', 'done', now, keep, o.sa, batch)
+      finish(id, q, 'running', 'done', now, keep, o.sa, B, o.result)
     elseif o.kind == 'dead' then
       add_error(id, q, o.err, now)
-      finish(id, q, 'running', 'dead', now, keep, o.sa, batch)
+      finish(id, q, 'running', 'dead', now, keep, o.sa, B)
     elseif o.kind == 'release' then
       redis.call('HINCRBY', h, 'at', -1)
-      redis.call('HDEL', h, 'ls', 'w', 'sa')
+      redis.call('HDEL', h, 'w', 'sa')
       set_status(id, q, 'running', 'pending')
       schedule(id, q, redis.call('HGET', h, 'ra'), now)
       queues[q] = true
     else -- retry, interrupted
       add_error(id, q, o.err, now)
-      redis.call('HDEL', h, 'ls')
       redis.call('HSET', h, 'ra', o.ra)
       if o.kind == 'retry' then
         redis.call('HSET', h, 'iso', 0)
@@ -447,18 +763,17 @@ for _, o in ipairs(outcomes) do
       end
       schedule(id, q, o.ra, now)
     end
-    for r = 0, o.nf - 1 do
-      insert_row(ARGV, o.fi + r * 10, now, queues)
-    end
-    table.insert(flags, '1')
+    for r = o.fi, o.fi + o.nf - 1 do insert_row(rows[r], now, queues, B) end
+    flags[#flags + 1] = '1'
   else
-    table.insert(flags, '0')
+    flags[#flags + 1] = '0'
   end
 end
-flush(batch, keep)
-redis.call('SET', tok, table.concat(flags, ','), 'EX', %(ttl)d)
+flush(B, keep)
+local reply = table.concat(flags)
+redis.call('SET', tok, reply, 'EX', %(ttl)d)
 publish(queues)
-return flags
+return reply
 """
 
 # ARGV: P, run, now, cutoff, max_recoveries, info, keep
@@ -483,8 +798,9 @@ for _, r in ipairs(dead) do
     for _, id in ipairs(mine) do
       local h = tk(id)
       local q = redis.call('HGET', h, 'q')
+      redis.call('HDEL', qk(q, 'running'), id)
       local attempts = redis.call('HINCRBY', h, 'at', -1)
-      redis.call('HDEL', h, 'ls', 'w', 'sa')
+      redis.call('HDEL', h, 'w', 'sa')
       redis.call('HSET', h, 'iso', 1)
       redis.call('RPUSH', P .. ':r:' .. id, record)
       local rc = 0
@@ -511,6 +827,22 @@ end
 return recovered
 """
 
+# ARGV: P, queue; the earliest run_at of a waiting task (exact, as stored), or nil
+_NEXT_DUE = r"""
+local q = ARGV[2]
+local best, best_ra = nil, nil
+local head = redis.call('ZRANGE', qk(q, 'wait'), 0, 0, 'WITHSCORES')
+if head[1] then best, best_ra = tonumber(head[2]), head[2] end
+for _, name in ipairs({'ready', 'iso'}) do
+  local first = redis.call('ZRANGEBYSCORE', qk(q, name), 0, 0, 'LIMIT', 0, 1)
+  if first[1] then
+    local ra = redis.call('HGET', tk(id_of(first[1])), 'ra')
+    if ra and (best == nil or tonumber(ra) < best) then best, best_ra = tonumber(ra), ra end
+  end
+end
+return best_ra
+"""
+
 # ARGV: P, run
 _RETIRE = r"""
 local run = ARGV[2]
@@ -528,8 +860,7 @@ local v = redis.call('HMGET', h, 'st', 'q', 'w', 'at')
 local st, q = v[1], v[2]
 if not st then return -1 end
 if st == 'pending' or st == 'failed' then unschedule(id, q)
-elseif st == 'running' then
-  if v[3] then redis.call('SREM', P .. ':held:' .. v[3], id) end
+elseif st == 'running' then unhold(id, q, v[3])
 else return 0 end
 add_error(id, q, '[' .. (v[4] or 0) .. ',"killed",null,' .. now .. ']', now)
 finish(id, q, st, 'dead', now, ARGV[4])
@@ -559,7 +890,7 @@ return #ids
 _PURGE = r"""
 local ids = redis.call('ZRANGEBYSCORE', qk(ARGV[2], 'fin:' .. ARGV[3]), '-inf', ARGV[4],
   'LIMIT', 0, tonumber(ARGV[5]))
-for _, id in ipairs(ids) do forget(id) end
+forget_many(ARGV[2], ARGV[3], ids)
 return #ids
 """
 
@@ -569,6 +900,7 @@ _SCRIPTS = {
     "ack": _ACK,
     "beat": _BEAT,
     "retire": _RETIRE,
+    "next_due": _NEXT_DUE,
     "kill": _KILL,
     "retry": _RETRY,
     "retry_dead": _RETRY_DEAD,
@@ -700,6 +1032,51 @@ def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _encode_rows(rows: Sequence[Row]) -> tuple[bytes, bytes]:
+    """Rows as the scripts read them: a head of one record per row, "id,priority,
+    run_at,max_attempts,created_at,len(queue),len(payload),len(meta),len(key);"
+    (sizes in bytes, '' for None), and a blob of queue, payload, meta and key bytes."""
+    head: list[str] = []
+    blob: list[bytes] = []
+    queues: dict[str, bytes] = {}
+    times: dict[float, str] = {}
+    for row in rows:
+        queue = queues.get(row.queue)
+        if queue is None:
+            queue = queues[row.queue] = row.queue.encode()
+        payload = row.payload
+        if not isinstance(payload, bytes):
+            payload = payload.encode() if isinstance(payload, str) else bytes(payload)
+        run_at = times.get(row.run_at)
+        if run_at is None:
+            run_at = times[row.run_at] = repr(float(row.run_at))
+        created_at = times.get(row.created_at)
+        if created_at is None:
+            created_at = times[row.created_at] = repr(float(row.created_at))
+        blob.append(queue)
+        blob.append(payload)
+        if row.id is None and row.meta is None and row.key is None and row.max_attempts is None:
+            head.append(
+                f",{int(row.priority)},{run_at},,{created_at},{len(queue)},{len(payload)},,;"
+            )
+            continue
+        meta_size = key_size = ""
+        if row.meta is not None:
+            meta = row.meta.encode()
+            blob.append(meta)
+            meta_size = str(len(meta))
+        if row.key is not None:
+            key = row.key.encode()
+            blob.append(key)
+            key_size = str(len(key))
+        head.append(
+            f"{'' if row.id is None else int(row.id)},{int(row.priority)},{run_at},"
+            f"{'' if row.max_attempts is None else int(row.max_attempts)},{created_at},"
+            f"{len(queue)},{len(payload)},{meta_size},{key_size};"
+        )
+    return "".join(head).encode(), b"".join(blob)
+
+
 # The store -------------------------------------------------------------------------------
 class RedisStorage(ExposeMixin, Store):
     """Tasks in Redis (see the module docstring for the keys, retention, wake-ups and
@@ -748,6 +1125,8 @@ class RedisStorage(ExposeMixin, Store):
             for name, source in _SCRIPTS.items()
         }
         self._hostname = socket.gethostname()
+        self._token_base = uuid.uuid4().hex[:16]
+        self._tokens = itertools.count()
 
     def __repr__(self) -> str:
         return f"RedisStorage(queue={self.queue!r}, prefix={self.prefix!r})"
@@ -789,40 +1168,34 @@ class RedisStorage(ExposeMixin, Store):
             raise StorageError(f"Redis is unreachable ({exc}); retried and gave up") from exc
 
     def _run(self, name: str, *args: Any) -> Any:
-        return self._do(self._scripts[name], keys=[], args=[self.prefix, *args])
+        script = self._scripts[name]
+        execute = self.client.execute_command
+        try:
+            try:
+                return execute("EVALSHA", script.sha, 0, self.prefix, *args)
+            except redis.exceptions.NoScriptError:  # the server lost its script cache
+                script.sha = self.client.script_load(script.script)
+                return execute("EVALSHA", script.sha, 0, self.prefix, *args)
+        except _ERRORS as exc:
+            raise StorageError(f"Redis is unreachable ({exc}); retried and gave up") from exc
+
+    def _token(self) -> str:
+        """A token naming one write (its result is kept under it for a replay): unique
+        across processes (pid) and hosts (a random part per store)."""
+        return f"{self._token_base}{os.getpid()}:{next(self._tokens)}"
 
     def _now(self) -> float:
         return clock.timestamp()
 
     # Pushing ---------------------------------------------------------------------------
-    @staticmethod
-    def _row_args(row: Row) -> list[Any]:
-        payload = row.payload
-        if isinstance(payload, memoryview):
-            payload = bytes(payload)
-        return [
-            "" if row.id is None else str(int(row.id)),
-            row.queue,
-            payload,
-            str(int(row.priority)),
-            str(-int(row.priority)),
-            repr(float(row.run_at)),
-            "" if row.max_attempts is None else str(int(row.max_attempts)),
-            row.meta or "",
-            "" if row.key is None else "k" + row.key,
-            repr(float(row.created_at)),
-        ]
-
     def insert(self, rows: Sequence[Row]) -> list[TaskId]:
         """Write ``rows`` in one script call: all or nothing (a taken explicit id
         rejects the batch), ids from INCR in order, keyed rows idempotent on the key."""
         if not rows:
             return []
-        args: list[Any] = [uuid.uuid4().hex, repr(self._now()), len(rows)]
-        for row in rows:
-            args.extend(self._row_args(row))
+        head, blob = _encode_rows(rows)
         try:
-            ids = self._run("insert", *args)
+            ids = self._run("insert", self._token(), repr(self._now()), head, blob)
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
             if text.startswith("DUPLICATE"):
@@ -830,7 +1203,7 @@ class RedisStorage(ExposeMixin, Store):
             raise PushError(f"push failed: {text}") from exc
         except StorageError as exc:
             raise PushError(f"push failed: {exc}") from exc
-        return [TaskId(int(i)) for i in ids]
+        return [TaskId(int(i)) for i in ids.split(b",")]
 
     def last_key(self, prefix: str) -> str | None:
         """The greatest task key starting with ``prefix`` under this store's prefix."""
@@ -851,7 +1224,7 @@ class RedisStorage(ExposeMixin, Store):
             return []
         lease = ctx.new_lease()
         now = repr(self._now())
-        rows = self._run(
+        reply = self._run(
             "claim",
             lease,
             now,
@@ -861,32 +1234,46 @@ class RedisStorage(ExposeMixin, Store):
             int(ctx.in_flight),
             PROMOTE_PER_CLAIM,
         )
-        return [self._to_claim(row, lease) for row in rows]
+        if not reply:
+            return []
+        head, blob = reply
+        claims = []
+        pos = 0
+        queue = self.queue
+        for record in head[:-1].split(b";"):
+            task_id, attempt, priority, max_attempts, iso, size, meta_size = record.split(b",")
+            end = pos + int(size)
+            payload = blob[pos:end]
+            claim = Claim(TaskId(int(task_id)), queue, payload, int(attempt), lease)
+            if meta_size:
+                pos, end = end, end + int(meta_size)
+                claim.defect = self._fill(claim, priority, max_attempts, iso, blob[pos:end])
+            elif priority != b"0" or max_attempts or iso:
+                claim.defect = self._fill(claim, priority, max_attempts, iso, None)
+            pos = end
+            claims.append(claim)
+        return claims
 
-    def _to_claim(self, row: list[Any], lease: str) -> Claim:
-        task_id, payload, attempts, priority, max_attempts, meta, iso = row
-        claim = Claim(
-            id=TaskId(int(task_id)),
-            queue=self.queue,
-            payload=payload,
-            attempt=int(attempts or 1),
-            lease=lease,
-            isolated=iso == b"1",
-        )
+    @staticmethod
+    def _fill(
+        claim: Claim, priority: bytes, max_attempts: bytes, iso: bytes, meta: bytes | None
+    ) -> str | None:
+        """Set a claim's less common fields; returns why the stored task is malformed."""
+        claim.isolated = iso == b"1"
         try:
             claim.priority = int(priority or 0)
-            claim.max_attempts = None if max_attempts is None else int(max_attempts)
+            claim.max_attempts = int(max_attempts) if max_attempts else None
             claim.meta = msgspec.json.decode(meta) if meta else {}
             if not isinstance(claim.meta, dict):
                 raise ValueError("meta is not an object")
         except (ValueError, msgspec.DecodeError) as exc:
-            claim.defect = f"the stored task is malformed: {exc}"
-        return claim
+            return f"the stored task is malformed: {exc}"
+        return None
 
     def next_due(self) -> float | None:
         """The earliest ``run_at`` of a waiting (Pending or Failed) task of this queue."""
-        head = self._do(self.client.zrange, self._qk("wait"), 0, 0, withscores=True)
-        return float(head[0][1]) if head else None
+        found = self._run("next_due", self.queue)
+        return None if found is None else float(found)
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
         """Record outcomes and their follow-ups in one script, lease-fenced, all or
@@ -894,40 +1281,72 @@ class RedisStorage(ExposeMixin, Store):
         if not outcomes:
             return
         now = self._now()
-        args: list[Any] = [uuid.uuid4().hex, repr(now), self.keep_finished, len(outcomes)]
+        leases: dict[str, int] = {}
+        head: list[str] = []
+        blob: list[bytes] = []
+        rows: list[Row] = []
+        detailed: list[Outcome] = []  # in head
+        plain: dict[int, list[Outcome]] = {}  # Done, no result, no follow-up: by lease
         wake = False
         for o in outcomes:
-            has_result = o.kind is OutcomeKind.DONE and o.encoded_result is not None
-            error = ""
-            if o.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.INTERRUPTED):
+            claim, kind = o.claim, o.kind
+            number = leases.setdefault(claim.lease, len(leases) + 1)
+            if kind is OutcomeKind.DONE and not o.follow_ups and o.encoded_result is None:
+                plain.setdefault(number, []).append(o)
+                continue
+            detailed.append(o)
+            result_size = error_size = ""
+            if kind is OutcomeKind.DONE and o.encoded_result is not None:
+                result = o.encoded_result
+                if isinstance(result, str):
+                    result = result.encode()
+                elif not isinstance(result, bytes):
+                    result = bytes(result)
+                blob.append(result)
+                result_size = str(len(result))
+            if kind in (OutcomeKind.RETRY, OutcomeKind.DEAD, OutcomeKind.INTERRUPTED):
                 error = json.dumps(
-                    [o.claim.attempt, safe_text(o.error or ""), safe_text(o.traceback), now]
-                )
-            result = o.encoded_result if has_result else ""
-            if isinstance(result, str):
-                result = result.encode()
-            args += [
-                str(int(o.claim.id)),
-                o.claim.lease,
-                _KINDS[o.kind],
-                "1" if has_result else "0",
-                result,
-                error,
-                repr(now + float(o.delay or 0.0)),
-                len(o.follow_ups),
-            ]
-            for row in o.follow_ups:
-                args.extend(self._row_args(row))
-            wake = wake or bool(o.follow_ups) or o.kind is not OutcomeKind.DONE
+                    [claim.attempt, safe_text(o.error or ""), safe_text(o.traceback), now]
+                ).encode()
+                blob.append(error)
+                error_size = str(len(error))
+            run_at = repr(now + float(o.delay or 0.0)) if kind is not OutcomeKind.DONE else ""
+            head.append(
+                f"{int(claim.id)},{number},{_KINDS[kind]},{result_size},{error_size},"
+                f"{run_at},{len(o.follow_ups)};"
+            )
+            rows.extend(o.follow_ups)
+            wake = wake or bool(o.follow_ups) or kind is not OutcomeKind.DONE
+        row_head, row_blob = _encode_rows(rows) if rows else (b"", b"")
+        plain_text = "".join(
+            f"{number}={','.join([str(int(o.claim.id)) for o in group])};"
+            for number, group in plain.items()
+        )
         try:
-            flags = self._run("ack", *args)
+            flags = self._run(
+                "ack",
+                self._token(),
+                repr(now),
+                self.keep_finished,
+                self.queue,
+                len(leases),
+                *leases,
+                "".join(head),
+                b"".join(blob),
+                row_head,
+                row_blob,
+                plain_text,
+            )
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
             if text.startswith("DUPLICATE "):  # a follow-up's id: writing again cannot help
                 raise OutcomeRefused(f"ack rejected: {text.removeprefix('DUPLICATE ')}") from None
             raise StorageError(f"ack failed: {text}") from exc
-        for o, flag in zip(outcomes, flags, strict=True):
-            o.accepted = flag == b"1"
+        ordered = detailed + [o for group in plain.values() for o in group]
+        if len(flags) != len(ordered):
+            raise StorageError(f"ack failed: {len(flags)} flags for {len(ordered)} outcomes")
+        for o, flag in zip(ordered, flags, strict=True):
+            o.accepted = flag == 49  # b"1"
         if wake:
             for queue in {
                 self.queue,
@@ -1074,7 +1493,10 @@ class RedisStorage(ExposeMixin, Store):
         pipe = self.client.pipeline(transaction=False)
         for q in self._queues(queue):
             for s in statuses:
-                pipe.zrevrange(self._qk(f"s:{s.value}", q), 0, offset + limit - 1)
+                if s is Status.RUNNING:  # a hash: as many as the workers hold
+                    pipe.hkeys(self._qk("running", q))
+                else:
+                    pipe.zrevrange(self._qk(f"s:{s.value}", q), 0, offset + limit - 1)
         ids = sorted({int(m) for members in self._do(pipe.execute) for m in members}, reverse=True)
         return self._infos(ids[offset : offset + limit])
 
@@ -1114,7 +1536,10 @@ class RedisStorage(ExposeMixin, Store):
         pipe = self.client.pipeline(transaction=False)
         for q in queues:
             for s in Status:
-                pipe.zcard(self._qk(f"s:{s.value}", q))
+                if s is Status.RUNNING:
+                    pipe.hlen(self._qk("running", q))
+                else:
+                    pipe.zcard(self._qk(f"s:{s.value}", q))
         replies = self._do(pipe.execute)
         n = len(Status)
         return [
@@ -1149,19 +1574,20 @@ class RedisStorage(ExposeMixin, Store):
             pipe.zcount(self._qk("fin:done", q), now - DAY, "+inf")
             pipe.zcount(self._qk("errs", q), now - HOUR, "+inf")
             pipe.zcount(self._qk("errs", q), now - DAY, "+inf")
-            pipe.zrange(self._qk("wait", q), 0, 0, withscores=True)
             pipe.hmget(self._qk("rt", q), "sum", "n")
         replies = self._do(pipe.execute)
+        heads = [self._run("next_due", q) for q in queues]
         oldest: float | None = None
         total, count = 0.0, 0
         for i in range(len(queues)):
-            dh, dd, fh, fd, head, (rt_sum, rt_n) = replies[6 * i : 6 * i + 6]
+            dh, dd, fh, fd, (rt_sum, rt_n) = replies[5 * i : 5 * i + 5]
+            head = None if heads[i] is None else float(heads[i])
             stats["done_last_hour"] += dh
             stats["done_last_day"] += dd
             stats["failed_last_hour"] += fh
             stats["failed_last_day"] += fd
-            if head and head[0][1] <= now:
-                oldest = head[0][1] if oldest is None else min(oldest, head[0][1])
+            if head is not None and head <= now:
+                oldest = head if oldest is None else min(oldest, head)
             if rt_n and int(rt_n) > 0:
                 total += float(rt_sum or 0)
                 count += int(rt_n)

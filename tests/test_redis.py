@@ -318,10 +318,12 @@ def test_finished_tasks_are_kept_up_to_keep_finished_per_status(env):
 
 def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
     """What a retry after a lost reply does: the same script call again, same token."""
+    from taskpipe.redis import _encode_rows
+
     store = env.store()
     now = time.time()
     row = store.row(taskpipe.Task("once"), now)
-    args = [store.prefix, "token-1", repr(now), 1, *store._row_args(row)]
+    args = [store.prefix, "token-1", repr(now), *_encode_rows([row])]
     first = store._scripts["insert"](keys=[], args=args)
     assert store._scripts["insert"](keys=[], args=args) == first
     assert store.stats(queue=env.queue)["pending"] == 1
@@ -330,26 +332,18 @@ def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
     claim_args = [store.prefix, "run:1", repr(now), env.queue, 10, run.run_id, 0, 100]
     claimed = store._scripts["claim"](keys=[], args=claim_args)
     assert store._scripts["claim"](keys=[], args=claim_args) == claimed  # the same task back
-    [task] = claimed
-    assert store.fetch_by_id(int(task[0])).attempts == 1  # counted once
+    head, payloads = claimed
+    task_id = head.split(b",")[0].decode()
+    assert (head.count(b";"), payloads) == (1, b'"once"')
+    assert store.fetch_by_id(int(task_id)).attempts == 1  # counted once
 
-    ack_args = [
-        store.prefix,
-        "ack-1",
-        repr(now),
-        100,
-        1,
-        task[0],
-        "run:1",
-        "done",
-        "1",
-        b'"r"',
-        "",
-        "0",
-        0,
-    ]
-    assert store._scripts["ack"](keys=[], args=ack_args) == [b"1"]
-    assert store._scripts["ack"](keys=[], args=ack_args) == [b"1"]  # accepted, not re-applied
+    # token, now, keep, queue, one lease, the lease, then "id,lease,kind,len(result),len(error),
+    # run_at,follow-ups;", the results, no follow-up rows, no plain Done
+    ack_args = [store.prefix, "ack-1", repr(now), 100, env.queue, 1, "run:1"]
+    ack_args += [f"{task_id},1,done,3,,,0;", b'"r"', b"", b"", ""]
+    assert store._scripts["ack"](keys=[], args=ack_args) == b"1"
+    assert store._scripts["ack"](keys=[], args=ack_args) == b"1"  # accepted, not re-applied
+    task = [task_id]
     info = store.fetch_by_id(int(task[0]))
     assert (info.status, info.result, info.attempts) == (Status.DONE, "r", 1)
     assert store.stats(queue=env.queue)["done"] == 1
@@ -392,3 +386,187 @@ class socket_closed_port:
 
     def __exit__(self, *exc: Any) -> None:
         self.sock.close()
+
+
+# The wire formats and the running hash (issue 12: the scripts were reshaped for speed) ------
+ODD = "a,b;c=d e\u00e9\u2603"  # the separators of the scripts' heads, a space, non-ASCII
+
+
+def test_odd_queue_names_keys_meta_and_worker_names_travel_intact(env):
+    env.queue = f"q{ODD}"
+    store = env.store()
+    payloads = [f"x,;{ODD}", "x" * 3000, {"k": ODD}]
+    ids = store.push_bulk(payloads)
+    keyed = store.push_task(taskpipe.Task("keyed", key=f"k{ODD}", meta={"m": ODD}, priority=3))
+    assert store.push_task(taskpipe.Task("again", key=f"k{ODD}")) == keyed
+    assert store.last_key("k") == f"k{ODD}"
+    seen: list[Any] = []
+
+    def handle(item: Any, task: taskpipe.Task[Any]) -> Any:
+        seen.append((task.id, item, task.meta, task.priority))
+        return item
+
+    worker = WorkerBuilder(f"w{ODD}").backend(store).concurrency(3).build(handle)
+    assert worker.run_until_idle() == 4
+    assert seen[0] == (keyed, "keyed", {"m": ODD}, 3)  # the highest priority first
+    assert sorted(s[0] for s in seen[1:]) == ids
+    for tid in [*ids, keyed]:
+        info = store.fetch_by_id(tid)
+        assert (info.status, info.queue, info.worker.startswith(f"w{ODD}:")) == (
+            Status.DONE,
+            env.queue,
+            True,
+        )
+    assert store.fetch_by_id(ids[2]).result == {"k": ODD}
+    assert store.stats(queue=env.queue)["done"] == 4
+
+
+def test_bulk_ids_step_over_explicit_ids_ahead_of_the_counter(env):
+    store = env.store()
+    first = store.push_bulk(["a", "b"])
+    ahead = [first[-1] + 2, first[-1] + 4]
+    for tid in ahead:
+        store.push_task(taskpipe.Task(f"explicit {tid}", id=tid))
+    ids = store.push_bulk([f"plain {i}" for i in range(6)])
+    assert not set(ids) & set(ahead) and len(set(ids)) == 6
+    for tid, n in zip(ids, range(6), strict=True):
+        assert store.fetch_by_id(tid).args == f"plain {n}"
+    for tid in ahead:
+        assert store.fetch_by_id(tid).args == f"explicit {tid}"
+    assert store.stats(queue=env.queue)["pending"] == 10
+
+
+def test_a_batch_of_mixed_outcomes_and_leases_is_fenced_per_outcome(env):
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    ids = store.push_bulk(list(range(6)))
+    run = WorkerContext("mixed", capacity=10, report=pytest.fail)
+    store.beat(run)
+    first = store.claim(run, 3)  # one lease
+    second = store.claim(run, 3)  # another
+    assert store.kill(first[0].id)  # its lease is gone
+    batch = [
+        Outcome(first[0], OutcomeKind.DONE),  # plain Done, stale
+        Outcome(second[0], OutcomeKind.DONE, encoded_result=b'"r"'),  # Done with a result
+        Outcome(first[1], OutcomeKind.RETRY, error="boom", delay=60),
+        Outcome(second[1], OutcomeKind.DONE),  # plain Done, other lease
+        Outcome(first[2], OutcomeKind.DONE),  # plain Done
+        Outcome(second[1], OutcomeKind.DONE),  # the same claim twice: only the first counts
+    ]
+    store.ack(batch)
+    assert [o.accepted for o in batch] == [False, True, True, True, True, False]
+    statuses = {tid: store.fetch_by_id(tid).status for tid in ids}
+    assert statuses == {
+        ids[0]: Status.DEAD,
+        ids[1]: Status.FAILED,
+        ids[2]: Status.DONE,
+        ids[3]: Status.DONE,
+        ids[4]: Status.DONE,
+        ids[5]: Status.RUNNING,
+    }
+    assert store.fetch_by_id(ids[3]).result == "r"
+    running = store.list_tasks(queue=env.queue, status=Status.RUNNING)
+    assert [(t.id, t.worker, t.attempts) for t in running] == [(ids[5], run.run_id, 1)]
+    assert store.stats(queue=env.queue)["running"] == 1
+    [held] = [w for w in store.list_workers() if w.run_id == run.run_id]
+    assert held.tasks_held == 1
+    store.ack([Outcome(second[2], OutcomeKind.DONE)])
+    assert store.stats(queue=env.queue)["running"] == 0
+    assert env.acct.hlen(f"{env.prefix}:q:{env.queue}:running") == 0
+    assert env.acct.scard(f"{env.prefix}:held:{run.run_id}") == 0
+
+
+def test_a_replayed_claim_does_not_return_a_task_finished_since(env):
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    store.push_bulk(["a", "b"])
+    run = WorkerContext("replay", capacity=4, report=pytest.fail)
+    store.beat(run)
+    now = repr(time.time())
+    args = [store.prefix, "lease-1", now, env.queue, 2, run.run_id, 0, 100]
+    head, _ = store._scripts["claim"](keys=[], args=args)
+    task_ids = [int(r.split(b",")[0]) for r in head[:-1].split(b";")]
+    claims = [
+        taskpipe.store.Claim(taskpipe.TaskId(t), env.queue, b"", 1, "lease-1") for t in task_ids
+    ]
+    store.ack([Outcome(claims[0], OutcomeKind.DONE)])
+    head, _ = store._scripts["claim"](keys=[], args=args)  # the reply was lost: again
+    assert [int(r.split(b",")[0]) for r in head[:-1].split(b";")] == task_ids[1:]
+
+
+def test_trimmed_records_leave_no_index_entries_and_keep_the_run_time_sum(env):
+    from taskpipe.redis import RedisStorage
+
+    client = taskpipe.connect(env.url)
+    store = RedisStorage(client, queue=env.queue, keep_finished=5)
+    RedisStorage.setup(store)
+    store.push_all([taskpipe.Task(i, key=f"key-{i}") for i in range(12)])
+    assert (
+        WorkerBuilder("w").backend(store).concurrency(4).build(lambda i: i).run_until_idle() == 12
+    )
+    p = f"{env.prefix}:q:{env.queue}"
+    assert env.acct.zcard(f"{p}:fin:done") == env.acct.zcard(f"{p}:s:done") == 5
+    assert int(env.acct.hget(f"{p}:rt", "n")) == 5
+    assert env.acct.hlen(f"{env.prefix}:keys") == env.acct.zcard(f"{env.prefix}:keyidx") == 5
+    tasks = len(list(env.acct.scan_iter(match=f"{env.prefix}:t:*")))
+    assert tasks == 5
+    assert store.purge("done", 0) == 5
+    assert env.acct.hlen(f"{env.prefix}:keys") == 0
+    assert int(env.acct.hget(f"{p}:rt", "n")) == 0
+    client.close()
+
+
+def test_next_due_finds_due_tasks_of_priority_zero_outside_the_wait_set(env):
+    """A due task of priority 0 is not in ``wait`` (its score 0 in ``ready`` or ``iso``
+    says when it is due): next_due and the oldest pending age still see it."""
+    store = env.store()
+    t0 = 1_800_000_000.25
+    with freeze_time(datetime.fromtimestamp(t0, UTC)) as frozen:
+        store.push_task(taskpipe.Task("later, p0", run_after=30))
+        store.push_task(taskpipe.Task("urgent", priority=5))
+        frozen.tick(2)
+        store.push("plain")  # due, priority 0: only in ready
+        assert store.next_due() == t0  # the urgent one, pushed first
+        run = WorkerContext("nd", capacity=4, report=pytest.fail)
+        store.beat(run)
+        [urgent] = store.claim(run, 1)
+        assert urgent.priority == 5
+        assert store.next_due() == t0 + 2  # found in ready by its score
+        assert store.stats(queue=env.queue)["oldest_pending_age"] == pytest.approx(0.0)
+        frozen.tick(40)  # the delayed one is due now (still in wait until a claim promotes it)
+        assert store.next_due() == t0 + 2
+        claimed = store.claim(run, 2)  # promotes it (out of wait), then takes both by run_at
+        assert [store.fetch_by_id(c.id).args for c in claimed] == ["plain", "later, p0"]
+        assert store.next_due() is None
+        assert env.acct.zcard(f"{env.prefix}:q:{env.queue}:wait") == 0
+
+
+def test_a_task_claimed_from_failed_is_running_to_retry_kill_and_introspection(env):
+    """A claim leaves the task's hash as it was (pending or failed): every other path
+    must see it Running through the queue's running hash."""
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    [tid] = store.push_bulk(["x"])
+    run = WorkerContext("rf", capacity=4, report=pytest.fail)
+    store.beat(run)
+    [first] = store.claim(run, 1)
+    store.ack([Outcome(first, OutcomeKind.RETRY, error="boom", delay=0)])
+    assert store.fetch_by_id(tid).status is Status.FAILED
+    [second] = store.claim(run, 1)
+    assert second.attempt == 2
+    info = store.fetch_by_id(tid)
+    assert (info.status, info.attempts, info.worker) == (Status.RUNNING, 2, run.run_id)
+    assert info.started_at is not None
+    assert [t.id for t in store.list_tasks(queue=env.queue, status="failed")] == []
+    assert not store.retry(tid)  # a Running task is not retried
+    assert store.kill(tid)
+    info = store.fetch_by_id(tid)
+    assert (info.status, info.attempts, info.worker) == (Status.DEAD, 2, run.run_id)
+    assert [e.error for e in info.errors] == ["boom", "killed"]
+    late = Outcome(second, OutcomeKind.DONE)
+    store.ack([late])
+    assert not late.accepted
+    assert store.fetch_by_id(tid).status is Status.DEAD
