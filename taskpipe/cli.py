@@ -327,18 +327,23 @@ def database_path(url: str) -> str | None:
     return path or ":memory:"
 
 
+def _userinfo(rest: str) -> str | None:
+    """The ``user:password`` of a URL's part after ``://``, when it has a password. It
+    ends at the last @ before the query: a password may hold a raw / or @."""
+    before_query = re.split(r"[?#]", rest, maxsplit=1)[0]
+    userinfo, at, _ = before_query.rpartition("@")
+    return userinfo if at and ":" in userinfo else None
+
+
 def masked_url(url: str) -> str:
     """``url`` with its password replaced by ``***``: the one in ``user:password@host``
     and the value of any ``…password=`` query option."""
     head, sep, rest = url.partition("://")
     if not sep:
         return url
-    # The user part ends at the last @ before the query: a password may hold a raw / or @.
-    before_query = re.split(r"[?#]", rest, maxsplit=1)[0]
-    userinfo, at, _ = before_query.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.partition(":")[0]
-        rest = f"{user}:***@{rest[len(userinfo) + 1 :]}"
+    userinfo = _userinfo(rest)
+    if userinfo is not None:
+        rest = f"{userinfo.partition(':')[0]}:***{rest[len(userinfo) :]}"
     return head + sep + _PASSWORD_OPTION.sub(r"\1***", rest)
 
 
@@ -347,10 +352,9 @@ def _passwords(url: str) -> set[str]:
     head, sep, rest = url.partition("://")
     if not sep:
         return set()
-    before_query = re.split(r"[?#]", rest, maxsplit=1)[0]
-    userinfo, at, _ = before_query.rpartition("@")
     found = [m.group(2) for m in _PASSWORD_OPTION.finditer(rest)]
-    if at and ":" in userinfo:
+    userinfo = _userinfo(rest)
+    if userinfo is not None:
         found.append(userinfo.partition(":")[2])
     return {p for raw in found for p in (raw, unquote(raw)) if p}
 
