@@ -9,10 +9,15 @@ anything it does, code can do too::
     taskpipe --db jobs.db worker myapp.tasks:send_email --concurrency 4
     taskpipe tasks --status dead --db jobs.db          # --db before or after the command
     TASKPIPE_DB=sqlite:///jobs.db taskpipe stats --watch
+    taskpipe --db postgresql://app@db.internal/jobs setup
+    taskpipe --db 'redis://127.0.0.1:6379/0?prefix=myapp' tasks
 
 Exit codes: 0 ok, 1 an operation failed, 2 bad input (one line on stderr, no traceback).
 A --db file that is not a taskpipe database is refused and left as it was: the command
 looks at it read-only (``taskpipe.sqlite_file``) before opening it with ``connect``.
+A server URL is opened with ``taskpipe.connect`` and ``open_storage``, like any other,
+and checked with the store's ``check_setup`` (``setup`` runs the store class's own
+``setup``); no message shows the URL's password (``masked_url``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sqlite3
 import stat
 import sys
@@ -35,14 +41,22 @@ from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import click
 import peewee as pw
 from click.core import ParameterSource
 
 from . import __version__, clock, events
-from .connection import connect, open_storage
-from .errors import BuildError, CodecError, SetupError, TaskNotFound, TaskpipeError
+from .connection import ENGINES, connect, open_storage
+from .errors import (
+    BuildError,
+    CodecError,
+    SetupError,
+    StorageError,
+    TaskNotFound,
+    TaskpipeError,
+)
 from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
@@ -53,7 +67,15 @@ from .store import require
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
-__all__ = ["BadInput", "Failure", "cli", "database_path", "main", "parse_duration"]
+__all__ = [
+    "BadInput",
+    "Failure",
+    "cli",
+    "database_path",
+    "main",
+    "masked_url",
+    "parse_duration",
+]
 
 PUSH_BATCH = 1000
 STATUS_COLOURS = {
@@ -115,25 +137,32 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
-class BadInput(click.ClickException):
+class _OneLine(click.ClickException):
+    """An error shown on one line of stderr, without the password of the --db URL."""
+
+    def __init__(self, message: str):
+        ctx = click.get_current_context(silent=True)
+        state = ctx.find_object(_State) if ctx is not None else None
+        message = message.rstrip()  # a driver's message may end with a line break
+        super().__init__(state.hide_password(message) if state is not None else message)
+
+    def format_message(self) -> str:
+        return _printable(self.message)
+
+
+class BadInput(_OneLine):
     """Bad input (JSON, id, database, MODULE:ATTR…): one line on stderr, exit code 2."""
 
     exit_code = 2
 
-    def format_message(self) -> str:
-        return _printable(self.message)
 
-
-class Failure(click.ClickException):
+class Failure(_OneLine):
     """The operation failed (a store error, a task that cannot be retried…): exit code 1."""
 
     exit_code = 1
 
-    def format_message(self) -> str:
-        return _printable(self.message)
 
-
-# Durations and database URLs --------------------------------------------------------------
+# Durations --------------------------------------------------------------------------------
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d|w)")
 
@@ -261,32 +290,34 @@ DURATION = _Duration()
 QUEUE = _Name("a queue name", "leave out --queue for the default queue")
 QUEUE_FILTER = _Name("a queue name", "leave out --queue for every queue")
 WORKER_NAME = _Name("a worker name", "leave out --name for the handler's name")
-_POSTGRES = {
-    "postgres",
-    "postgresql",
-    "postgresext",
-    "postgresqlext",
-    "psycopg",
-    "psycopg2",
-    "psycopg3",
-}
 
 
-def database_path(url: str) -> str:
+# Database URLs ------------------------------------------------------------------------------
+#: What ``--db`` takes besides a SQLite path: ``sqlite:///PATH`` and every engine
+#: ``taskpipe.connect`` opens (``postgresql://``, ``mysql://``, ``redis://``…).
+SCHEMES = ("sqlite", *sorted(ENGINES))
+_PASSWORD_OPTION = re.compile(r"(?i)([?&][^=&#]*password=)([^&#]*)")
+#: A password shorter than this is masked in URLs only, not wherever it appears in a
+#: message (it would hide ordinary words).
+_SHORTEST_HIDDEN = 4
+
+
+def database_path(url: str) -> str | None:
     """The SQLite file named by ``--db``: a plain path, or ``sqlite:///relative.db`` /
-    ``sqlite:////absolute.db``. Other schemes raise ``BadInput`` (PostgreSQL comes later)."""
+    ``sqlite:////absolute.db``; None for a server URL (``postgresql://…``,
+    ``mysql://…``, ``redis://…``), which ``taskpipe.connect`` opens. An unknown scheme,
+    or options in a SQLite URL, raise ``BadInput``."""
     if "://" not in url:
         return url
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower().split("+")[0]
-    if scheme in _POSTGRES:
+    head, _, rest = url.partition("://")
+    scheme = head.lower()
+    if scheme in ENGINES:
+        return None
+    if scheme.split("+")[0] not in ("sqlite", "sqliteext"):
+        known = ", ".join(f"{s}://" for s in SCHEMES)
         raise BadInput(
-            "PostgreSQL support comes in a later version of taskpipe: use a SQLite path "
-            "or sqlite:///PATH for now"
-        )
-    if scheme not in ("sqlite", "sqliteext"):
-        raise BadInput(
-            f"unsupported database URL {scheme}://…: use a SQLite path or sqlite:///PATH"
+            f"unknown database URL scheme {_shown(head, 40)}://…: use a SQLite path or "
+            f"a URL starting with one of {known}"
         )
     path, _, query = rest.partition("?")
     if query:
@@ -296,23 +327,77 @@ def database_path(url: str) -> str:
     return path or ":memory:"
 
 
+def _userinfo(rest: str) -> str | None:
+    """The ``user:password`` of a URL's part after ``://``, when it has a password. It
+    ends at the last @ before the query: a password may hold a raw / or @."""
+    before_query = re.split(r"[?#]", rest, maxsplit=1)[0]
+    userinfo, at, _ = before_query.rpartition("@")
+    return userinfo if at and ":" in userinfo else None
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the one in ``user:password@host``
+    and the value of any ``…password=`` query option."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo = _userinfo(rest)
+    if userinfo is not None:
+        rest = f"{userinfo.partition(':')[0]}:***{rest[len(userinfo) :]}"
+    return head + sep + _PASSWORD_OPTION.sub(r"\1***", rest)
+
+
+def _passwords(url: str) -> set[str]:
+    """The passwords ``masked_url`` hides, as written and percent-decoded."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return set()
+    found = [m.group(2) for m in _PASSWORD_OPTION.finditer(rest)]
+    userinfo = _userinfo(rest)
+    if userinfo is not None:
+        found.append(userinfo.partition(":")[2])
+    return {p for raw in found for p in (raw, unquote(raw)) if p}
+
+
 @dataclass
 class _State:
     url: str | None = None
     db: Any = None
 
+    def hide_password(self, text: str) -> str:
+        """``text`` without the password of ``--db``: the URL masked (``masked_url``),
+        and the password itself wherever else it appears (unless it is very short)."""
+        if not self.url:
+            return text
+        text = text.replace(self.url, masked_url(self.url))
+        for password in sorted(_passwords(self.url), key=len, reverse=True):
+            if len(password) >= _SHORTEST_HIDDEN:
+                text = text.replace(password, "***")
+        return text
+
+    def shown_url(self) -> str:
+        """``--db`` as messages show it: its password masked, escaped, quoted when odd."""
+        return _shown(masked_url(self.url or ""))
+
     def database(self, *, create: bool = False) -> Any:
-        """Open the database ``--db`` names; refuse a missing file (``setup`` creates
-        it) and a database without taskpipe's tables."""
+        """Open the database (or server) ``--db`` names, with ``taskpipe.connect``; with
+        ``create`` set it up, else refuse one without taskpipe's tables (or layout).
+        A SQLite file is looked at first and refused when missing (``setup`` creates
+        it) or not a taskpipe database."""
         if self.db is not None:
             return self.db
         if not self.url:
-            raise BadInput(
-                "no database given: pass --db PATH (or sqlite:///PATH), or set TASKPIPE_DB"
-            )
+            raise BadInput("no database given: pass --db PATH or --db URL, or set TASKPIPE_DB")
         path = database_path(self.url)
+        db = self._open_server(create) if path is None else self._open_file(path, create)
+        self.db = db
+        click.get_current_context().call_on_close(self.close)
+        return db
+
+    def _open_file(self, path: str, create: bool) -> Any:
+        url = self.url or ""
         if path != ":memory:":
-            path = _checked_file(path, self.url, create)
+            path = _checked_file(path, url, create)
         db = connect(path)  # taskpipe.connect: the one way the library opens a URL or path
         try:
             if create:
@@ -320,13 +405,42 @@ class _State:
             elif not db.table_exists(JOBS):
                 db.close()
                 raise BadInput(
-                    f"{self.url} has no taskpipe tables: run `taskpipe setup --db {self.url}` first"
+                    f"{url} has no taskpipe tables: run `taskpipe setup --db {url}` first"
                 )
         except pw.DatabaseError as exc:
             db.close()
-            raise BadInput(f"cannot use {self.url} as a taskpipe database: {exc}") from exc
-        self.db = db
-        click.get_current_context().call_on_close(self.close)
+            raise BadInput(f"cannot use {url} as a taskpipe database: {exc}") from exc
+        return db
+
+    def _open_server(self, create: bool) -> Any:
+        """The server's database or client, set up by its store class's own ``setup``
+        (``create``) or checked to be (``check_setup``)."""
+        shown = self.shown_url()
+        db = None
+        try:
+            db = connect(self.url or "")
+            try:
+                store: Any = open_storage(db)  # every engine's store class has setup()
+                if create:
+                    type(store).setup(store)
+                else:
+                    store.check_setup()
+            except BaseException:
+                db.close()
+                raise
+        except ValueError as exc:  # a URL its engine cannot read
+            raise BadInput(f"invalid --db {shown}: {exc}") from None
+        except SetupError as exc:
+            if create:
+                raise BadInput(f"cannot set up {shown}: {exc}") from None
+            setup = shlex.quote(masked_url(self.url or ""))
+            raise BadInput(
+                f"{shown} is not set up for taskpipe: run `taskpipe setup --db {setup}` ({exc})"
+            ) from None
+        except StorageError as exc:
+            if db is None:  # its driver is not installed, or no such engine yet
+                raise BadInput(str(exc)) from None
+            raise Failure(f"{shown}: {exc}") from None  # unreachable, refused…
         return db
 
     def storage(self, queue: str | None = None) -> Any:
@@ -337,9 +451,10 @@ class _State:
         return store
 
     def close(self) -> None:
-        if self.db is not None and not self.db.is_closed():
-            self.db.close()
-        self.db = None
+        """Close the database or client ``database()`` opened, if any."""
+        db, self.db = self.db, None
+        if db is not None:
+            db.close()
 
 
 def _checked_file(path: str, url: str, create: bool) -> str:
@@ -404,6 +519,12 @@ def _checked_file(path: str, url: str, create: bool) -> str:
     return str(file)
 
 
+DB_HELP = (
+    "The store: a SQLite file (PATH or sqlite:///PATH) or a server URL, "
+    "e.g. postgresql://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:6379/0?prefix=NAME"
+)
+
+
 def _set_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.ensure_object(_State).url = value
@@ -416,7 +537,7 @@ def _db_option(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="PATH|URL",
         expose_value=False,
         callback=_set_db,
-        help="The SQLite database: a path or sqlite:///PATH (default: $TASKPIPE_DB).",
+        help=f"{DB_HELP} (default: $TASKPIPE_DB).",
     )(command)
 
 
@@ -609,26 +730,32 @@ class _Group(click.Group):
     metavar="PATH|URL",
     envvar="TASKPIPE_DB",
     show_envvar=True,
-    help="The SQLite database: a path or sqlite:///PATH.",
+    help=f"{DB_HELP}.",
 )
 @click.pass_context
 def cli(ctx: click.Context, db: str | None) -> None:
     """taskpipe: durable background jobs. Inspect and steer the jobs of a store.
 
-    --db (or TASKPIPE_DB) names the store, before or after the command.
+    --db (or TASKPIPE_DB) names the store, before or after the command: a SQLite
+    file, or a PostgreSQL, MySQL/MariaDB or Redis URL (run `setup` once for each).
     """
     state = ctx.ensure_object(_State)
     if db is not None and state.url is None:
         state.url = db
 
 
-@cli.command(short_help="Create or migrate taskpipe's tables.")
+@cli.command(short_help="Create or migrate taskpipe's tables (or Redis layout).")
 @_db_option
 def setup() -> None:
-    """Create (or migrate) taskpipe's tables; creates the database file if needed."""
+    """Create (or migrate) taskpipe's tables, creating a SQLite file if needed; on
+    Redis, record taskpipe's key layout under the URL's ?prefix= (default taskpipe).
+    Idempotent: safe to run again, and from several machines."""
     state = _state()
     state.database(create=True)
-    click.echo(f"taskpipe tables are ready in {_shown(state.url or '')}")
+    if database_path(state.url or "") is None:
+        click.echo(f"taskpipe is set up in {state.shown_url()}")
+    else:
+        click.echo(f"taskpipe tables are ready in {_shown(state.url or '')}")
 
 
 # worker ---------------------------------------------------------------------------------------

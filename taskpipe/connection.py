@@ -31,6 +31,7 @@ ENGINES = {
     "mysql": ("taskpipe.mysql", "MySQL/MariaDB", "mysql"),
     "mariadb": ("taskpipe.mysql", "MySQL/MariaDB", "mysql"),
     "redis": ("taskpipe.redis", "Redis", "redis"),
+    "rediss": ("taskpipe.redis", "Redis", "redis"),  # Redis over TLS
 }
 
 
@@ -64,7 +65,8 @@ def _sqlite_path(url: str) -> str:
 def connect(url: str | os.PathLike[str]) -> Any:
     """The database (or client) for ``url``: ``sqlite:///path`` or a plain path (a
     peewee ``SqliteDatabase``, as ``taskpipe.sqlite.connect``), ``sqlite:///:memory:``;
-    ``postgresql://…``, ``mysql://…`` and ``redis://…`` open their engines."""
+    ``postgresql://…``, ``mysql://…`` and ``redis://…`` (``rediss://`` for TLS) open
+    their engines."""
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
     if not isinstance(url, str) or not url:

@@ -443,13 +443,18 @@ def test_a_directory_is_not_a_database(invoke, tmp_path):
     bad_input(invoke("tasks", "--db", str(tmp_path)), "directory")
 
 
-@pytest.mark.parametrize("url", ["postgresql://u@localhost/jobs", "postgres://localhost/jobs"])
-def test_postgresql_urls_come_later(invoke, url):
-    bad_input(invoke("tasks", "--db", url), "PostgreSQL support comes in a later version")
+@pytest.mark.parametrize(
+    "url", ["postgresql://u@h/jobs", "postgres://h/jobs", "mysql://h/j", "redis://h:6379/0"]
+)
+def test_server_urls_are_not_sqlite_paths(url):
+    assert database_path(url) is None  # taskpipe.connect opens them (tests/test_cli_servers.py)
 
 
-def test_unsupported_url_schemes(invoke):
-    bad_input(invoke("tasks", "--db", "mysql://localhost/jobs"), "unsupported", "mysql")
+def test_unknown_url_schemes(invoke):
+    result = invoke("tasks", "--db", "oracle://scott:tiger-pw@h/jobs")
+    bad_input(result, "unknown database URL scheme oracle://", "sqlite://", "postgresql://")
+    assert "tiger-pw" not in result.output
+    bad_input(invoke("tasks", "--db", "postgresql+psycopg://h/jobs"), "unknown", "redis://")
     bad_input(invoke("tasks", "--db", "sqlite:///jobs.db?timeout=3"), "options")
 
 

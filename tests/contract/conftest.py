@@ -18,25 +18,18 @@ name: a store that does not declare a capability skips its tests with the reason
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import ENGINES, engine_url, module_exists
 
 import taskpipe
 from taskpipe.memory import MemoryBackend
 from taskpipe.sqlite import SqliteStorage, connect
 from taskpipe.store import Store
-
-# param -> (the URL's environment variable, the engine's module)
-ENGINES = {
-    "postgres": ("TASKPIPE_TEST_POSTGRES_URL", "taskpipe.postgres"),
-    "mysql": ("TASKPIPE_TEST_MYSQL_URL", "taskpipe.mysql"),
-    "redis": ("TASKPIPE_TEST_REDIS_URL", "taskpipe.redis"),
-}
 
 StoreFactory = Callable[..., Store]
 
@@ -56,31 +49,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"contract violation: {reason}"))
 
 
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-def engine_url(param: str) -> str:
-    """The URL of ``param``'s test database, or skip (or fail, in CI) saying why not."""
-    variable, module = ENGINES[param]
-    url = os.environ.get(variable, "").strip()
-    exists = _module_exists(module)
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail(f"{param}: {variable} is not set (CI: not skipping)", pytrace=False)
-        missing = "" if exists else f"; {module} does not exist yet either"
-        pytest.skip(f"{param}: set {variable} to run the contract suite on it{missing}")
-    if not exists:
-        reason = f"{param}: {variable} is set but {module} does not exist yet"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: not skipping)", pytrace=False)
-        pytest.skip(reason)
-    return url
-
-
 def unique_queue() -> str:
     """A queue name no other test uses (engines share one database between tests)."""
     return f"contract-{uuid.uuid4().hex[:12]}"
@@ -89,7 +57,7 @@ def unique_queue() -> str:
 def _params() -> list[str]:
     """memory and SQLite always; an engine once its module exists (a test run with its
     URL variable set but no module yet fails at collection, below)."""
-    shipped = [name for name, (_, module) in ENGINES.items() if _module_exists(module)]
+    shipped = [name for name, (_, module) in ENGINES.items() if module_exists(module)]
     for name, (variable, module) in ENGINES.items():
         if os.environ.get(variable, "").strip() and name not in shipped and os.environ.get("CI"):
             raise pytest.UsageError(
