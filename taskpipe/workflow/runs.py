@@ -143,6 +143,12 @@ def emitter_for(store: Any, claim: Claim, task: Task[Any], workflow: str) -> Emi
             f"task {claim.id} is not a step of a workflow run (its meta has no run id): "
             f"was it pushed with push() instead of push_start()? meta={claim.meta!r}"
         )
+    started_by = claim.meta.get("workflow")
+    if started_by is not None and started_by != workflow:
+        raise WorkflowError(
+            f"task {claim.id} is a step of workflow {started_by!r}, but this worker runs "
+            f"{workflow!r}: give each workflow a queue of its own"
+        )
     return Emitter(store, run_id, workflow, clock.timestamp())
 
 
@@ -354,8 +360,9 @@ def step_outcome(
 
 # The user's functions --------------------------------------------------------------------
 def fn_name(fn: Any) -> str:
-    """A name for a step's function in keys' meta, messages and status."""
-    return _describe(fn)
+    """A name for a step's function in meta, messages and status: its ``__name__``."""
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) and name else _describe(fn)
 
 
 def first_param_type(fn: Callable[..., Any]) -> Any:

@@ -282,7 +282,8 @@ class _Runner:
         el = typing.cast(_Step, flow._elements[index])
         signature = self.signatures[index]
         codec = store.codec
-        n = int(claim.meta.get("n") or 0)
+        n = claim.meta.get("n")
+        n = n if isinstance(n, int) else 0  # (a filter_map's collect task has none)
         if el.kind == AND_THEN:
             result = call(
                 el.fn, signature, codec.decode(claim.payload, signature.args_type), task, ctx
