@@ -279,7 +279,9 @@ def _status_of(run_id: str, infos: list[TaskInfo], flow: Any) -> RunStatus:
         steps.append(
             StepStatus(
                 step=step,
-                name=names.get(step) or last.meta.get("name") or ("start" if step == START else None),
+                name=names.get(step)
+                or last.meta.get("name")
+                or ("start" if step == START else None),
                 state=_step_state(tasks),
                 tasks=tuple(t.id for t in tasks),
                 result=done[-1].result if done else None,
