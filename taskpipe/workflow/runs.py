@@ -325,7 +325,8 @@ def list_runs(
 ) -> list[RunStatus]:
     """The latest runs in the store, newest first (at most ``limit``), optionally only
     those of ``workflow`` and in ``state`` ("running", "done" or "failed"). Each run
-    found costs one index lookup plus the reading of its tasks."""
+    looked at costs one index lookup plus the reading of its tasks; with filters, at
+    most ``max(50 * limit, 1000)`` of the latest runs are looked at."""
     _need_scan(store)
     if state is not None and state not in (RUNNING, DONE, FAILED):
         raise ValueError(f"unknown run state {state!r}: use running, done or failed")
@@ -333,7 +334,9 @@ def list_runs(
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
     runs: list[RunStatus] = []
     before: str | None = None
-    while len(runs) < limit:
+    budget = max(50 * limit, 1000)  # runs looked at, at most: a filter never reads them all
+    while len(runs) < limit and budget > 0:
+        budget -= 1
         page = store.tasks_with_key_prefix(PREFIX, limit=1, before=before)
         if not page:
             break
