@@ -4,7 +4,7 @@ Every task of a run is keyed ``wf:<run id>:<step>[:<n>]`` (``n``: an item's inde
 an iteration) and carries ``meta`` naming its workflow, run and step. A follow-up is
 therefore idempotent on its key, and a run's tasks are found by key prefix
 (``tasks_with_key_prefix``, a range scan). Run ids are 20 hex digits: the start time
-in milliseconds, then random bits, so that runs sort by start and ``list_runs`` walks
+in milliseconds (made unique per process), then random bits, so that runs sort by start and ``list_runs`` walks
 them newest first.
 
 A run has no row of its own: its state is read from its tasks (``workflow_status``).
@@ -15,6 +15,7 @@ when all are done.
 from __future__ import annotations
 
 import inspect
+import threading
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -52,9 +53,17 @@ RUNNING, DONE, FAILED = "running", "done", "failed"  # a run's states
 PAGE = 1000  # tasks read per page when gathering a run
 
 
+_last_millis = 0
+_ids_lock = threading.Lock()
+
+
 def new_run_id() -> str:
-    """A new run id: 12 hex digits of milliseconds since the epoch, 8 random ones."""
-    millis = int(clock.timestamp() * 1000)
+    """A new run id: 12 hex digits of milliseconds since the epoch (strictly increasing
+    in this process, so runs started in one millisecond keep their order), 8 random."""
+    global _last_millis
+    with _ids_lock:
+        millis = max(int(clock.timestamp() * 1000), _last_millis + 1)
+        _last_millis = millis
     return f"{millis:012x}{uuid.uuid4().hex[:8]}"
 
 
