@@ -52,6 +52,7 @@ from .connection import ENGINES, connect, open_storage
 from .errors import (
     BuildError,
     CodecError,
+    RunNotFound,
     SetupError,
     StorageError,
     TaskNotFound,
@@ -712,6 +713,8 @@ class _Group(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except TaskNotFound as exc:
+            raise BadInput(str(exc)) from exc
+        except RunNotFound as exc:
             raise BadInput(str(exc)) from exc
         except SetupError as exc:
             raise BadInput(f"{exc}") from exc
@@ -1419,6 +1422,88 @@ def stats(queue: str | None, as_json: bool, watch: bool, every: float) -> None:
             _sleep(max(every, 0.1))
     except KeyboardInterrupt:
         pass
+
+
+# Workflow runs ------------------------------------------------------------------------------------
+RUN_STATES = ["running", "done", "failed"]
+
+
+def _cut(text: str, width: int = 80) -> str:
+    text = _printable(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _run_state(state: str) -> str:
+    colour = {"running": "blue", "done": "green", "failed": "red"}.get(state)
+    return click.style(state, fg=colour) if colour else state
+
+
+@cli.command(short_help="List workflow runs, newest first.")
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
+@click.option("--state", type=click.Choice(RUN_STATES), help="Only runs in this state.")
+@click.option("--limit", "-n", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of runs (RunStatus fields).")
+@_db_option
+def runs(workflow: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List workflow runs (every queue), newest first, with their state and steps."""
+    found = _state().storage().list_runs(workflow=workflow, state=state, limit=limit)
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo("no runs")
+        return
+    now = clock.now()
+    rows = [
+        [
+            r.run_id,
+            r.workflow or "?",
+            _run_state(r.state),
+            str(sum(1 for step in r.steps if step.state is Status.DONE)) + f"/{len(r.steps)}",
+            _ago(r.created_at, now),
+            _cut(r.error) if r.error else ("-" if r.result is None else _preview(r.result)),
+        ]
+        for r in found
+    ]
+    click.echo(_table(["RUN ID", "WORKFLOW", "STATE", "STEPS", "STARTED", "RESULT / ERROR"], rows))
+
+
+@cli.command(short_help="Show one workflow run and each of its steps.")
+@click.argument("run_id", metavar="RUN_ID")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (RunStatus fields).")
+@_db_option
+def run(run_id: str, as_json: bool) -> None:
+    """Show one workflow run: its state, and each step's state, result and error."""
+    if not run_id or ":" in run_id or not run_id.isprintable():
+        raise BadInput(f"not a run id: {_shown(run_id)} (see taskpipe runs)")
+    status = _state().storage().workflow_status(run_id)
+    if as_json:
+        _echo_json(status)
+        return
+    lines = [
+        f"{click.style(f'run {status.run_id}', bold=True)}  {_run_state(status.state)}"
+        f"  (workflow {status.workflow or '?'})",
+        f"  started   {_when(status.created_at)}",
+        f"  finished  {_when(status.finished_at)}",
+    ]
+    if status.state == "done":
+        lines.append(f"  result    {_dumps(status.result)}")
+    if status.error:
+        lines.append(f"  error     {click.style(status.error, fg='red')}")
+    lines.append("")
+    rows = [
+        [
+            step.step,
+            step.name or "",
+            _status(step.state) if step.state is not None else "-",
+            ",".join(str(int(t)) for t in step.tasks[:5]) + ("…" if len(step.tasks) > 5 else ""),
+            str(step.attempts),
+            _cut(step.error) if step.error else _preview(step.result),
+        ]
+        for step in status.steps
+    ]
+    lines.append(_table(["STEP", "FUNCTION", "STATE", "TASKS", "ATTEMPTS", "RESULT / ERROR"], rows))
+    click.echo("\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,6 +11,8 @@ TaskpipeError
 ├── BuildError             a worker or backend was assembled wrongly (at build time)
 │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
 ├── PipeError              a piped source failed (its exception is the __cause__)
+├── WorkflowError          a workflow is defined wrongly, or one of its runs cannot go on
+│   └── RunNotFound        no workflow run has that id
 ├── TaskNotFound           no task has that id
 ├── TaskFailed             wait_for(): the task ended Dead; carries its last error
 └── WaitTimeout            wait_for(): the task did not finish in time
@@ -32,6 +34,8 @@ __all__ = [
     "PipeError",
     "TaskNotFound",
     "TaskFailed",
+    "WorkflowError",
+    "RunNotFound",
     "WaitTimeout",
 ]
 
@@ -99,3 +103,13 @@ class TaskFailed(TaskpipeError):
 
 class WaitTimeout(TaskpipeError, TimeoutError):
     """The awaited task did not finish before the timeout."""
+
+
+class WorkflowError(TaskpipeError):
+    """A workflow is defined wrongly (``validate()``: a cycle, a wrong tuple arity…), or
+    one of its runs cannot go on (its inputs do not match its start nodes). A step that
+    raises it is Dead at once: retrying cannot help."""
+
+
+class RunNotFound(WorkflowError, LookupError):
+    """No workflow run with that id is in the store."""

@@ -28,7 +28,17 @@ from .context import WorkerContext
 from .errors import BuildError
 from .task import Attempt, Task, TaskId
 
-__all__ = ["Data", "Signature", "analyse"]
+__all__ = ["Data", "Iteration", "Signature", "analyse"]
+
+#: The task meta field that holds a workflow step's iteration (``Workflow.repeat_until``).
+ITERATION_META = "n"
+
+
+class Iteration(int):
+    """Which run of a ``repeat_until`` workflow step this is (1 for the first);
+    injectable by annotation. Outside such a step it is 1."""
+
+    __slots__ = ()
 
 
 class _DataMarker:
@@ -68,6 +78,9 @@ class Signature:
                 out[name] = Attempt(task.attempt)
             elif kind == "task":
                 out[name] = task
+            elif kind == "iteration":
+                n = task.meta.get(ITERATION_META) if task.meta else None
+                out[name] = Iteration(n if isinstance(n, int) and n > 0 else 1)
             else:
                 out[name] = value
         return out
@@ -218,6 +231,8 @@ def _kind_of(hint: Any) -> tuple[str | None, Any]:
         return "ctx", None
     if hint is TaskId:
         return "task_id", None
+    if hint is Iteration:
+        return "iteration", None
     if hint is Attempt:
         return "attempt", None
     if origin is Task:

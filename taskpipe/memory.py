@@ -28,8 +28,8 @@ from .config import Config
 from .context import WorkerContext
 from .errors import OutcomeRefused, PushError
 from .expose import MemoryExpose
-from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store
-from .task import Status, TaskId
+from .store import Capabilities, Claim, JoinPart, Outcome, OutcomeKind, Row, Store
+from .task import Status, TaskId, TaskInfo
 
 __all__ = ["MemoryBackend", "backend"]
 
@@ -68,7 +68,9 @@ class _Record:
 class MemoryBackend(MemoryExpose, Store):
     """Tasks in heaps in this process: claimed by priority, then due time, then age."""
 
-    capabilities = Capabilities(introspection=True, keys=True, follow_ups=True, bounded=True)
+    capabilities = Capabilities(
+        introspection=True, keys=True, follow_ups=True, bounded=True, joins=True
+    )
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class MemoryBackend(MemoryExpose, Store):
         self._ids = itertools.count(1)
         self._unfinished = 0
         self._runs: dict[str, WorkerContext] = {}
+        self._joins: dict[str, dict[int, bytes]] = {}  # join key -> parts by slot
 
     def __repr__(self) -> str:
         return f"MemoryBackend(queue={self.queue!r}, maxsize={self.maxsize})"
@@ -264,6 +267,8 @@ class MemoryBackend(MemoryExpose, Store):
                 self._apply(record, o, now)
                 for row in o.follow_ups:
                     self._add(row)
+                for part in o.join_parts:
+                    self._join(part)
         self.wakeups.notify(self.queue)
 
     def _apply(self, record: _Record, o: Outcome, now: float) -> None:
@@ -295,6 +300,36 @@ class MemoryBackend(MemoryExpose, Store):
         while len(self._finished) > self.keep_finished:
             self._forget(self._finished.popitem(last=False)[1])
         self._cond.notify_all()
+
+    # Joins (the ``joins`` capability) ------------------------------------------------------
+    def _join(self, part: JoinPart) -> None:
+        """Record one part (the caller holds the lock); the last one inserts the row."""
+        parts = self._joins.setdefault(part.key, {})
+        if part.slot in parts:
+            return  # a duplicate: counted once
+        parts[part.slot] = bytes(part.value)
+        if len(parts) == part.slots:
+            self._add(part.row)
+
+    def join_parts(self, key: str) -> list[tuple[int, bytes]]:
+        """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
+        with self._cond:
+            return sorted(self._joins.get(key, {}).items())
+
+    def tasks_with_key_prefix(
+        self, prefix: str, *, limit: int = 1000, before: str | None = None
+    ) -> list[tuple[str, TaskInfo]]:
+        """The tasks whose key starts with ``prefix`` (and sorts below ``before``),
+        greatest key first, at most ``limit``: ``[(key, TaskInfo)]`` (a scan)."""
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"tasks_with_key_prefix() needs a non-empty prefix, got {prefix!r}")
+        self._page(limit, 0)
+        with self._cond:
+            keys = sorted(
+                (k for k in self._keys if k.startswith(prefix) and (before is None or k < before)),
+                reverse=True,
+            )[:limit]
+            return [(k, self._info(self._find(self._keys[k]))) for k in keys]
 
 
 def backend(

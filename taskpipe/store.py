@@ -22,6 +22,19 @@ retry decisions and the events::
     next_due()            the earliest ``run_at`` still waiting in this queue, or None
     check_setup()         raise ``SetupError`` (with what to run) if never set up
 
+With the ``joins`` capability (workflows' fan-in), three more::
+
+    ack(outcomes)         also records each accepted outcome's ``join_parts``, in the
+                          same transaction: part ``slot`` of join ``key`` is kept
+                          (a part already recorded is a no-op and does not count
+                          again); the part that completes all ``slots`` inserts the
+                          part's ``row`` (keyed: idempotent). Exactly one ack, among
+                          any number of concurrent ones, completes a join.
+    join_parts(key)       the recorded parts of a join, ``[(slot, value)]`` by slot
+    tasks_with_key_prefix(prefix, limit, before)
+                          the tasks whose key starts with ``prefix`` (and is below
+                          ``before``), greatest key first: ``[(key, TaskInfo)]``
+
 Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
 goes up by one); a release (claimed, never started) takes it back; an interruption
 at shutdown keeps it; a recovery after a dead worker takes it back and counts a
@@ -57,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Capabilities",
     "Claim",
+    "JoinPart",
     "Outcome",
     "OutcomeKind",
     "Row",
@@ -92,6 +106,9 @@ class Capabilities:
     outcomes: bool = True
     #: Tasks of a worker that stopped beating are re-enqueued by another worker.
     recovery: bool = False
+    #: ``Outcome.join_parts`` are recorded with the ack, and a join completes exactly
+    #: once (workflows' fan-in); ``join_parts()`` and ``tasks_with_key_prefix()``.
+    joins: bool = False
 
 
 def require(store: Any, capability: str, purpose: str) -> None:
@@ -122,6 +139,18 @@ class Row(NamedTuple):
     meta: str | None
     key: str | None
     created_at: float
+
+
+class JoinPart(NamedTuple):
+    """One input of a join, recorded with its outcome's ack (stores with ``joins``):
+    part ``slot`` (0 ≤ slot < ``slots``) of the join ``key``, its encoded ``value``,
+    and the ``row`` to insert (keyed) when the last of the ``slots`` parts arrives."""
+
+    key: str
+    slots: int
+    slot: int
+    value: bytes
+    row: Row
 
 
 @dataclass(slots=True)
@@ -172,7 +201,8 @@ class Outcome:
 
     ``result`` is the handler's return value (for events); ``encoded_result`` what the
     store writes (already encoded, so an ack never fails on a value). ``follow_ups``
-    are rows to insert in the ack's transaction (stores with ``follow_ups``).
+    are rows to insert in the ack's transaction (stores with ``follow_ups``);
+    ``join_parts`` are join inputs recorded in it (stores with ``joins``).
     """
 
     claim: Claim
@@ -185,6 +215,7 @@ class Outcome:
     follow_ups: tuple[Row, ...] = ()
     accepted: bool = True  # set False by ack() when the lease no longer matched
     task: Task[Any] | None = None  # what the handler saw (None if it never ran)
+    join_parts: tuple[JoinPart, ...] = ()
 
     @property
     def task_id(self) -> TaskId:
@@ -403,6 +434,40 @@ class Store(TaskSink):
 
     def close_thread_connection(self) -> None:
         """Close the calling thread's connection, if the store keeps one per thread."""
+
+    # Workflows (``taskpipe.workflow``) -----------------------------------------------------
+    def push_start(self, args: Any, *, flow: Any = None) -> str:
+        """Start a workflow run with ``args`` as the input of its first step (or only
+        start node); return the run id. With ``flow`` (a ``Workflow`` or ``DagFlow``)
+        its first step is written directly and checked now; without, the worker's
+        flow routes it."""
+        from .workflow import runs
+
+        return runs.push_start(self, args, flow)
+
+    def start_fan_out(self, inputs: Iterable[Any], *, flow: Any = None) -> str:
+        """Start a ``DagFlow`` run with one input per start node (in the order they were
+        added); return the run id. A count that does not match is a ``WorkflowError``:
+        now with ``flow``, else when the worker takes the run's start task."""
+        from .workflow import runs
+
+        return runs.start_fan_out(self, inputs, flow)
+
+    def workflow_status(self, run_id: str, *, flow: Any = None) -> Any:
+        """The ``RunStatus`` of a run: its state and each step's (with ``flow``, steps
+        not reached yet too); ``RunNotFound`` when no task of it is stored."""
+        from .workflow import runs
+
+        return runs.workflow_status(self, run_id, flow)
+
+    def list_runs(
+        self, *, workflow: str | None = None, state: str | None = None, limit: int = 20
+    ) -> list[Any]:
+        """The latest workflow runs (``RunStatus``), newest first, optionally only those
+        of ``workflow`` and in ``state`` ("running", "done", "failed")."""
+        from .workflow import runs
+
+        return runs.list_runs(self, workflow=workflow, state=state, limit=limit)
 
     # Shared helpers --------------------------------------------------------------------
     def _insert_rows(self, rows: list[Row]) -> list[TaskId]:

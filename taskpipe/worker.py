@@ -30,20 +30,21 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import clock, events
 from .context import WorkerContext
-from .errors import BuildError, OutcomeRefused, PipeError, TaskpipeError
+from .errors import BuildError, OutcomeRefused, PipeError, TaskpipeError, WorkflowError
 from .injection import Signature, analyse
 from .layers import RetryPolicy
 from .signals import graceful_signals
-from .store import Claim, Outcome, OutcomeKind, Store, safe_text
+from .store import Claim, JoinPart, Outcome, OutcomeKind, Row, Store, safe_text
+from .task import Task
 
 if TYPE_CHECKING:
     from .asyncrun import EventLoopThread
 
-__all__ = ["WorkerBuilder", "Worker"]
+__all__ = ["WorkerBuilder", "Worker", "StepOutcome", "ClaimRunner"]
 
 log = logging.getLogger("taskpipe.worker")
 
@@ -52,6 +53,23 @@ INTERRUPTED_RETRY_DELAY = 1.0
 ACK_DELAY = 0.05  # the longest a finished task waits for its outcome to be written
 ACK_RETRY_MIN, ACK_RETRY_MAX = 0.05, 2.0  # pauses between tries while the store is unavailable
 HEARTBEAT_JOIN = 1.0  # how long a stopping run waits for its heartbeat thread
+
+
+class StepOutcome(NamedTuple):
+    """What a ``ClaimRunner`` returns for a task it ran: the result to store, and the
+    tasks and join parts to write in the same transaction as the task's ack."""
+
+    result: Any
+    follow_ups: tuple[Row, ...] = ()
+    join_parts: tuple[JoinPart, ...] = ()
+
+
+#: A handler that runs claimed tasks itself (a workflow): ``runner(claim, task, ctx)``
+#: decodes the args (setting ``task.args``), calls the user's function and returns a
+#: ``StepOutcome``. A handler object provides one through ``bind_worker(store, data)``,
+#: called by ``WorkerBuilder.build``; an exception is a failed attempt, as for any
+#: handler (a ``WorkflowError``: Dead at once).
+ClaimRunner = Callable[[Claim, Task[Any], WorkerContext], StepOutcome]
 
 
 class WorkerBuilder:
@@ -127,9 +145,15 @@ class WorkerBuilder:
                 "give the backend an outcome callback (BackendBuilder(...).on_outcome(fn)) that makes "
                 "a retried task due again, or drop .retry()"
             )
-        if not callable(handler):
+        runner: ClaimRunner | None = None
+        bind = getattr(handler, "bind_worker", None)
+        if bind is not None:  # a workflow: it runs each claimed task itself
+            runner = bind(self._backend, dict(self._data))
+            signature = Signature(args_type=Any, injections=())
+        elif not callable(handler):
             raise BuildError(f"build() takes the handler function, got {handler!r}")
-        signature = analyse(handler, self._data)
+        else:
+            signature = analyse(handler, self._data)
         return Worker(
             name=self._name,
             backend=self._backend,
@@ -139,6 +163,7 @@ class WorkerBuilder:
             retry=self._retry,
             callbacks=list(self._callbacks),
             grace=self._grace,
+            runner=runner,
         )
 
 
@@ -156,6 +181,7 @@ class Worker:
         retry: RetryPolicy,
         callbacks: list[EventCallback],
         grace: float,
+        runner: ClaimRunner | None = None,
     ):
         self.name = name
         self.backend = backend
@@ -164,6 +190,7 @@ class Worker:
         self.concurrency = concurrency
         self.retry_policy = retry
         self.grace = grace
+        self.runner = runner
         self._callbacks = callbacks
         config = backend.config
         buffer = config.buffer_size
@@ -502,6 +529,8 @@ class _Run:
         worker, store = self.worker, self.store
         if claim.defect is not None:
             return Outcome(claim, OutcomeKind.DEAD, error=safe_text(claim.defect))
+        if worker.runner is not None:
+            return self._run_claim(worker.runner, claim)
         try:
             args = store.codec.decode(claim.payload, worker.signature.args_type)
         except Exception as exc:
@@ -522,6 +551,25 @@ class _Run:
             result=result,
             encoded_result=store.encode_result(result),
             task=task,
+        )
+
+    def _run_claim(self, runner: ClaimRunner, claim: Claim) -> Outcome:
+        """Run a task with a handler that runs claims itself (a workflow's step)."""
+        task = claim.to_task(None)
+        try:
+            step = runner(claim, task, self.ctx)
+        except WorkflowError as exc:  # the run cannot go on: retrying cannot help
+            return Outcome(claim, OutcomeKind.DEAD, error=safe_text(_describe(exc)), task=task)
+        except BaseException as exc:
+            return self._failure(claim, task, exc)
+        return Outcome(
+            claim,
+            OutcomeKind.DONE,
+            result=step.result,
+            encoded_result=self.store.encode_result(step.result),
+            task=task,
+            follow_ups=step.follow_ups,
+            join_parts=step.join_parts,
         )
 
     def _event_loop(self) -> EventLoopThread:

@@ -157,3 +157,17 @@ class Dialect:
     def last_key(self, db: pw.Database, prefix: str) -> str | None:
         """The greatest key starting with ``prefix`` (any queue, any status), or None."""
         raise NotImplementedError
+
+    def join_arrive(self, db: pw.Database, params: Sequence[Any]) -> tuple[int, int]:
+        """Count one new part of a join (``queries.join_count``: join_key, slots,
+        created_at) inside the caller's write transaction, under the join row's lock;
+        return (arrived, slots) as this transaction sees them after counting."""
+        arrived, slots = self.execute(db, self.queries.join_count, params).fetchone()
+        return int(arrived), int(slots)
+
+    def keys_with_prefix(
+        self, db: pw.Database, prefix: str, before: str | None, limit: int
+    ) -> list[tuple[int, str]]:
+        """``(id, key)`` of the tasks whose key starts with ``prefix`` and sorts below
+        ``before`` (code point order), greatest key first, at most ``limit``."""
+        raise NotImplementedError

@@ -495,6 +495,26 @@ class PostgresDialect(Dialect):
         row = self.execute(db, sql + ' ORDER BY key COLLATE "C" DESC LIMIT 1', params).fetchone()
         return None if row is None else row[0]
 
+    def keys_with_prefix(
+        self, db: pw.Database, prefix: str, before: str | None, limit: int
+    ) -> list[tuple[int, str]]:
+        # As ``last_key``: code point order on the byte-ordered key index.
+        last = ord(prefix[-1]) + 1
+        sql = (
+            f'SELECT id, key FROM {JOBS} WHERE key IS NOT NULL AND key COLLATE "C" >= %s '
+            "AND left(key, length(%s)) = %s"
+        )
+        params: tuple[Any, ...] = (prefix, prefix, prefix)
+        if last <= 0x10FFFF and not 0xD800 <= last <= 0xDFFF:
+            sql += ' AND key COLLATE "C" < %s'
+            params += (prefix[:-1] + chr(last),)
+        if before is not None:
+            sql += ' AND key COLLATE "C" < %s'
+            params += (before,)
+        sql += ' ORDER BY key COLLATE "C" DESC LIMIT %s'
+        rows = self.execute(db, sql, (*params, limit)).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
 
 # Wake-ups -----------------------------------------------------------------------------
 _lock = threading.Lock()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..task import Status
-from .schema import ERRORS, JOBS, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, RECOVERIES, WORKERS
 
 __all__ = ["Queries", "sql_in", "WAITING", "FINISHED"]
 
@@ -148,6 +148,23 @@ class Queries:
     insert_recovery: str = (
         f"INSERT INTO {RECOVERIES} (job_id, worker, last_seen, counted, at) VALUES (?, ?, ?, ?, ?)"
     )
+    # Joins (workflows' fan-in), inside an ack's transaction. A part is recorded once
+    # (key, slot) is new; only then does it count. The counter's upsert takes the
+    # join row's lock, so concurrent parents count one after another, each seeing the
+    # count the one before it committed; the one that reads ``arrived == slots``
+    # inserts the join's row. (join_key, slot, value, at)
+    join_part: str = (
+        f"INSERT INTO {JOIN_PARTS} (join_key, slot, value, at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (join_key, slot) DO NOTHING"
+    )
+    # (join_key, slots, created_at) -> (arrived, slots)
+    join_count: str = (
+        f"INSERT INTO {JOINS} (join_key, slots, arrived, created_at) VALUES (?, ?, 1, ?) "
+        "ON CONFLICT (join_key) DO UPDATE SET arrived = "
+        f"{JOINS}.arrived + 1 RETURNING arrived, slots"
+    )
+    # (join_key,)
+    join_parts: str = f"SELECT slot, value FROM {JOIN_PARTS} WHERE join_key = ? ORDER BY slot"
 
     def with_paramstyle(self, placeholder: str) -> Queries:
         """The same statements with ``?`` replaced by ``placeholder`` (e.g. ``%s``)."""

@@ -30,16 +30,21 @@ __all__ = [
     "ERRORS",
     "WORKERS",
     "RECOVERIES",
+    "JOINS",
+    "JOIN_PARTS",
 ]
 
 #: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
 #: 3: the workers' ``host_id`` (where their pid means something).
-SCHEMA_VERSION = 3
+#: 4: joins (workflows' fan-in): ``taskpipe_joins`` and ``taskpipe_join_parts``.
+SCHEMA_VERSION = 4
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
 RECOVERIES = "taskpipe_recoveries"
 META = "taskpipe_schema"
+JOINS = "taskpipe_joins"
+JOIN_PARTS = "taskpipe_join_parts"
 M = TypeVar("M", bound=pw.Model)
 
 
@@ -112,6 +117,28 @@ class WorkerModel(_Base):
     last_seen = pw.DoubleField()
 
 
+class JoinModel(_Base):
+    """One join (a workflow's fan-in): how many parts it needs and how many arrived.
+    Its row lock serializes the acks of concurrent parents."""
+
+    join_key = pw.TextField(primary_key=True)
+    slots = pw.IntegerField()
+    arrived = pw.IntegerField()
+    created_at = pw.DoubleField()
+
+
+class JoinPartModel(_Base):
+    """One recorded input of a join: its slot and its encoded value."""
+
+    join_key = pw.TextField()
+    slot = pw.IntegerField()
+    value = pw.BlobField(null=True)
+    at = pw.DoubleField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("join_key", "slot")
+
+
 class SchemaModel(_Base):
     """The schema version this database is at."""
 
@@ -127,11 +154,21 @@ class Models:
     Worker: type[WorkerModel]
     Schema: type[SchemaModel]
     Recovery: type[RecoveryModel]
+    Join: type[JoinModel]
+    JoinPart: type[JoinPartModel]
 
     def all(self) -> list[type[pw.Model]]:
-        """Every model (jobs, errors, workers, schema version, recoveries): what
-        ``setup`` creates."""
-        return [self.Job, self.Error, self.Worker, self.Schema, self.Recovery]
+        """Every model (jobs, errors, workers, schema version, recoveries, joins and
+        their parts): what ``setup`` creates."""
+        return [
+            self.Job,
+            self.Error,
+            self.Worker,
+            self.Schema,
+            self.Recovery,
+            self.Join,
+            self.JoinPart,
+        ]
 
 
 _bound: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -155,6 +192,8 @@ def models_for(db: pw.Database) -> Models:
                 Worker=bind(WorkerModel, WORKERS),
                 Schema=bind(SchemaModel, META),
                 Recovery=bind(RecoveryModel, RECOVERIES),
+                Join=bind(JoinModel, JOINS),
+                JoinPart=bind(JoinPartModel, JOIN_PARTS),
             )
             _bound[db] = models
         return models
@@ -193,6 +232,7 @@ def _migrate(db: pw.Database, models: Models, version: int) -> None:
         db.execute_sql(f"ALTER TABLE {JOBS} ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0")
     if version < 3 and "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
         db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
+    # 3 -> 4: the join tables are new (made whole above)
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 

@@ -290,6 +290,21 @@ class SqliteDialect(Dialect):
         ).fetchone()
         return None if row is None else row[0]
 
+    def keys_with_prefix(
+        self, db: pw.Database, prefix: str, before: str | None, limit: int
+    ) -> list[tuple[int, str]]:
+        # The BINARY collation is code point order: a range on the key index is exact.
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        if before is not None and before < upper:
+            upper = before
+        rows = self.execute(
+            db,
+            "SELECT id, key FROM taskpipe_jobs WHERE key >= ? AND key < ? "
+            "ORDER BY key DESC LIMIT ?",
+            (prefix, upper, limit),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
 
 def _sqlite_code(exc: BaseException | None) -> int | None:
     """The SQLite primary result code of ``exc`` or of the sqlite3 error it wraps."""

@@ -52,7 +52,7 @@ class SqlStorage(SqlExpose, Store):
     config=Config())``. Engines subclass it with their ``dialect``."""
 
     capabilities = Capabilities(
-        introspection=True, keys=True, follow_ups=True, outcomes=True, recovery=True
+        introspection=True, keys=True, follow_ups=True, outcomes=True, recovery=True, joins=True
     )
     dialect: Dialect = Dialect()
 
@@ -311,6 +311,7 @@ class SqlStorage(SqlExpose, Store):
                 if o.kind != OutcomeKind.DONE:
                     o.accepted = self._ack_other(o, now)
             follow_ups = [row for o in outcomes if o.accepted for row in o.follow_ups]
+            follow_ups += self._record_join_parts(outcomes, now)
             if follow_ups:
                 self.dialect.insert_rows(self.db, follow_ups)
         if follow_ups:
@@ -453,6 +454,47 @@ class SqlStorage(SqlExpose, Store):
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"last_key() needs a non-empty prefix, got {prefix!r}")
         return self._run(self.dialect.last_key, self.db, prefix)
+
+    # Joins (workflows' fan-in) -----------------------------------------------------------
+    def _record_join_parts(self, outcomes: Sequence[Outcome], now: float) -> list[Row]:
+        """Record the join parts of the accepted ``outcomes`` (inside the ack's
+        transaction); return the rows of the joins they complete. Parts are taken in
+        (key, slot) order, so that concurrent acks lock join rows in one order."""
+        parts = sorted(
+            (part for o in outcomes if o.accepted for part in o.join_parts),
+            key=lambda part: (part.key, part.slot),
+        )
+        q, completed = self.dialect.queries, []
+        for part in parts:
+            params = (part.key, part.slot, part.value, now)
+            if self._execute(q.join_part, params).rowcount != 1:
+                continue  # recorded before: a duplicate does not count again
+            arrived, slots = self.dialect.join_arrive(self.db, (part.key, part.slots, now))
+            if arrived == slots:
+                completed.append(part.row)
+        return completed
+
+    def join_parts(self, key: str) -> list[tuple[int, bytes]]:
+        """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
+        rows = self._run(lambda: self._execute(self.dialect.queries.join_parts, (key,)).fetchall())
+        return [(int(slot), bytes(value)) for slot, value in rows]
+
+    def tasks_with_key_prefix(
+        self, prefix: str, *, limit: int = 1000, before: str | None = None
+    ) -> list[tuple[str, Any]]:
+        """The tasks whose key starts with ``prefix`` (and sorts below ``before``, in
+        code point order), greatest key first, at most ``limit``: ``[(key, TaskInfo)]``.
+        A range scan on the key index."""
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"tasks_with_key_prefix() needs a non-empty prefix, got {prefix!r}")
+        self._page(limit, 0)
+        pairs = self._run(self.dialect.keys_with_prefix, self.db, prefix, before, limit)
+        if not pairs:
+            return []
+        Job = self.models.Job
+        query = Job.select().where(Job.id.in_([task_id for task_id, _ in pairs]))
+        infos = {int(info.id): info for info in self._run(self._read, self._infos, query)}
+        return [(key, infos[task_id]) for task_id, key in pairs if task_id in infos]
 
     def close_thread_connection(self) -> None:
         """Close this thread's connection (each thread opens its own)."""
