@@ -6,7 +6,8 @@
 - ``write_tx(db)``: a transaction that takes the write lock at once (no upgrade
   deadlocks); ``execute``/``executemany``/``fetch_named``: the hot path (named rows);
 - ``insert_rows(db, rows)``: insert and return the ids, in order;
-- ``ack_done(db, rows)``: mark a batch of tasks Done, lease-fenced;
+- ``ack_done(db, rows)``/``ack_done_in_tx(db, rows)``: mark a batch of tasks Done,
+  lease-fenced (in one statement of its own / in the caller's transaction);
 - ``queries``: the statements, with the claim and upserts in the engine's spelling;
 - ``classify(exc)``: busy / missing schema / integrity / full / other, from the
   driver's error class and code (never the message text);
@@ -123,7 +124,7 @@ class Dialect:
                 ids.append(TaskId(self.execute(db, q.id_for_key, (row.key,)).fetchone()[0]))
         return ids
 
-    def ack_done(self, db: pw.Database, rows: Sequence[Sequence[Any]]) -> int:
+    def ack_done_in_tx(self, db: pw.Database, rows: Sequence[Sequence[Any]]) -> int:
         """Run ``queries.ack_done`` for each ``(result, done_at, id, lease)`` inside the
         caller's write transaction; return how many rows it changed."""
         return int(self.executemany(db, self.queries.ack_done, rows).rowcount)

@@ -497,7 +497,7 @@ class MysqlDialect(Dialect):
             )
 
     # Acknowledging ------------------------------------------------------------------------
-    def ack_done(self, db: pw.Database, rows: Sequence[Sequence[Any]]) -> int:
+    def ack_done_in_tx(self, db: pw.Database, rows: Sequence[Sequence[Any]]) -> int:
         """One ``UPDATE`` for the whole batch, each row fenced by its own lease (a
         ``CASE`` on the id); one statement per row when an id comes twice."""
         ids = [row[2] for row in rows]

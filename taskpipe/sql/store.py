@@ -302,7 +302,7 @@ class SqlStorage(SqlExpose, Store):
         with self._write_tx():
             if done:
                 rows = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in done]
-                changed = self.dialect.ack_done(self.db, rows)
+                changed = self.dialect.ack_done_in_tx(self.db, rows)
                 if changed != len(rows):
                     for o in done:
                         found = self._execute(q.ack_accepted, (int(o.claim.id), o.claim.lease, now))
