@@ -388,6 +388,9 @@ def test_the_claim_reads_its_index_in_order_and_acks_use_the_primary_key(my_url)
     [claim] = _explain(db, q.claim, (queue, now, 32))
     assert claim["key"] == "taskpipe_jobs_claim", claim
     assert "filesort" not in (claim["Extra"] or ""), claim
+    guarded = _explain(db, q.claim_guarded, (queue, now, queue, now, 32))[0]
+    assert guarded["key"] == "taskpipe_jobs_claim", guarded
+    assert "filesort" not in (guarded["Extra"] or ""), guarded
     [due] = _explain(db, q.next_due, (queue,))
     assert due["key"] in (None, "taskpipe_jobs_due"), due  # None: "Select tables optimized away"
     assert "optimized away" in (due["Extra"] or "") or due["key"] == "taskpipe_jobs_due", due
@@ -399,7 +402,7 @@ def test_the_claim_reads_its_index_in_order_and_acks_use_the_primary_key(my_url)
             return super().execute(db, sql, params)
 
     with db.atomic() as tx:
-        Recording().ack_done(db, [(None, now, i, "nobody") for i in range(1, 33)])
+        Recording().ack_done_in_tx(db, [(None, now, i, "nobody") for i in range(1, 33)])
         tx.rollback()
     [(ack_sql, ack_params)] = statements
     [ack] = _explain(db, ack_sql, ack_params)

@@ -61,7 +61,7 @@ from ..wakeups import WakeRegistry
 from . import schema
 from .dialect import Dialect, ErrorKind
 from .queries import DONE, PENDING, RUNNING, WAITING, Queries
-from .schema import ERRORS, JOBS, META, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, META, RECOVERIES, WORKERS
 from .store import SqlStorage
 
 __all__ = [
@@ -137,6 +137,12 @@ def _mysql_queries() -> Queries:
         next_due=f"SELECT MIN(run_at) FROM {JOBS} WHERE queue = %s AND waiting = 1",
         # (queue, now, limit): ``MysqlDialect.claim`` then marks the rows Running.
         claim=_PICK.format(isolate=0, limit="%s"),
+        # (queue, now, queue, now, limit): nothing while a task to run alone is due
+        claim_guarded=_PICK.format(isolate=0, limit="%s").replace(
+            " ORDER BY",
+            f" AND NOT EXISTS (SELECT 1 FROM {JOBS} AS g WHERE g.queue = %s AND g.waiting = 1 "
+            "AND g.isolate = 1 AND g.run_at <= %s) ORDER BY",
+        ),
         # (queue, now)
         claim_isolated=_PICK.format(isolate=1, limit=1),
         any_isolated=(
@@ -150,9 +156,23 @@ def _mysql_queries() -> Queries:
             "ON DUPLICATE KEY UPDATE last_seen = b.last_seen"
         ),
         # ``worker IS ?`` is SQLite's null-safe equality
+        # a part seen before is ignored (0 rows), so it counts once
+        join_part=(
+            f"INSERT IGNORE INTO {JOIN_PARTS} (join_key, slot, value, at) VALUES (%s, %s, %s, %s)"
+        ),
+        # (join_key, slots, created_at); ``MysqlDialect.join_arrive`` reads the count back
+        join_count=(
+            f"INSERT INTO {JOINS} (join_key, slots, arrived, created_at) VALUES (%s, %s, 1, %s) "
+            "ON DUPLICATE KEY UPDATE arrived = arrived + 1"
+        ),
         recover=base.recover.replace("worker IS %s", "worker <=> %s"),
         isolate=base.isolate.replace("worker IS %s", "worker <=> %s"),
     )
+
+
+#: A join key (workflows: ``wf:<run>:<node>``) with its slot must fit InnoDB's
+#: 3,072-byte index limit at 4 bytes a character.
+JOIN_KEY_CHARS = 512
 
 
 def _ddl(collation: str) -> list[str]:
@@ -214,6 +234,19 @@ def _ddl(collation: str) -> list[str]:
             pid BIGINT NOT NULL,
             started_at DOUBLE NOT NULL,
             last_seen DOUBLE NOT NULL
+        ) {table}""",
+        f"""CREATE TABLE IF NOT EXISTS {JOINS} (
+            join_key VARCHAR({JOIN_KEY_CHARS}) NOT NULL PRIMARY KEY,
+            slots INT NOT NULL,
+            arrived INT NOT NULL,
+            created_at DOUBLE NOT NULL
+        ) {table}""",
+        f"""CREATE TABLE IF NOT EXISTS {JOIN_PARTS} (
+            join_key VARCHAR({JOIN_KEY_CHARS}) NOT NULL,
+            slot INT NOT NULL,
+            value LONGBLOB NULL,
+            at DOUBLE NOT NULL,
+            PRIMARY KEY (join_key, slot)
         ) {table}""",
         f"""CREATE TABLE IF NOT EXISTS {META} (
             id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -569,18 +602,45 @@ class MysqlDialect(Dialect):
     def wakeups(self, db: pw.Database) -> WakeRegistry:
         return registry_for(db)
 
+    def join_arrive(self, db: pw.Database, params: Sequence[Any]) -> tuple[int, int]:
+        # No RETURNING in MySQL: the upsert holds the join row's lock until commit, so
+        # reading it back in the same transaction sees this count, not a later one.
+        self.execute(db, self.queries.join_count, params)
+        row = self.execute(
+            db, f"SELECT arrived, slots FROM {JOINS} WHERE join_key = %s", (params[0],)
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def keys_with_prefix(
+        self, db: pw.Database, prefix: str, before: str | None, limit: int
+    ) -> list[tuple[int, str]]:
+        sql, params = _key_range(prefix)
+        if before is not None:
+            sql += " AND `key` < %s"
+            params += (before,)
+        sql = f"SELECT id, `key` FROM {JOBS} WHERE {sql} ORDER BY `key` DESC LIMIT %s"
+        return [(int(r[0]), r[1]) for r in self.execute(db, sql, (*params, limit)).fetchall()]
+
     def last_key(self, db: pw.Database, prefix: str) -> str | None:
         # The key column's collation compares code points with no padding: the range
         # [prefix, prefix with its last character + 1) on the unique key index is
         # exact; LEFT() keeps it exact where that character has no successor.
-        last = ord(prefix[-1]) + 1
-        sql = f"SELECT `key` FROM {JOBS} WHERE `key` >= %s AND LEFT(`key`, CHAR_LENGTH(%s)) = %s"
-        params: tuple[Any, ...] = (prefix, prefix, prefix)
-        if last <= 0x10FFFF and not 0xD800 <= last <= 0xDFFF:
-            sql += " AND `key` < %s"
-            params += (prefix[:-1] + chr(last),)
-        row = self.execute(db, sql + " ORDER BY `key` DESC LIMIT 1", params).fetchone()
+        sql, params = _key_range(prefix)
+        sql = f"SELECT `key` FROM {JOBS} WHERE {sql} ORDER BY `key` DESC LIMIT 1"
+        row = self.execute(db, sql, params).fetchone()
         return None if row is None else row[0]
+
+
+def _key_range(prefix: str) -> tuple[str, tuple[Any, ...]]:
+    """The condition (and its parameters) for keys starting with ``prefix``: the
+    range [prefix, prefix with its last character + 1) on the key index."""
+    last = ord(prefix[-1]) + 1
+    sql = "`key` >= %s AND LEFT(`key`, CHAR_LENGTH(%s)) = %s"
+    params: tuple[Any, ...] = (prefix, prefix, prefix)
+    if last <= 0x10FFFF and not 0xD800 <= last <= 0xDFFF:
+        sql += " AND `key` < %s"
+        params += (prefix[:-1] + chr(last),)
+    return sql, params
 
 
 def _check_version(version: str) -> None:
