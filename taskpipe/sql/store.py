@@ -201,7 +201,7 @@ class SqlStorage(SqlExpose, Store):
             not self.dialect.acks_with_claims
             or type(self).claim is not SqlStorage.claim  # a store that claims its own way
             or not outcomes
-            or any(o.kind != OutcomeKind.DONE or o.follow_ups for o in outcomes)
+            or any(o.kind != OutcomeKind.DONE or o.follow_ups or o.join_parts for o in outcomes)
             or len({(int(o.claim.id), o.claim.lease) for o in outcomes}) != len(outcomes)
             or any(not isinstance(o.encoded_result, _RESULT_TYPES) for o in outcomes)
         ):
@@ -291,7 +291,11 @@ class SqlStorage(SqlExpose, Store):
         now = clock.timestamp()
         outcomes = _first_per_claim(outcomes)
         done = [o for o in outcomes if o.kind == OutcomeKind.DONE]
-        if done and len(done) == len(outcomes) and not any(o.follow_ups for o in done):
+        if (
+            done
+            and len(done) == len(outcomes)
+            and not any(o.follow_ups or o.join_parts for o in done)
+        ):
             # the usual batch: one statement where the engine has one
             rows = [(o.encoded_result, now, int(o.claim.id), o.claim.lease) for o in done]
             written = self.dialect.ack_done(self.db, rows)
