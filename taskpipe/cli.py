@@ -1433,8 +1433,11 @@ def _cut(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+_RUN_COLOURS = {"running": "blue", "done": "green", "failed": "red"}
+
+
 def _run_state(state: str) -> str:
-    colour = {"running": "blue", "done": "green", "failed": "red"}.get(state)
+    colour = _RUN_COLOURS.get(state)
     return click.style(state, fg=colour) if colour else state
 
 
@@ -1458,7 +1461,7 @@ def runs(workflow: str | None, state: str | None, limit: int, as_json: bool) -> 
         [
             r.run_id,
             r.workflow or "?",
-            _run_state(r.state),
+            (r.state, _RUN_COLOURS.get(r.state)),  # styled after padding
             str(sum(1 for step in r.steps if step.state is Status.DONE)) + f"/{len(r.steps)}",
             _ago(r.created_at, now),
             _cut(r.error) if r.error else ("-" if r.result is None else _preview(r.result)),
