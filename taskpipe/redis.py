@@ -30,7 +30,10 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:maxid                the greatest explicit id pushed (INCR skips taken ids)
     {p}:t:{id}               hash: the task (payload, priority, run_at, status, lease…)
     {p}:e:{id}  {p}:r:{id}   lists: its errors, its recovery records (JSON)
-    {p}:keys  {p}:keyidx     hash key → id, and a lexical index of keys (``last_key``)
+    {p}:keys  {p}:keyidx     hash key → id, and a lexical index of keys (``last_key``,
+                             ``tasks_with_key_prefix``)
+    {p}:join:{key}           hash: a join's ``slots`` and how many parts ``arrived``
+    {p}:join:{key}:parts     hash slot → value: its recorded parts (``join_parts``)
     {p}:queues               set of queue names
     {p}:q:{queue}:ready      zset of due tasks: score −priority, member
                              "<run_at µs, 17 digits>:<id, 20 digits>", so ZPOPMIN gives
@@ -60,7 +63,10 @@ Big batches: a ``push_bulk`` is one script, and Redis runs nothing else meanwhil
 Retention: finished tasks are kept for introspection and ``wait_for``, at most
 ``keep_finished`` Done and ``keep_finished`` Dead tasks per queue (default 10,000
 each); finishing one more forgets the oldest (its key becomes free again). ``purge``
-deletes older ones on demand. Memory: about 500 bytes per finished record (Redis
+deletes older ones on demand. A join (workflows' fan-in, ``{p}:join:{key}``) is
+deleted with the task keyed by its key (a workflow's join row is) when that task is
+forgotten, evicted or purged; a join that never completed (its run failed before its
+last part), or whose row has another key, stays until ``drop``. Memory: about 500 bytes per finished record (Redis
 7.0, a 17-character prefix, no-op tasks: 1,000,000 Done records at
 ``keep_finished=1_000_000`` took 492 B each by ``INFO memory`` used_memory before and
 after, 451 B summing ``MEMORY USAGE key SAMPLES 0``: the task's hash about 260 B, its
@@ -310,6 +316,7 @@ local function forget(id)
   if k and redis.call('HGET', P .. ':keys', k) == id then
     redis.call('HDEL', P .. ':keys', k)
     redis.call('ZREM', P .. ':keyidx', k)
+    redis.call('DEL', P .. ':join:' .. k, P .. ':join:' .. k .. ':parts')
   end
   redis.call('DEL', h, P .. ':e:' .. id, P .. ':r:' .. id)
 end
@@ -330,6 +337,8 @@ local function forget_many(q, st, ids)
       if k and redis.call('HGET', P .. ':keys', k) == id then
         redis.call('HDEL', P .. ':keys', k)
         redis.call('ZREM', P .. ':keyidx', k)
+        dels[#dels + 1] = P .. ':join:' .. k
+        dels[#dels + 1] = P .. ':join:' .. k .. ':parts'
       end
       dels[#dels + 1] = h
       dels[#dels + 1] = P .. ':e:' .. id
@@ -673,11 +682,14 @@ return claims_reply(out)
 """
 
 # ARGV: P, token, now, keep, queue, nleases, leases..., head, blob, follow-up row head,
-# row blob, plain. head: "id,lease number,kind,len(result),len(error),run_at,follow-ups;"
-# per outcome ('' is None); blob: the results and errors in order; the follow-ups are
-# rows, in the order of their outcomes; plain: the Done outcomes with no result and no
-# follow-up, "lease number=id,id,…;" per lease. Returns one '1' (accepted) or '0' per
-# outcome: those of head, then those of plain, in order.
+# row blob, plain, join head, join blob, join row head, join row blob. head:
+# "id,lease number,kind,len(result),len(error),run_at,follow-ups,join parts;" per
+# outcome ('' is None); blob: the results and errors in order; the follow-ups are rows,
+# in the order of their outcomes; plain: the Done outcomes with no result, no follow-up
+# and no join part, "lease number=id,id,…;" per lease. Join parts, in the order of their
+# outcomes: "len(key),slots,slot,len(value);" each, a blob of key and value bytes, and
+# the row each part inserts when it completes its join. Returns one '1' (accepted) or
+# '0' per outcome: those of head, then those of plain, in order.
 _ACK = r"""
 local token, now, keep, q, nl = ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local tok = P .. ':tok:' .. token
@@ -685,14 +697,33 @@ local prev = redis.call('GET', tok)
 if prev then return prev end
 local head, blob = ARGV[7 + nl], ARGV[8 + nl]
 local rhead, rblob, plain = ARGV[9 + nl], ARGV[10 + nl], ARGV[11 + nl]
+local jhead, jblob, jrhead, jrblob = ARGV[12 + nl], ARGV[13 + nl], ARGV[14 + nl], ARGV[15 + nl]
 local rows = {}
 if rhead ~= '' then for r in rows_of(rhead, rblob) do rows[#rows + 1] = r end end
-local outcomes, used, seen, pos, fi = {}, {}, {}, 1, 1
-for id, li, kind, rl, el, ra, nf in string.gmatch(head,
-    '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);') do
+local jparts = {}
+if jhead ~= '' then
+  local jpos, n = 1, 0
+  for kl, slots, slot, vl in string.gmatch(jhead, '(%%d+),(%%d+),(%%d+),(%%d+);') do
+    local e = jpos + tonumber(kl)
+    local k = string.sub(jblob, jpos, e - 1)
+    jpos = e + tonumber(vl)
+    n = n + 1
+    jparts[n] = {k = k, slots = tonumber(slots), slot = tonumber(slot),
+                 v = string.sub(jblob, e, jpos - 1), n = n}
+  end
+  n = 0
+  for r in rows_of(jrhead, jrblob) do
+    n = n + 1
+    jparts[n].row = r
+  end
+end
+local outcomes, used, seen, pos, fi, ji = {}, {}, {}, 1, 1, 1
+for id, li, kind, rl, el, ra, nf, nj in string.gmatch(head,
+    '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*);') do
   local o = {id = id, lease = ARGV[6 + tonumber(li)], kind = kind, ra = ra,
-             nf = tonumber(nf), fi = fi}
+             nf = tonumber(nf), fi = fi, nj = tonumber(nj), ji = ji}
   fi = fi + o.nf
+  ji = ji + o.nj
   if rl ~= '' then
     o.result = string.sub(blob, pos, pos + tonumber(rl) - 1)
     pos = pos + tonumber(rl)
@@ -706,7 +737,8 @@ end
 for li, list in string.gmatch(plain, '(%%d+)=([^;]*);') do
   local lease = ARGV[6 + tonumber(li)]
   for id in string.gmatch(list, '%%d+') do
-    outcomes[#outcomes + 1] = {id = id, lease = lease, kind = 'done', nf = 0, fi = fi}
+    outcomes[#outcomes + 1] = {id = id, lease = lease, kind = 'done', nf = 0, fi = fi, nj = 0,
+                               ji = ji}
   end
 end
 local ids = {}
@@ -733,6 +765,43 @@ for i, o in ipairs(outcomes) do
       end
     end
   end
+end
+-- the join parts of the accepted outcomes, in (key, slot) order: a new part counts (a
+-- part recorded before, or twice in this batch, does not); the one that brings a join's
+-- arrivals to its slots completes it (its row is inserted below, its id checked here)
+local accepted = {}
+for _, o in ipairs(outcomes) do
+  if o.ok then
+    for j = o.ji, o.ji + o.nj - 1 do accepted[#accepted + 1] = jparts[j] end
+  end
+end
+table.sort(accepted, function(a, b)
+  if a.k ~= b.k then return a.k < b.k end
+  if a.slot ~= b.slot then return a.slot < b.slot end
+  return a.n < b.n
+end)
+local arrivals, fresh = {}, {}
+for _, part in ipairs(accepted) do
+  local jk = P .. ':join:' .. part.k
+  local join = arrivals[part.k]
+  if not join then
+    local v = redis.call('HMGET', jk, 'arrived', 'slots')
+    join = {arrived = tonumber(v[1] or '0'), slots = tonumber(v[2] or part.slots), seen = {}}
+    arrivals[part.k] = join
+  end
+  if not join.seen[part.slot] and redis.call('HEXISTS', jk .. ':parts', part.slot) == 0 then
+    join.arrived = join.arrived + 1
+    part.completes = join.arrived == join.slots
+    fresh[#fresh + 1] = part
+    local rid = part.row.id
+    if part.completes and rid ~= '' then
+      if seen[rid] or redis.call('EXISTS', tk(rid)) == 1 then
+        return redis.error_reply('DUPLICATE join row id ' .. rid .. ' is taken by another task')
+      end
+      seen[rid] = true
+    end
+  end
+  join.seen[part.slot] = true
 end
 local flags, queues, B = {}, {}, new_batch()
 for _, o in ipairs(outcomes) do
@@ -768,6 +837,13 @@ for _, o in ipairs(outcomes) do
   else
     flags[#flags + 1] = '0'
   end
+end
+for _, part in ipairs(fresh) do
+  local jk = P .. ':join:' .. part.k
+  redis.call('HSET', jk .. ':parts', part.slot, part.v)
+  redis.call('HSETNX', jk, 'slots', part.slots)
+  redis.call('HINCRBY', jk, 'arrived', 1)
+  if part.completes then insert_row(part.row, now, queues, B) end
 end
 flush(B, keep)
 local reply = table.concat(flags)
@@ -1091,6 +1167,7 @@ class RedisStorage(ExposeMixin, Store):
         follow_ups=True,
         outcomes=True,
         recovery=True,
+        joins=True,
     )
 
     def __init__(
@@ -1216,6 +1293,37 @@ class RedisStorage(ExposeMixin, Store):
         )
         return _text(found[0]) if found else None
 
+    def tasks_with_key_prefix(
+        self, prefix: str, *, limit: int = 1000, before: str | None = None
+    ) -> list[tuple[str, TaskInfo]]:
+        """The tasks whose key starts with ``prefix`` (and sorts below ``before``, in
+        code point order), greatest key first, at most ``limit``: ``[(key, TaskInfo)]``.
+        A range of the lexical key index, then the tasks' hashes."""
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"tasks_with_key_prefix() needs a non-empty prefix, got {prefix!r}")
+        self._page(limit, 0)
+        if limit == 0:
+            return []
+        low = b"[" + prefix.encode()
+        high = prefix.encode() + b"\xff"  # UTF-8 has no 0xff byte: above every such key
+        if before is not None:
+            high = min(high, before.encode())  # UTF-8 bytes sort as code points do
+        keys = self._do(
+            self.client.zrevrangebylex, f"{self.prefix}:keyidx", b"(" + high, low, 0, limit
+        )
+        if not keys:
+            return []
+        ids = self._do(self.client.hmget, f"{self.prefix}:keys", keys)
+        pairs = [(key, int(i)) for key, i in zip(keys, ids, strict=True) if i is not None]
+        infos = {int(info.id): info for info in self._infos([i for _, i in pairs])}
+        return [(_text(key) or "", infos[i]) for key, i in pairs if i in infos]
+
+    # Joins (workflows' fan-in) ---------------------------------------------------------
+    def join_parts(self, key: str) -> list[tuple[int, bytes]]:
+        """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
+        found = self._do(self.client.hgetall, f"{self.prefix}:join:{key}:parts")
+        return sorted((int(slot), bytes(value)) for slot, value in found.items())
+
     # Worker side -----------------------------------------------------------------------
     def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
         """Take up to ``limit`` due tasks in one script (priority, then due time, then
@@ -1276,8 +1384,9 @@ class RedisStorage(ExposeMixin, Store):
         return None if found is None else float(found)
 
     def ack(self, outcomes: Sequence[Outcome]) -> None:
-        """Record outcomes and their follow-ups in one script, lease-fenced, all or
-        nothing (a follow-up with a taken id rejects the whole batch)."""
+        """Record outcomes, their follow-ups and their join parts in one script,
+        lease-fenced, all or nothing (a follow-up or join row with a taken id rejects the
+        whole batch)."""
         if not outcomes:
             return
         now = self._now()
@@ -1287,11 +1396,19 @@ class RedisStorage(ExposeMixin, Store):
         rows: list[Row] = []
         detailed: list[Outcome] = []  # in head
         plain: dict[int, list[Outcome]] = {}  # Done, no result, no follow-up: by lease
+        join_head: list[str] = []
+        join_blob: list[bytes] = []
+        join_rows: list[Row] = []
         wake = False
         for o in outcomes:
             claim, kind = o.claim, o.kind
             number = leases.setdefault(claim.lease, len(leases) + 1)
-            if kind is OutcomeKind.DONE and not o.follow_ups and o.encoded_result is None:
+            if (
+                kind is OutcomeKind.DONE
+                and not o.follow_ups
+                and not o.join_parts
+                and o.encoded_result is None
+            ):
                 plain.setdefault(number, []).append(o)
                 continue
             detailed.append(o)
@@ -1313,11 +1430,17 @@ class RedisStorage(ExposeMixin, Store):
             run_at = repr(now + float(o.delay or 0.0)) if kind is not OutcomeKind.DONE else ""
             head.append(
                 f"{int(claim.id)},{number},{_KINDS[kind]},{result_size},{error_size},"
-                f"{run_at},{len(o.follow_ups)};"
+                f"{run_at},{len(o.follow_ups)},{len(o.join_parts)};"
             )
             rows.extend(o.follow_ups)
-            wake = wake or bool(o.follow_ups) or kind is not OutcomeKind.DONE
+            for part in o.join_parts:
+                key, value = part.key.encode(), bytes(part.value)
+                join_head.append(f"{len(key)},{int(part.slots)},{int(part.slot)},{len(value)};")
+                join_blob += (key, value)
+                join_rows.append(part.row)
+            wake = wake or bool(o.follow_ups) or bool(o.join_parts) or kind is not OutcomeKind.DONE
         row_head, row_blob = _encode_rows(rows) if rows else (b"", b"")
+        join_row_head, join_row_blob = _encode_rows(join_rows) if join_rows else (b"", b"")
         plain_text = "".join(
             f"{number}={','.join([str(int(o.claim.id)) for o in group])};"
             for number, group in plain.items()
@@ -1336,6 +1459,10 @@ class RedisStorage(ExposeMixin, Store):
                 row_head,
                 row_blob,
                 plain_text,
+                "".join(join_head),
+                b"".join(join_blob),
+                join_row_head,
+                join_row_blob,
             )
         except redis.exceptions.ResponseError as exc:
             text = str(exc)
@@ -1351,6 +1478,7 @@ class RedisStorage(ExposeMixin, Store):
             for queue in {
                 self.queue,
                 *(r.queue for o in outcomes if o.accepted for r in o.follow_ups),
+                *(p.row.queue for o in outcomes if o.accepted for p in o.join_parts),
             }:
                 self.wakeups.notify(queue)
 

@@ -338,9 +338,10 @@ def test_a_replayed_write_is_answered_from_its_token_not_done_twice(env):
     assert store.fetch_by_id(int(task_id)).attempts == 1  # counted once
 
     # token, now, keep, queue, one lease, the lease, then "id,lease,kind,len(result),len(error),
-    # run_at,follow-ups;", the results, no follow-up rows, no plain Done
+    # run_at,follow-ups,join parts;", the results, no follow-up rows, no plain Done, no join
+    # parts and no join rows
     ack_args = [store.prefix, "ack-1", repr(now), 100, env.queue, 1, "run:1"]
-    ack_args += [f"{task_id},1,done,3,,,0;", b'"r"', b"", b"", ""]
+    ack_args += [f"{task_id},1,done,3,,,0,0;", b'"r"', b"", b"", "", "", b"", b"", b""]
     assert store._scripts["ack"](keys=[], args=ack_args) == b"1"
     assert store._scripts["ack"](keys=[], args=ack_args) == b"1"  # accepted, not re-applied
     task = [task_id]
@@ -570,3 +571,51 @@ def test_a_task_claimed_from_failed_is_running_to_retry_kill_and_introspection(e
     store.ack([late])
     assert not late.accepted
     assert store.fetch_by_id(tid).status is Status.DEAD
+
+
+def _joined_parents(store, n: int) -> list[Any]:
+    store.push_bulk([f"parent-{i}" for i in range(n)])
+    run = WorkerContext("joins", capacity=n, report=pytest.fail)
+    store.beat(run)
+    claims = store.claim(run, n)
+    assert len(claims) == n
+    return claims
+
+
+def test_a_join_is_deleted_with_the_task_keyed_by_its_key(env):
+    from taskpipe.store import JoinPart, Outcome, OutcomeKind
+
+    store = env.store()
+    key = "wf:run:join"
+    row = store.row(taskpipe.Task("joined", key=key), time.time())
+    a, b = _joined_parents(store, 2)
+    store.ack(
+        [
+            Outcome(a, OutcomeKind.DONE, join_parts=(JoinPart(key, 2, 0, b"0", row),)),
+            Outcome(b, OutcomeKind.DONE, join_parts=(JoinPart(key, 2, 1, b"1", row),)),
+        ]
+    )
+    assert store.join_parts(key) == [(0, b"0"), (1, b"1")]
+    assert env.acct.hgetall(f"{env.prefix}:join:{key}") == {b"slots": b"2", b"arrived": b"2"}
+    assert [k for k, _ in store.tasks_with_key_prefix("wf:run:")] == [key]
+    assert WorkerBuilder("w").backend(store).build(lambda x: x).run_until_idle() == 1
+    assert store.purge("done", 0) == 3  # the parents and the joined task
+    assert store.join_parts(key) == []
+    assert not env.acct.exists(f"{env.prefix}:join:{key}", f"{env.prefix}:join:{key}:parts")
+    assert store.tasks_with_key_prefix("wf:run:") == []
+    store.close()
+
+
+def test_a_join_row_with_a_taken_id_refuses_the_whole_ack(env):
+    from taskpipe.errors import OutcomeRefused
+    from taskpipe.store import JoinPart, Outcome, OutcomeKind
+
+    store = env.store()
+    taken = store.push("taken")
+    row = store.row(taskpipe.Task("joined", id=taken), time.time())
+    (a,) = _joined_parents(store, 1)
+    with pytest.raises(OutcomeRefused, match="taken"):
+        store.ack([Outcome(a, OutcomeKind.DONE, join_parts=(JoinPart("j", 1, 0, b"0", row),))])
+    assert store.join_parts("j") == []
+    assert store.fetch_by_id(a.id).status is Status.RUNNING
+    store.close()

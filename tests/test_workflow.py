@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
-from workflow_support import KINDS, REDIS_URL, drain, store_maker, unique
+from workflow_support import KINDS, drain, store_maker, unique
 
 import taskpipe
 from taskpipe import Data, RetryPolicy, Status, TaskId, WorkerBuilder, WorkerContext
@@ -407,7 +407,7 @@ def test_a_run_of_an_older_version_of_the_workflow_fails_clearly(make_store):
 
 # Building -------------------------------------------------------------------------------------
 class NoJoins(MemoryBackend):
-    """A store with follow-ups and keys but no joins (as Redis is, for now)."""
+    """A store with follow-ups and keys but no joins."""
 
     capabilities = replace(MemoryBackend.capabilities, joins=False)
 
@@ -421,19 +421,6 @@ def test_a_store_without_joins_runs_plain_steps_but_not_filter_map():
         WorkerBuilder("w").backend(store).build(Workflow("fm").filter_map(repr))
     with pytest.raises(CapabilityError, match="'joins'"):
         store.workflow_status("0" * 20)
-
-
-@pytest.mark.skipif(not REDIS_URL, reason="set TASKPIPE_TEST_REDIS_URL")
-def test_redis_does_not_run_joins_yet():
-    store = taskpipe.open_storage(REDIS_URL + f"?prefix=tp-wf-{unique()}", queue=unique())
-    try:
-        assert not store.capabilities.joins
-        with pytest.raises(CapabilityError, match="'joins'"):
-            WorkerBuilder("w").backend(store).build(Workflow("fm").filter_map(repr))
-        with pytest.raises(CapabilityError, match="'joins'"):
-            store.start_fan_out([1, 2])
-    finally:
-        store.drop()
 
 
 def test_a_store_without_follow_ups_cannot_run_workflows():

@@ -15,7 +15,12 @@ from taskpipe.sqlite import SqliteStorage, connect
 POSTGRES_URL = os.environ.get("TASKPIPE_TEST_POSTGRES_URL", "").strip()
 REDIS_URL = os.environ.get("TASKPIPE_TEST_REDIS_URL", "").strip()
 
-KINDS = ["memory", "sqlite", *(["postgres"] if POSTGRES_URL else [])]
+KINDS = [
+    "memory",
+    "sqlite",
+    *(["postgres"] if POSTGRES_URL else []),
+    *(["redis"] if REDIS_URL else []),
+]
 
 
 def unique(prefix: str = "wf") -> str:
@@ -38,7 +43,8 @@ def postgres_db() -> Any:
 
 def store_maker(kind: str, tmp_path: Any) -> Iterator[Callable[..., Any]]:
     """For a ``make_store`` fixture: yields ``make(queue=None) -> store`` of ``kind``
-    ("memory", "sqlite", "postgres"), and closes what it opened afterwards."""
+    ("memory", "sqlite", "postgres", "redis"), and closes what it opened afterwards (a
+    Redis test has a key prefix of its own, its keys deleted after it)."""
     closers: list[Callable[[], Any]] = []
     if kind == "memory":
 
@@ -52,6 +58,15 @@ def store_maker(kind: str, tmp_path: Any) -> Iterator[Callable[..., Any]]:
 
         def make(queue: str | None = None) -> Any:
             return SqliteStorage(db, queue=queue or unique())
+
+    elif kind == "redis":
+        url = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + f"prefix={unique('tp-wf')}"
+
+        def make(queue: str | None = None) -> Any:
+            store = taskpipe.open_storage(url, queue=queue or unique())
+            type(store).setup(store)
+            closers.append(store.drop)
+            return store
 
     else:  # one database object for the session: the server's connections are shared
         db = postgres_db()
