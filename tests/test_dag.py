@@ -6,7 +6,15 @@ import threading
 from dataclasses import dataclass
 
 import pytest
-from workflow_support import KINDS, POSTGRES_URL, postgres_db, store_maker, unique
+from workflow_support import (
+    KINDS,
+    MYSQL_URL,
+    POSTGRES_URL,
+    REDIS_URL,
+    postgres_db,
+    store_maker,
+    unique,
+)
 
 import taskpipe
 from taskpipe import Status, WorkerBuilder, WorkerContext
@@ -309,5 +317,28 @@ def test_a_three_parent_fan_in_runs_once_per_run_under_racing_acks_postgres():
     store = taskpipe.open_storage(db, queue=queue)
     try:
         _race(store, lambda config: taskpipe.open_storage(db, queue=queue, config=config))
+    finally:
+        store.close_thread_connection()
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="set TASKPIPE_TEST_REDIS_URL")
+def test_a_three_parent_fan_in_runs_once_per_run_under_racing_acks_redis():
+    url = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + f"prefix={unique('tp-race')}"
+    queue = unique("race")
+    store = taskpipe.open_storage(url, queue=queue)
+    type(store).setup(store)
+    try:
+        _race(store, lambda config: taskpipe.open_storage(url, queue=queue, config=config))
+    finally:
+        store.drop()
+
+
+@pytest.mark.skipif(not MYSQL_URL, reason="set TASKPIPE_TEST_MYSQL_URL")
+def test_a_three_parent_fan_in_runs_once_per_run_under_racing_acks_mysql():
+    queue = unique("race")
+    store = taskpipe.open_storage(MYSQL_URL, queue=queue)
+    type(store).setup(store)
+    try:
+        _race(store, lambda config: taskpipe.open_storage(MYSQL_URL, queue=queue, config=config))
     finally:
         store.close_thread_connection()

@@ -14,12 +14,14 @@ from taskpipe.sqlite import SqliteStorage, connect
 
 POSTGRES_URL = os.environ.get("TASKPIPE_TEST_POSTGRES_URL", "").strip()
 REDIS_URL = os.environ.get("TASKPIPE_TEST_REDIS_URL", "").strip()
+MYSQL_URL = os.environ.get("TASKPIPE_TEST_MYSQL_URL", "").strip()
 
 KINDS = [
     "memory",
     "sqlite",
     *(["postgres"] if POSTGRES_URL else []),
     *(["redis"] if REDIS_URL else []),
+    *(["mysql"] if MYSQL_URL else []),
 ]
 
 
@@ -43,7 +45,7 @@ def postgres_db() -> Any:
 
 def store_maker(kind: str, tmp_path: Any) -> Iterator[Callable[..., Any]]:
     """For a ``make_store`` fixture: yields ``make(queue=None) -> store`` of ``kind``
-    ("memory", "sqlite", "postgres", "redis"), and closes what it opened afterwards (a
+    ("memory", "sqlite", "postgres", "redis", "mysql"), and closes what it opened afterwards (a
     Redis test has a key prefix of its own, its keys deleted after it)."""
     closers: list[Callable[[], Any]] = []
     if kind == "memory":
@@ -66,6 +68,14 @@ def store_maker(kind: str, tmp_path: Any) -> Iterator[Callable[..., Any]]:
             store = taskpipe.open_storage(url, queue=queue or unique())
             type(store).setup(store)
             closers.append(store.drop)
+            return store
+
+    elif kind == "mysql":  # its own queues in the shared test database
+
+        def make(queue: str | None = None) -> Any:
+            store = taskpipe.open_storage(MYSQL_URL, queue=queue or unique())
+            type(store).setup(store)
+            closers.append(store.close_thread_connection)
             return store
 
     else:  # one database object for the session: the server's connections are shared
