@@ -162,9 +162,11 @@ class MemoryBackend(MemoryExpose, Store):
         self._cond.notify_all()
 
     def _forget(self, record: _Record) -> None:
-        """A finished record leaves for good (evicted or purged): its key is free again."""
+        """A finished record leaves for good (evicted or purged): its key is free again,
+        and the join that inserted it under that key (if any) goes with it."""
         if record.row.key is not None and self._keys.get(record.row.key) == record.id:
             del self._keys[record.row.key]
+            self._joins.pop(record.row.key, None)
 
     def _after_push(self) -> None:
         self.wakeups.notify(self.queue)

@@ -436,7 +436,8 @@ class SqlExpose(ExposeMixin):
         return self._run(self._read, once)
 
     def purge(self, status: Any, older_than: timedelta | float, *, queue: str | None = None) -> int:
-        """Delete Done and/or Dead tasks (and their error rows) that finished at least
+        """Delete Done and/or Dead tasks (their error rows, and the join that inserted a
+        task under its key) that finished at least
         ``older_than`` ago (a timedelta or seconds), in batches of ``BATCH`` rows.
         Pending, Running and Failed tasks are refused (``ValueError``). Returns how many."""
         statuses = self._purgeable(status)
@@ -445,16 +446,23 @@ class SqlExpose(ExposeMixin):
 
         def batch() -> int:
             with self._write_tx():
-                ids = Job.select(Job.id).where(
+                found = Job.select(Job.id, Job.key).where(
                     Job.status.in_(_values(statuses)) & (Job.done_at <= cutoff)
                 )
                 if queue is not None:
-                    ids = ids.where(Job.queue == queue)
-                ids = [row[0] for row in ids.limit(BATCH).tuples()]
+                    found = found.where(Job.queue == queue)
+                rows = list(found.limit(BATCH).tuples())
+                ids = [row[0] for row in rows]
                 if ids:
                     Error.delete().where(Error.job_id.in_(ids)).execute()
                     Recovery.delete().where(Recovery.job_id.in_(ids)).execute()
                     Job.delete().where(Job.id.in_(ids)).execute()
+                    # a join goes with the task it inserted under its key (workflows)
+                    keys = [row[1] for row in rows if row[1] is not None]
+                    if keys:
+                        Join, JoinPart = self.models.Join, self.models.JoinPart
+                        JoinPart.delete().where(JoinPart.join_key.in_(keys)).execute()
+                        Join.delete().where(Join.join_key.in_(keys)).execute()
                 return len(ids)
 
         return self._in_batches(batch)

@@ -186,3 +186,18 @@ def test_tasks_are_found_by_key_prefix_greatest_first(store):
     assert [info.args for _, info in found] == ["c", "b:1", "b", "a"]
     page = store.tasks_with_key_prefix(f"wf:{run}:", limit=2, before=f"wf:{run}:b:1")
     assert [key for key, _ in page] == [f"wf:{run}:b", f"wf:{run}:a"]
+
+
+def test_purging_a_joins_task_forgets_the_join(store):
+    need(store, "joins")
+    need(store, "introspection")
+    key = _join_key()
+    first, second = _parents(store, 2)
+    row = store.row(Task("joined", key=key), now())  # the join's task, keyed by the join
+    for slot, claim in enumerate((first, second)):
+        part = JoinPart(key, 2, slot, store.codec.encode(slot), row)
+        store.ack([outcome(store, claim, OutcomeKind.DONE, join_parts=(part,))])
+    assert [p[0] for p in store.join_parts(key)] == [0, 1]
+    assert len(_joined(store)) == 1  # claimed and acked Done
+    store.purge("done", 0)
+    assert store.join_parts(key) == []
