@@ -2,7 +2,8 @@
 × 4 threads drain ``DRAIN_TASKS`` tasks while one of them is SIGKILLed holding a
 task; every task ends Done, run once by live workers, the killed one's recovered.
 
-Used by ``test_postgres.py`` and ``test_mysql.py`` (each with its own URL fixture);
+Used by ``test_postgres.py`` and ``test_mysql.py`` (each with its own URL fixture),
+with ``until`` and ``fast_config`` for their other tests;
 the worker processes open their store with ``taskpipe.open_storage(url)``.
 """
 

@@ -19,7 +19,7 @@ import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from server_drain import check_drain_with_a_killed_process
+from server_drain import LIMIT, check_drain_with_a_killed_process, fast_config, until
 
 from taskpipe import Task, TaskId, WorkerBuilder, events
 
@@ -33,7 +33,6 @@ from taskpipe.sql.dialect import ErrorKind  # noqa: E402
 from taskpipe.sql.mysql import MysqlDialect  # noqa: E402
 
 URL_VARIABLE = "TASKPIPE_TEST_MYSQL_URL"
-LIMIT = 60.0  # seconds any one wait may take before the test fails
 
 
 def _admin(base: str):
@@ -77,22 +76,8 @@ def my_url():
         admin.close()
 
 
-def _until(condition, what: str, limit: float = LIMIT) -> None:
-    """Wait until ``condition()`` holds (checking every 20 ms), or fail saying ``what``."""
-    deadline = time.monotonic() + limit
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit}s waiting for {what}")
-        pause.wait(0.02)
-
-
 def _queue() -> str:
     return f"my-{uuid.uuid4().hex[:12]}"
-
-
-def _fast_config() -> Config:
-    return Config(keep_alive=0.2, reenqueue_orphaned_after=2.0, poll_interval=0.1)
 
 
 # Many processes, one killed --------------------------------------------------------------
@@ -124,7 +109,7 @@ def test_workers_reconnect_after_their_connections_are_killed(my_url):
     plain = connect(my_url)
     db = MarkedDatabase(plain.database, **plain.connect_params)
     queue = _queue()
-    storage = MysqlStorage(db, queue=queue, config=_fast_config())
+    storage = MysqlStorage(db, queue=queue, config=fast_config())
     ids = storage.push_bulk(range(KILL_TASKS))
 
     runs: collections.Counter[int] = collections.Counter()
@@ -167,7 +152,7 @@ def test_workers_reconnect_after_their_connections_are_killed(my_url):
                 except pymysql.err.OperationalError as exc:  # it ended meanwhile
                     assert exc.args[0] == 1094, exc
             killed[n].set()
-        _until(lambda: storage.stats(queue)["done"] == KILL_TASKS, "every task to be done")
+        until(lambda: storage.stats(queue)["done"] == KILL_TASKS, "every task to be done")
     finally:
         for event in killed.values():
             event.set()

@@ -20,7 +20,7 @@ import uuid
 from urllib.parse import quote
 
 import pytest
-from server_drain import check_drain_with_a_killed_process
+from server_drain import LIMIT, check_drain_with_a_killed_process, fast_config, until
 
 from taskpipe import TaskId, WorkerBuilder, events
 
@@ -33,7 +33,6 @@ from taskpipe.errors import StorageError  # noqa: E402
 from taskpipe.postgres import PostgresStorage, ServerUnreachable, connect  # noqa: E402
 
 URL_VARIABLE = "TASKPIPE_TEST_POSTGRES_URL"
-LIMIT = 60.0  # seconds any one wait may take before the test fails
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +58,8 @@ def pg_url():
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def _until(condition, what: str, limit: float = LIMIT) -> None:
-    """Wait until ``condition()`` holds (checking every 20 ms), or fail saying ``what``."""
-    deadline = time.monotonic() + limit
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit}s waiting for {what}")
-        pause.wait(0.02)
-
-
 def _queue() -> str:
     return f"pg-{uuid.uuid4().hex[:12]}"
-
-
-def _fast_config() -> Config:
-    return Config(keep_alive=0.2, reenqueue_orphaned_after=2.0, poll_interval=0.1)
 
 
 # Many processes, one killed --------------------------------------------------------------
@@ -91,7 +76,7 @@ def test_workers_reconnect_after_their_connections_are_terminated(pg_url):
     app = f"taskpipe test {uuid.uuid4().hex[:8]}"
     queue = _queue()
     db = connect(pg_url, application_name=app)
-    storage = PostgresStorage(db, queue=queue, config=_fast_config())
+    storage = PostgresStorage(db, queue=queue, config=fast_config())
     ids = storage.push_bulk(range(TERMINATE_TASKS))
 
     runs: collections.Counter[int] = collections.Counter()
@@ -132,7 +117,7 @@ def test_workers_reconnect_after_their_connections_are_terminated(pg_url):
                     (app,),
                 ).fetchall()
                 terminated += sum(1 for (ok,) in rows if ok)
-            _until(lambda: storage.stats(queue)["done"] == TERMINATE_TASKS, "every task to be done")
+            until(lambda: storage.stats(queue)["done"] == TERMINATE_TASKS, "every task to be done")
     finally:
         worker.stop()
         thread.join(LIMIT)

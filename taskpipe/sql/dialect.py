@@ -53,6 +53,8 @@ class Dialect:
     #: The peewee database class a store of this engine takes, and how to get one.
     database_class: type[pw.Database] = pw.Database
     connect_hint = "taskpipe.connect(url)"
+    #: What a user runs to create the tables (named in ``SetupError`` messages).
+    setup_call = "SqliteStorage.setup"
     #: The driver's error classes, as peewee wraps them and raw.
     errors: tuple[type[BaseException], ...] = (pw.DatabaseError,)
 
@@ -149,7 +151,7 @@ class Dialect:
 
     def check_schema(self, db: pw.Database) -> None:
         """Raise ``SetupError`` when the tables are missing or too old."""
-        schema.check_schema(db)
+        schema.check_schema(db, self.setup_call)
 
     def wakeups(self, db: pw.Database) -> WakeRegistry:
         """The in-process wake-up registry shared by every store on ``db``."""

@@ -378,6 +378,7 @@ class MysqlDialect(Dialect):
     acks, errno classification, DDL under ``GET_LOCK``."""
 
     name = "mysql"
+    setup_call = "MysqlStorage.setup"
     errors = (pw.DatabaseError, pw.InterfaceError, pymysql.err.Error)
     database_class = pw.MySQLDatabase
     connect_hint = "taskpipe.mysql.connect(url)"
@@ -590,14 +591,6 @@ class MysqlDialect(Dialect):
                 self.execute(db, f"SELECT RELEASE_LOCK({_SETUP_LOCK})")
             except self.errors as exc:  # a lost connection has released it already
                 log.debug("could not release the set-up lock: %s", exc)
-
-    def check_schema(self, db: pw.Database) -> None:
-        try:
-            schema.check_schema(db)
-        except SetupError as exc:
-            raise SetupError(
-                str(exc).replace("SqliteStorage.setup", "MysqlStorage.setup")
-            ) from None
 
     def wakeups(self, db: pw.Database) -> WakeRegistry:
         return registry_for(db)

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import peewee as pw
 import psycopg
 
-from ..errors import ServerUnreachable, SetupError, StorageError
+from ..errors import ServerUnreachable, StorageError
 from ..task import TaskId
 from ..wakeups import WakeRegistry
 from . import schema
@@ -251,6 +251,7 @@ class PostgresDialect(Dialect):
     COPY for bulk pushes, NOTIFY in the push's transaction, SQLSTATE classification."""
 
     name = "postgresql"
+    setup_call = "PostgresStorage.setup"
     errors = (pw.DatabaseError, pw.InterfaceError, psycopg.Error)
     database_class = pw.PostgresqlDatabase
     connect_hint = "taskpipe.postgres.connect(url)"
@@ -466,14 +467,6 @@ class PostgresDialect(Dialect):
                 f'CREATE INDEX IF NOT EXISTS {JOBS}_key_bytes ON {JOBS} (key COLLATE "C") '
                 "WHERE key IS NOT NULL"
             )
-
-    def check_schema(self, db: pw.Database) -> None:
-        try:
-            schema.check_schema(db)
-        except SetupError as exc:
-            raise SetupError(
-                str(exc).replace("SqliteStorage.setup", "PostgresStorage.setup")
-            ) from None
 
     def wakeups(self, db: pw.Database) -> WakeRegistry:
         return registry_for(db)

@@ -263,12 +263,12 @@ def stamp_version(db: pw.Database) -> None:
         _migrate(db, models, row.version)
 
 
-def check_schema(db: pw.Database) -> None:
-    """Raise ``SetupError`` with the fix when taskpipe's tables are missing or older
-    than this code."""
+def check_schema(db: pw.Database, setup_call: str = "SqliteStorage.setup") -> None:
+    """Raise ``SetupError`` with the fix (``setup_call``, the store class's setup) when
+    taskpipe's tables are missing or older than this code."""
     if not db.table_exists(JOBS):
         raise SetupError(
-            f"SqliteStorage.setup(db) was not called: table {JOBS} is missing "
+            f"{setup_call}(db) was not called: table {JOBS} is missing "
             "(or run `taskpipe setup`)"
         )
     row = models_for(db).Schema.select().first()
@@ -276,5 +276,5 @@ def check_schema(db: pw.Database) -> None:
     if version < SCHEMA_VERSION:
         raise SetupError(
             f"this database is at taskpipe schema version {version}; this taskpipe needs "
-            f"{SCHEMA_VERSION}: run SqliteStorage.setup(db) (or `taskpipe setup`) to migrate it"
+            f"{SCHEMA_VERSION}: run {setup_call}(db) (or `taskpipe setup`) to migrate it"
         )
