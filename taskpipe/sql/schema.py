@@ -268,8 +268,7 @@ def check_schema(db: pw.Database, setup_call: str = "SqliteStorage.setup") -> No
     taskpipe's tables are missing or older than this code."""
     if not db.table_exists(JOBS):
         raise SetupError(
-            f"{setup_call}(db) was not called: table {JOBS} is missing "
-            "(or run `taskpipe setup`)"
+            f"{setup_call}(db) was not called: table {JOBS} is missing (or run `taskpipe setup`)"
         )
     row = models_for(db).Schema.select().first()
     version = 0 if row is None else row.version
