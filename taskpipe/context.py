@@ -8,24 +8,39 @@ rest (``wait``/``wake`` to idle until a push, ``report`` to surface an error).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from . import clock
 
+if TYPE_CHECKING:
+    from .events import Event
+
 __all__ = ["WorkerContext"]
+
+_running = threading.local()  # per thread: the cancel event of the task it runs
 
 
 class WorkerContext:
     """The live state of one worker run (one ``run()`` or ``run_until_idle()`` call)."""
 
-    def __init__(self, name: str, *, capacity: int, report: Callable[[BaseException], None]):
+    def __init__(
+        self,
+        name: str,
+        *,
+        capacity: int,
+        report: Callable[[BaseException], None],
+        emit: Callable[[Event], None] | None = None,
+    ):
         self.name = name
         self.run_id = f"{name}:{uuid.uuid4().hex[:12]}"
         self.capacity = capacity
         self._report = report
+        self._emit = emit
         self.lock = threading.Lock()  # guards the run's state; shared with the pool
         self._cond = threading.Condition(self.lock)
         self._leases = itertools.count(1)
@@ -63,6 +78,31 @@ class WorkerContext:
     def stopping(self) -> bool:
         """True once a stop was asked for."""
         return self._stopping
+
+    @property
+    def cancelled(self) -> bool:
+        """True when the task the calling thread runs was given up on (its ``timeout``
+        passed): a long handler may check it now and then and return early."""
+        event = getattr(_running, "cancel", None)
+        return event is not None and event.is_set()
+
+    # For layers -----------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        """Send ``event`` to the worker's ``on_event`` callbacks (a layer reports a
+        skipped task, an abandoned thread, a circuit opening)."""
+        if self._emit is not None:
+            self._emit(event)
+
+    @contextlib.contextmanager
+    def cancel_scope(self, cancel: threading.Event) -> Iterator[None]:
+        """While inside, ``cancelled`` in the calling thread reads ``cancel`` (a layer
+        that runs the handler on a thread of its own binds the task's event there)."""
+        previous = getattr(_running, "cancel", None)
+        _running.cancel = cancel
+        try:
+            yield
+        finally:
+            _running.cancel = previous
 
     # For stores and the worker ----------------------------------------------------------
     def free_slots(self) -> int:

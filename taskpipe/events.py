@@ -15,7 +15,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Event", "Start", "Idle", "Success", "Error", "Retry", "Dead", "HeartBeat", "Stop"]
+__all__ = [
+    "Event",
+    "Start",
+    "Idle",
+    "Success",
+    "Error",
+    "Retry",
+    "Dead",
+    "HeartBeat",
+    "Stop",
+    "Skipped",
+    "Abandoned",
+    "CircuitOpened",
+    "CircuitClosed",
+    "Paused",
+    "Resumed",
+]
 
 
 @dataclass(frozen=True)
@@ -75,3 +91,42 @@ class HeartBeat(Event):
 @dataclass(frozen=True)
 class Stop(Event):
     """The worker stopped; nothing of it runs any more."""
+
+
+@dataclass(frozen=True)
+class Skipped(Event):
+    """A ``filter`` layer skipped a task: it ends Done with no result, its handler unrun."""
+
+    task_id: Any
+
+
+@dataclass(frozen=True)
+class Abandoned(Event):
+    """A ``timeout`` layer gave up on a task whose handler overran: its attempt failed,
+    and the thread ``thread`` still running it was left behind (a new one took its place)."""
+
+    task_id: Any
+    thread: str
+
+
+@dataclass(frozen=True)
+class CircuitOpened(Event):
+    """A ``circuit_breaker`` layer opened after ``failures`` failures in a row: tasks
+    wait instead of running until it tries again."""
+
+    failures: int
+
+
+@dataclass(frozen=True)
+class CircuitClosed(Event):
+    """A ``circuit_breaker`` layer closed again: a trial task succeeded."""
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    """The worker stopped fetching (``Worker.pause()`` or its queue was paused)."""
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    """The worker fetches again after a pause."""

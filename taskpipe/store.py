@@ -428,6 +428,11 @@ class Store(TaskSink):
     def close_run(self, ctx: WorkerContext) -> None:
         """The run has stopped taking tasks (after its last claim, before its last acks)."""
 
+    def middleware(self) -> list[Any]:
+        """Layers this store adds around every handler of a worker built on it (inside
+        the worker's own ``.layer()``s; see ``taskpipe.layers``). None by default."""
+        return []
+
     def idle(self) -> None:
         """The worker found nothing to do: a moment for housekeeping (SQLite
         checkpoints its write-ahead log). Must be quick and must not raise."""

@@ -33,10 +33,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import clock, events
+from . import layers as _layers
 from .context import WorkerContext
 from .errors import BuildError, OutcomeRefused, PipeError, TaskpipeError, WorkflowError
 from .injection import Signature, analyse
-from .layers import RetryPolicy
+from .layers import Handle, Layer, RetryPolicy, compose
 from .signals import graceful_signals
 from .store import Claim, JoinPart, Outcome, OutcomeKind, Row, Store, safe_text
 from .task import Task
@@ -89,6 +90,7 @@ class WorkerBuilder:
         self._retry = RetryPolicy()
         self._callbacks: list[EventCallback] = []
         self._grace = 30.0
+        self._layers: list[Layer | _RateLimit] = []
 
     def backend(self, backend: Store) -> WorkerBuilder:
         """The store (or pipe, or custom backend) to take tasks from."""
@@ -128,6 +130,42 @@ class WorkerBuilder:
         self._grace = clock.seconds(grace, name="shutdown_grace")
         return self
 
+    def layer(self, layer: Layer) -> WorkerBuilder:
+        """Wrap the handler in ``layer`` (see ``taskpipe.layers``); the first added is
+        the outermost."""
+        if not callable(layer):
+            raise BuildError(f"layer() takes a layer(call_next) function, got {layer!r}")
+        self._layers.append(layer)
+        return self
+
+    def timeout(self, seconds: timedelta | float) -> WorkerBuilder:
+        """Fail an attempt that runs longer than ``seconds`` (``layers.timeout``)."""
+        return self.layer(_layers.timeout(seconds))
+
+    def rate_limit(
+        self, n: int, per: timedelta | float, *, key: str | None = None
+    ) -> WorkerBuilder:
+        """Start at most ``n`` tasks every ``per``; with a ``key``, across every worker
+        of the store (``layers.rate_limit``)."""
+        self._layers.append(_RateLimit(n, per, key))  # made at build(), with the store
+        return self
+
+    def circuit_breaker(self, failures: int = 5, recovery: timedelta | float = 60) -> WorkerBuilder:
+        """Hold tasks back after ``failures`` failures in a row (``layers.circuit_breaker``)."""
+        return self.layer(_layers.circuit_breaker(failures, recovery))
+
+    def filter(self, predicate: Callable[[Task[Any]], bool]) -> WorkerBuilder:
+        """Skip the tasks for which ``predicate(task)`` is false (``layers.filter``)."""
+        return self.layer(_layers.filter(predicate))
+
+    def tracing(self, tracer: Any = None) -> WorkerBuilder:
+        """An OpenTelemetry span around each task (``layers.tracing``)."""
+        return self.layer(_layers.tracing(tracer))
+
+    def metrics(self, registry: Any = None) -> WorkerBuilder:
+        """Prometheus metrics of the tasks run (``layers.metrics``)."""
+        return self.layer(_layers.metrics(registry))
+
     def build(self, handler: Callable[..., Any]) -> Worker:
         """Check everything and return the ``Worker``; raises ``BuildError`` on mistakes."""
         if self._backend is None:
@@ -154,6 +192,14 @@ class WorkerBuilder:
             raise BuildError(f"build() takes the handler function, got {handler!r}")
         else:
             signature = analyse(handler, self._data)
+        backend = self._backend
+        layers = [
+            _layers.rate_limit(x.n, x.per, key=x.key, store=backend)
+            if isinstance(x, _RateLimit)
+            else x
+            for x in self._layers
+        ]
+        layers.extend(backend.middleware())
         return Worker(
             name=self._name,
             backend=self._backend,
@@ -164,7 +210,16 @@ class WorkerBuilder:
             callbacks=list(self._callbacks),
             grace=self._grace,
             runner=runner,
+            layers=layers,
         )
+
+
+class _RateLimit(NamedTuple):
+    """A ``WorkerBuilder.rate_limit()`` waiting for ``build()`` to know the store."""
+
+    n: int
+    per: timedelta | float
+    key: str | None
 
 
 class Worker:
@@ -182,6 +237,7 @@ class Worker:
         callbacks: list[EventCallback],
         grace: float,
         runner: ClaimRunner | None = None,
+        layers: list[Layer] | None = None,
     ):
         self.name = name
         self.backend = backend
@@ -191,6 +247,7 @@ class Worker:
         self.retry_policy = retry
         self.grace = grace
         self.runner = runner
+        self.layers: list[Layer] = list(layers or ())
         self._callbacks = callbacks
         config = backend.config
         buffer = config.buffer_size
@@ -280,7 +337,12 @@ class _Run:
         self.store = worker.backend
         self.config = self.store.config
         self.until_idle = until_idle
-        self.ctx = WorkerContext(worker.name, capacity=worker.capacity, report=self._report)
+        self.ctx = WorkerContext(
+            worker.name,
+            capacity=worker.capacity,
+            report=self._report,
+            emit=lambda event: worker._emit(self.ctx, event),
+        )
         self.ctx.until_idle = until_idle
         self.ctx.beat_interval = self.config.keep_alive_seconds
         self.cond = self.ctx._cond  # the fetch loop waits on it (wake-ups, finished tasks)
@@ -301,6 +363,8 @@ class _Run:
         # two claims' worth, so that a busy run writes once for every two claims.
         self.ack_batch = max(self.threshold, 2 * self.config.claim_batch)
         self.loop: EventLoopThread | None = None  # for async handlers, made on first use
+        inner = self._call_handler if worker.runner is None else self._call_runner
+        self.handle: Handle = compose(worker.layers, inner)
         self.heartbeat_thread: threading.Thread | None = None
 
     def _report(self, error: BaseException) -> None:
@@ -529,48 +593,57 @@ class _Run:
         worker, store = self.worker, self.store
         if claim.defect is not None:
             return Outcome(claim, OutcomeKind.DEAD, error=safe_text(claim.defect))
-        if worker.runner is not None:
-            return self._run_claim(worker.runner, claim)
+        if worker.runner is not None:  # it decodes the args itself
+            task = claim.to_task(None)
+        else:
+            try:
+                args = store.codec.decode(claim.payload, worker.signature.args_type)
+            except Exception as exc:
+                return Outcome(
+                    claim,
+                    OutcomeKind.DEAD,
+                    error=safe_text(f"cannot decode the task's payload: {exc}"),
+                )
+            task = claim.to_task(args)
         try:
-            args = store.codec.decode(claim.payload, worker.signature.args_type)
-        except Exception as exc:
-            return Outcome(
-                claim, OutcomeKind.DEAD, error=safe_text(f"cannot decode the task's payload: {exc}")
-            )
-        task = claim.to_task(args)
-        try:
-            result = worker.handler(args, **worker.signature.kwargs(task, self.ctx))
-            # (None, the usual result, skips isawaitable's slow ABC check)
-            if worker.signature.is_async or (result is not None and inspect.isawaitable(result)):
-                result = self._event_loop().run(result)
-        except BaseException as exc:
-            return self._failure(claim, task, exc)
-        return Outcome(
-            claim,
-            OutcomeKind.DONE,
-            result=result,
-            encoded_result=store.encode_result(result),
-            task=task,
-        )
-
-    def _run_claim(self, runner: ClaimRunner, claim: Claim) -> Outcome:
-        """Run a task with a handler that runs claims itself (a workflow's step)."""
-        task = claim.to_task(None)
-        try:
-            step = runner(claim, task, self.ctx)
+            result = self.handle(task, self.ctx)
         except WorkflowError as exc:  # the run cannot go on: retrying cannot help
             return Outcome(claim, OutcomeKind.DEAD, error=safe_text(_describe(exc)), task=task)
         except BaseException as exc:
             return self._failure(claim, task, exc)
+        if worker.runner is None:
+            return Outcome(
+                claim,
+                OutcomeKind.DONE,
+                result=result,
+                encoded_result=store.encode_result(result),
+                task=task,
+            )
+        # A layer may have answered for the step (a skipped task: None).
+        step = result if isinstance(result, StepOutcome) else StepOutcome(result)
         return Outcome(
             claim,
             OutcomeKind.DONE,
             result=step.result,
-            encoded_result=self.store.encode_result(step.result),
+            encoded_result=store.encode_result(step.result),
             task=task,
             follow_ups=step.follow_ups,
             join_parts=step.join_parts,
         )
+
+    def _call_handler(self, task: Task[Any], ctx: WorkerContext) -> Any:
+        """The innermost handle: call the handler with its injected parameters."""
+        signature = self.worker.signature
+        result = self.worker.handler(task.args, **signature.kwargs(task, ctx))
+        # (None, the usual result, skips isawaitable's slow ABC check)
+        if signature.is_async or (result is not None and inspect.isawaitable(result)):
+            result = self._event_loop().run(result)
+        return result
+
+    def _call_runner(self, task: Task[Any], ctx: WorkerContext) -> StepOutcome:
+        """The innermost handle of a handler that runs claims itself (a workflow)."""
+        assert self.worker.runner is not None and task.id is not None
+        return self.worker.runner(self.active[task.id], task, ctx)
 
     def _event_loop(self) -> EventLoopThread:
         from .asyncrun import EventLoopThread  # only runs with async handlers use it

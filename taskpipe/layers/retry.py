@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from . import clock
+from .. import clock
 
 __all__ = ["RetryPolicy"]
 
