@@ -838,6 +838,11 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     show_default=True,
     help="What taskpipe logs to stderr while the worker runs.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (extra: metrics).",
+)
 @_db_option
 @click.pass_context
 def worker(
@@ -851,10 +856,13 @@ def worker(
     name: str | None,
     quiet: bool,
     log_level: str,
+    metrics_port: int | None,
 ) -> None:
     """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
     (then a worker is built on --queue of --db)."""
     obj = _import_target(target)
+    if metrics_port is not None:
+        _metrics_layer(None)  # prometheus-client missing: say so before anything runs
     if isinstance(obj, (Worker, Monitor)):
         ignored = [
             f"--{p.replace('_', '-')}"
@@ -886,12 +894,46 @@ def worker(
         raise BadInput(
             f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
         )
-    with _logging_to_stderr(log_level):
+    with _logging_to_stderr(log_level), _serving_metrics(metrics_port, workers):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
             click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
         else:
             obj.run()
+
+
+def _metrics_layer(store: Any) -> Any:
+    """The metrics layer over ``store``; a clear error when prometheus-client is missing."""
+    from .layers import metrics
+
+    try:
+        return metrics(store=store)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _serving_metrics(port: int | None, workers: list[Worker]) -> Iterator[None]:
+    """With a port: each worker gets the metrics layer (outermost), and the default
+    registry is served on 127.0.0.1:port while the workers run."""
+    if port is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    for w in workers:
+        w.layers.insert(0, _metrics_layer(w.backend))
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise BadInput(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+    click.echo(f"metrics on http://127.0.0.1:{port}/metrics", err=True)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 @contextlib.contextmanager

@@ -235,6 +235,7 @@ class MemoryBackend(MemoryExpose, Store):
                         priority=row.priority,
                         max_attempts=row.max_attempts,
                         meta=msgspec.json.decode(row.meta) if row.meta else {},
+                        due_at=run_at,
                     )
                 )
         return out

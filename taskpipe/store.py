@@ -171,10 +171,14 @@ class Claim:
     #: Run this task alone: the worker claims nothing else until it has finished
     #: (it was running beside others when a worker died; see ``Store.beat``).
     isolated: bool = False
+    #: The epoch second the task was due (its ``run_at`` when claimed), if the store
+    #: says; the metrics layer reports the lag behind it.
+    due_at: float | None = None
 
     def to_task(self, args: Any) -> Task[Any]:
-        """The ``Task`` a handler sees: ``args`` decoded, with id, attempt and queue."""
-        return Task(
+        """The ``Task`` a handler sees: ``args`` decoded, with id, attempt, queue and
+        due time."""
+        task = Task(
             args,
             id=self.id,
             priority=self.priority,
@@ -183,6 +187,8 @@ class Claim:
             attempt=self.attempt,
             queue=self.queue,
         )
+        task.due_at = self.due_at
+        return task
 
 
 class OutcomeKind(enum.Enum):

@@ -38,6 +38,7 @@ from .context import WorkerContext
 from .errors import BuildError, OutcomeRefused, PipeError, TaskpipeError, WorkflowError
 from .injection import Signature, analyse
 from .layers import Handle, Layer, RetryPolicy, compose
+from .layers.chain import NotStarted
 from .signals import graceful_signals
 from .store import Claim, JoinPart, Outcome, OutcomeKind, Row, Store, safe_text
 from .task import Task
@@ -90,7 +91,7 @@ class WorkerBuilder:
         self._retry = RetryPolicy()
         self._callbacks: list[EventCallback] = []
         self._grace = 30.0
-        self._layers: list[Layer | _RateLimit] = []
+        self._layers: list[Layer | _RateLimit | _Metrics] = []
 
     def backend(self, backend: Store) -> WorkerBuilder:
         """The store (or pipe, or custom backend) to take tasks from."""
@@ -163,8 +164,10 @@ class WorkerBuilder:
         return self.layer(_layers.tracing(tracer))
 
     def metrics(self, registry: Any = None) -> WorkerBuilder:
-        """Prometheus metrics of the tasks run (``layers.metrics``)."""
-        return self.layer(_layers.metrics(registry))
+        """Prometheus metrics of the tasks run and of the store's queue (``layers.metrics``)."""
+        _layers.metrics(registry)  # a missing prometheus-client fails here, not at build()
+        self._layers.append(_Metrics(registry))  # made at build(), with the store
+        return self
 
     def build(self, handler: Callable[..., Any]) -> Worker:
         """Check everything and return the ``Worker``; raises ``BuildError`` on mistakes."""
@@ -196,6 +199,8 @@ class WorkerBuilder:
         layers = [
             _layers.rate_limit(x.n, x.per, key=x.key, store=backend)
             if isinstance(x, _RateLimit)
+            else _layers.metrics(x.registry, store=backend)
+            if isinstance(x, _Metrics)
             else x
             for x in self._layers
         ]
@@ -220,6 +225,12 @@ class _RateLimit(NamedTuple):
     n: int
     per: timedelta | float
     key: str | None
+
+
+class _Metrics(NamedTuple):
+    """A ``WorkerBuilder.metrics()`` waiting for ``build()`` to know the store."""
+
+    registry: Any
 
 
 class Worker:
@@ -607,6 +618,8 @@ class _Run:
             task = claim.to_task(args)
         try:
             result = self.handle(task, self.ctx)
+        except NotStarted:  # a layer held it back (the worker is stopping): hand it back
+            return Outcome(claim, OutcomeKind.RELEASE)
         except WorkflowError as exc:  # the run cannot go on: retrying cannot help
             return Outcome(claim, OutcomeKind.DEAD, error=safe_text(_describe(exc)), task=task)
         except BaseException as exc:

@@ -251,6 +251,7 @@ class SqlStorage(SqlExpose, Store):
             attempt=_int_or(row["attempts"], 1),
             lease=lease,
             isolated=bool(row["isolate"]),
+            due_at=_float_or_none(row["run_at"]),
         )
         try:
             claim.priority = _field_int(row["priority"], "priority")
@@ -567,6 +568,14 @@ def _retry_busy(dialect: Dialect, fn: Callable[[], T], db: pw.Database | None = 
             log.debug("database busy, retrying in %.3fs: %s", delay, exc)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A stored number as a float; None when it is not one (a claim does not fail on it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _int_or(value: Any, default: int) -> int:
