@@ -205,6 +205,10 @@ class WorkerBuilder:
             for x in self._layers
         ]
         layers.extend(backend.middleware())
+        try:  # each run composes them again; a layer that makes no handle fails now
+            compose(layers, _not_called)
+        except TypeError as exc:
+            raise BuildError(str(exc)) from exc
         return Worker(
             name=self._name,
             backend=self._backend,
@@ -217,6 +221,11 @@ class WorkerBuilder:
             runner=runner,
             layers=layers,
         )
+
+
+def _not_called(task: Task[Any], ctx: WorkerContext) -> Any:
+    """The handle ``build()`` composes the layers over to check them (never called)."""
+    raise RuntimeError("not a real handle")
 
 
 class _RateLimit(NamedTuple):
@@ -317,7 +326,11 @@ class Worker:
         except BaseException:
             self._lock.release()
             raise
-        run = _Run(self, until_idle)
+        try:
+            run = _Run(self, until_idle)
+        except BaseException:
+            self._lock.release()
+            raise
         self._ctx = run.ctx
         # A stop asked while the run was being set up is applied now (after the
         # context is published, so none is lost between the two).
