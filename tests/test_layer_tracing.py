@@ -112,4 +112,4 @@ def test_without_opentelemetry_the_build_says_what_to_install(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_otel)
     with pytest.raises(BuildError, match=r'pip install "taskpipe\[tracing\]"'):
-        WorkerBuilder("w").backend(memory.backend()).tracing()
+        tracing()
