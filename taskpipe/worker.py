@@ -342,6 +342,7 @@ class _Run:
             capacity=worker.capacity,
             report=self._report,
             emit=lambda event: worker._emit(self.ctx, event),
+            close_thread_connection=self.store.close_thread_connection,
         )
         self.ctx.until_idle = until_idle
         self.ctx.beat_interval = self.config.keep_alive_seconds
@@ -401,6 +402,7 @@ class _Run:
             if self.heartbeat_thread is not None:  # a beat stuck on a lock must not hold us
                 self.heartbeat_thread.join(timeout=HEARTBEAT_JOIN)
             self._close_pool()
+            ctx._finish()
             self._call(store.retire, ctx)
             store.close_thread_connection()
             self.worker._emit(ctx, events.Stop())
@@ -637,7 +639,8 @@ class _Run:
         result = self.worker.handler(task.args, **signature.kwargs(task, ctx))
         # (None, the usual result, skips isawaitable's slow ABC check)
         if signature.is_async or (result is not None and inspect.isawaitable(result)):
-            result = self._event_loop().run(result)
+            # Under a ``timeout`` layer, cancelled for real at its deadline.
+            result = self._event_loop().run(result, timeout=ctx.time_left)
         return result
 
     def _call_runner(self, task: Task[Any], ctx: WorkerContext) -> StepOutcome:
