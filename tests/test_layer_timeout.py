@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
+from workflow_support import KINDS, store_maker
 
 from taskpipe import (
     Attempt,
@@ -23,7 +24,6 @@ from taskpipe import (
     WorkerBuilder,
     WorkerContext,
     events,
-    memory,
 )
 from taskpipe.layers import TaskTimeout, timeout
 from taskpipe.workflow import Workflow
@@ -32,10 +32,11 @@ HOLD = 10.0  # the longest a test holds a hung handler (it is released long befo
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request, storage):
-    """The SQLite storage of ``conftest``, and the memory store."""
-    return storage if request.param == "sqlite" else memory.backend()
+@pytest.fixture(params=KINDS)
+def store(request, tmp_path):
+    """A store on a queue of its own: memory, SQLite, and each server whose URL is set."""
+    for make in store_maker(request.param, tmp_path):
+        yield make()
 
 
 def timeout_threads() -> list[threading.Thread]:
