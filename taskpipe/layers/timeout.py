@@ -90,7 +90,9 @@ class _Job:
         self.ctx = ctx
         self.deadline = deadline
         self.cancel = threading.Event()  # set at the deadline: ctx.cancelled
-        self.done = threading.Event()  # set when the runner has finished the call
+        # Held until the runner has finished the call (a bare lock: cheaper than an Event).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.finished = False  # (these three under the handle's lock)
         self.abandoned = False
         self.thread = ""
@@ -104,7 +106,8 @@ class _Runner:
     def __init__(self, owner: _TimeoutHandle, job: _Job, name: str):
         self.owner = owner
         self.job: _Job | None = job
-        self.wake = threading.Event()  # a job was handed over (or None: end)
+        self.wake = threading.Lock()  # released when a job is handed over (None: end)
+        self.wake.acquire()
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
         job.thread = name
 
@@ -120,15 +123,14 @@ class _Runner:
                     job.error = exc
             with owner.lock:
                 job.finished = True
-                job.done.set()
+                job.done.release()
                 keep = not job.abandoned and not owner.closed
                 if keep:
                     owner.idle.append(self)
             job = None
             if not keep:
                 break
-            self.wake.wait()
-            self.wake.clear()
+            self.wake.acquire()
             job = self.job
         if ctx is not None:
             ctx.close_thread_connection()
@@ -155,9 +157,9 @@ class _TimeoutHandle:
             deadline = min(deadline, now + outer)
         job = _Job(self.call_next, task, ctx, deadline)
         self._hand_over(job)
-        if not job.done.wait(max(0.0, deadline - clock.real_monotonic())):
+        if not job.done.acquire(timeout=max(0.0, deadline - clock.real_monotonic())):
             job.cancel.set()
-            job.done.wait(CANCEL_GRACE)
+            job.done.acquire(timeout=CANCEL_GRACE)
             with self.lock:
                 job.abandoned = not job.finished
             error, job.error = job.error, None
@@ -177,7 +179,7 @@ class _TimeoutHandle:
             self.closed = True
             idle, self.idle = self.idle, []
         for runner in idle:
-            runner.wake.set()  # with no job: it ends
+            runner.wake.release()  # with no job: it ends
 
     def _hand_over(self, job: _Job) -> None:
         """Give ``job`` to an idle runner, or to a new one."""
@@ -191,7 +193,7 @@ class _TimeoutHandle:
         if register:
             job.ctx.on_finish(self.close)
         if runner is not None:
-            runner.wake.set()
+            runner.wake.release()
             return
         name = f"taskpipe-{job.ctx.name}-timeout-{next(self.numbers)}"
         _Runner(self, job, name).thread.start()
