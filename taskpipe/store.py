@@ -428,6 +428,18 @@ class Store(TaskSink):
     def close_run(self, ctx: WorkerContext) -> None:
         """The run has stopped taking tasks (after its last claim, before its last acks)."""
 
+    def for_queue(self, queue: str) -> Store:
+        """A store for ``queue`` in the same database, with this store's codec and
+        config (where a ``Router`` pushes a function declared with ``queue=``); this
+        store itself for its own queue. A store that holds one queue only (memory,
+        pipes, custom backends) raises ``CapabilityError``."""
+        if queue == self.queue:
+            return self
+        raise CapabilityError(
+            f"{self!r} holds one queue, so it has no store for queue {queue!r}: use a SQL or "
+            "Redis store (taskpipe.open_storage), or keep every task on this store's queue"
+        )
+
     def middleware(self) -> list[Any]:
         """Layers this store adds around every handler of a worker built on it (inside
         the worker's own ``.layer()``s; see ``taskpipe.layers``). None by default."""

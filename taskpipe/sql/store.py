@@ -507,6 +507,15 @@ class SqlStorage(SqlExpose, Store):
         if not self.db.is_closed() and not self.db.in_transaction():
             self.db.close()
 
+    def for_queue(self, queue: str) -> SqlStorage:
+        """A store of this class for ``queue`` on the same database, with this store's
+        codec, config and capabilities (this store itself for its own queue)."""
+        if queue == self.queue:
+            return self
+        other = type(self)(self.db, queue=queue, codec=self.codec, config=self.config)
+        other.capabilities = self.capabilities  # (with_hook's wake-ups too)
+        return other
+
     def with_capabilities(self, **changes: bool) -> SqlStorage:
         """This store, declaring other capabilities (``with_hook`` adds ``wakeups``)."""
         self.capabilities = replace(self.capabilities, **changes)
