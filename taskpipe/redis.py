@@ -1168,6 +1168,7 @@ class RedisStorage(ExposeMixin, Store):
         outcomes=True,
         recovery=True,
         joins=True,
+        queues=True,
     )
 
     def __init__(

@@ -52,7 +52,13 @@ class SqlStorage(SqlExpose, Store):
     config=Config())``. Engines subclass it with their ``dialect``."""
 
     capabilities = Capabilities(
-        introspection=True, keys=True, follow_ups=True, outcomes=True, recovery=True, joins=True
+        introspection=True,
+        keys=True,
+        follow_ups=True,
+        outcomes=True,
+        recovery=True,
+        joins=True,
+        queues=True,
     )
     dialect: Dialect = Dialect()
 
