@@ -12,6 +12,9 @@ A handler may be any callable whose signature can be read: a function, a bound
 method, a ``functools.partial`` (its bound parameters keep their values), an object
 with ``__call__``, a staticmethod. The first parameter it still takes positionally
 receives the args. ``Signature.is_async`` says whether calling it returns a coroutine.
+
+A ``Router``'s functions take their own arguments instead (``analyse_call``): every
+parameter whose annotation is injectable is injected, every other one is pushed.
 """
 
 from __future__ import annotations

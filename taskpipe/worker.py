@@ -191,7 +191,9 @@ class WorkerBuilder:
         return self.layer(_layers.metrics(registry))
 
     def build(self, handler: Callable[..., Any]) -> Worker:
-        """Check everything and return the ``Worker``; raises ``BuildError`` on mistakes."""
+        """Check everything and return the ``Worker`` running ``handler`` (a function, a
+        workflow, or a ``Router``: each task then runs the function it names); raises
+        ``BuildError`` on mistakes."""
         if self._backend is None:
             raise BuildError(
                 f"worker {self._name!r} has no backend: call .backend(storage) before .build()"

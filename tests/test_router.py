@@ -28,8 +28,10 @@ from taskpipe import (
     WorkerContext,
     events,
     memory,
+    pipe_to,
 )
 from taskpipe.router import NAME_META, RoutedTask
+from taskpipe.sqlite import SharedSqliteStorage, SqliteStorage
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -508,3 +510,15 @@ def test_a_store_of_one_queue_refuses_another_queue():
 def test_router_is_exported():
     assert taskpipe.Router is Router
     assert "Router" in taskpipe.__all__
+
+
+def test_for_queue_of_pipes_and_shared_stores(db, storage):
+    pipe = pipe_to(iter(()), storage)
+    assert pipe.for_queue(pipe.queue) is pipe
+    assert pipe.for_queue("emails").queue == "emails"
+    shared = SharedSqliteStorage(db).make_shared("maps")
+    sibling = shared.for_queue("ints")
+    assert type(sibling) is SqliteStorage and sibling.queue == "ints" and sibling.db is db
+    hooked = SqliteStorage.with_hook(db)
+    assert hooked.for_queue("emails").capabilities.wakeups == hooked.capabilities.wakeups
+    assert storage.for_queue("emails").codec is storage.codec
