@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import threading
 from dataclasses import dataclass
@@ -522,3 +523,28 @@ def test_for_queue_of_pipes_and_shared_stores(db, storage):
     hooked = SqliteStorage.with_hook(db)
     assert hooked.for_queue("emails").capabilities.wakeups == hooked.capabilities.wakeups
     assert storage.for_queue("emails").codec is storage.codec
+
+
+def test_a_timeout_layer_cancels_a_routed_async_function(storage, monkeypatch):
+    hold = 10.0  # the longest the hung function could wait; it is cancelled long before
+    monkeypatch.setattr(importlib.import_module("taskpipe.layers.timeout"), "CANCEL_GRACE", hold)
+    router = Router(storage)
+    cancelled = threading.Event()
+
+    @router.task(name="hang")
+    async def hang(n: int) -> None:
+        try:
+            await asyncio.sleep(hold)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @router.task(name="quick")
+    def quick(n: int) -> int:
+        return n
+
+    hung, fine = hang.push(1), quick.push(2)
+    WorkerBuilder("w").backend(storage).timeout(0.2).build(router).run_until_idle()
+    assert cancelled.is_set()
+    assert storage.fetch_by_id(hung).errors[-1].error.endswith("timeout and was cancelled")
+    assert storage.fetch_by_id(fine).result == 2
