@@ -98,10 +98,12 @@ Dispatch = Callable[[dict[str, Any]], Route]
 
 
 class WorkerBuilder:
-    """Assemble a worker with chained calls, then ``build(handler)``::
+    """Assemble a worker with chained calls, then ``build(handler)``.
 
-    worker = (WorkerBuilder("emails").backend(storage).concurrency(4)
-              .retry(RetryPolicy.retries(3)).on_event(print).build(send))
+    For example::
+
+        worker = (WorkerBuilder("emails").backend(storage).concurrency(4)
+                  .retry(RetryPolicy.retries(3)).on_event(print).build(send))
     """
 
     def __init__(self, name: str):
