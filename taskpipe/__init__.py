@@ -40,6 +40,7 @@ from .layers import RetryPolicy
 from .monitor import Monitor, run_all
 from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
+from .router import Router
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Store, TaskSink
 from .task import (
     Attempt,
@@ -85,6 +86,7 @@ __all__ = [
     "RawStatus",
     "Recovery",
     "RetryPolicy",
+    "Router",
     "SetupError",
     "Status",
     "StorageError",

@@ -51,6 +51,7 @@ from . import __version__, clock, events
 from .connection import ENGINES, connect, open_storage
 from .errors import (
     BuildError,
+    CapabilityError,
     CodecError,
     RunNotFound,
     SetupError,
@@ -61,6 +62,7 @@ from .errors import (
 from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
+from .router import Router
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
@@ -801,7 +803,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
 
 
-@cli.command(short_help="Run a Worker, a Monitor or a handler function.")
+@cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option(
     "--queue",
@@ -858,8 +860,10 @@ def worker(
     log_level: str,
     metrics_port: int | None,
 ) -> None:
-    """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
-    (then a worker is built on --queue of --db)."""
+    """Run the worker MODULE:ATTR names: a Worker, a Monitor, a Router or a handler
+    function. A handler function's worker takes the tasks of --queue of --db; a
+    Router's, those of its own store (or of --db when given), on its queue (or
+    --queue when given): run one per queue its functions use."""
     obj = _import_target(target)
     if metrics_port is not None:
         _metrics_layer(None)  # prometheus-client missing: say so before anything runs
@@ -875,10 +879,16 @@ def worker(
                 err=True,
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
-    elif callable(obj):
+    elif isinstance(obj, Router) or callable(obj):
+        if isinstance(obj, Router):
+            store = _router_storage(obj, target, queue, ctx)
+            default_name = store.queue
+        else:
+            store = _state().storage(queue)
+            default_name = getattr(obj, "__name__", "worker")
         builder = (
-            WorkerBuilder(str(name or getattr(obj, "__name__", "worker")))
-            .backend(_state().storage(queue))
+            WorkerBuilder(str(name or default_name))
+            .backend(store)
             .concurrency(concurrency)
             .retry(RetryPolicy.retries(retries))
             .shutdown_grace(grace)
@@ -892,7 +902,8 @@ def worker(
         workers = [obj]
     else:
         raise BadInput(
-            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
+            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor, a Router or a "
+            "handler function"
         )
     with _logging_to_stderr(log_level), _serving_metrics(metrics_port, workers):
         if until_idle:
@@ -934,6 +945,20 @@ def _serving_metrics(port: int | None, workers: list[Worker]) -> Iterator[None]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _router_storage(router: Router, target: str, queue: str, ctx: click.Context) -> Any:
+    """The store a Router's worker takes tasks from: --queue when given, else the
+    router store's queue; of --db (or TASKPIPE_DB) when given, else of the router."""
+    if ctx.get_parameter_source("queue") is not ParameterSource.COMMANDLINE:
+        queue = router.storage.queue
+    state = _state()
+    if state.url:
+        return state.storage(queue)
+    try:
+        return router.storage_for(queue)
+    except CapabilityError as exc:
+        raise BadInput(f"{target}: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ TaskpipeError
 ├── WorkflowError          a workflow is defined wrongly, or one of its runs cannot go on
 │   └── RunNotFound        no workflow run has that id
 ├── TaskNotFound           no task has that id
+├── UnknownTask            a routed task names no function of the worker's Router
 ├── TaskFailed             wait_for(): the task ended Dead; carries its last error
 └── WaitTimeout            wait_for(): the task did not finish in time
 """
@@ -34,6 +35,7 @@ __all__ = [
     "PipeError",
     "TaskNotFound",
     "TaskFailed",
+    "UnknownTask",
     "WorkflowError",
     "RunNotFound",
     "WaitTimeout",
@@ -90,6 +92,11 @@ class PipeError(TaskpipeError):
 
 class TaskNotFound(TaskpipeError, LookupError):
     """No task with that id exists in the store."""
+
+
+class UnknownTask(TaskpipeError, LookupError):
+    """A task's name (its meta ``"task"``) is none of the functions of the worker's
+    ``Router``: the worker makes it Dead at once, with this message."""
 
 
 class TaskFailed(TaskpipeError):

@@ -191,6 +191,10 @@ class Pipe(Store):
         """The sink's connection for this thread."""
         self.sink.close_thread_connection()
 
+    def for_queue(self, queue: str) -> Store:
+        """The sink's store for ``queue`` (this pipe for its own queue)."""
+        return self if queue == self.queue else self.sink.for_queue(queue)
+
     def encode_result(self, value: Any) -> Any:
         """The sink encodes results."""
         return self.sink.encode_result(value)

@@ -1168,6 +1168,7 @@ class RedisStorage(ExposeMixin, Store):
         outcomes=True,
         recovery=True,
         joins=True,
+        queues=True,
     )
 
     def __init__(
@@ -1207,6 +1208,20 @@ class RedisStorage(ExposeMixin, Store):
 
     def __repr__(self) -> str:
         return f"RedisStorage(queue={self.queue!r}, prefix={self.prefix!r})"
+
+    def for_queue(self, queue: str) -> RedisStorage:
+        """A ``RedisStorage`` for ``queue`` on the same client and prefix, with this
+        store's codec, config and retention (this store itself for its own queue)."""
+        if queue == self.queue:
+            return self
+        return RedisStorage(
+            self.client,
+            queue=queue,
+            codec=self.codec,
+            config=self.config,
+            prefix=self.prefix,
+            keep_finished=self.keep_finished,
+        )
 
     # Setup -----------------------------------------------------------------------------
     @classmethod

@@ -109,6 +109,9 @@ class Capabilities:
     #: ``Outcome.join_parts`` are recorded with the ack, and a join completes exactly
     #: once (workflows' fan-in); ``join_parts()`` and ``tasks_with_key_prefix()``.
     joins: bool = False
+    #: ``for_queue(queue)`` gives a store for another queue of the same database (a
+    #: ``Router`` pushes a function declared with ``queue=`` there).
+    queues: bool = False
 
 
 def require(store: Any, capability: str, purpose: str) -> None:
@@ -433,6 +436,16 @@ class Store(TaskSink):
 
     def close_run(self, ctx: WorkerContext) -> None:
         """The run has stopped taking tasks (after its last claim, before its last acks)."""
+
+    def for_queue(self, queue: str) -> Store:
+        """A store for ``queue`` in the same database, with this store's codec and
+        config (where a ``Router`` pushes a function declared with ``queue=``); this
+        store itself for its own queue. Needs the ``queues`` capability (without it,
+        a store holds one queue only: memory, pipes, custom backends)."""
+        if queue == self.queue:
+            return self
+        require(self, "queues", f"give a store for queue {queue!r} (it holds one queue)")
+        raise NotImplementedError  # a store that declares ``queues`` overrides this
 
     def middleware(self) -> list[Any]:
         """Layers this store adds around every handler of a worker built on it (inside

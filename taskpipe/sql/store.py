@@ -52,7 +52,13 @@ class SqlStorage(SqlExpose, Store):
     config=Config())``. Engines subclass it with their ``dialect``."""
 
     capabilities = Capabilities(
-        introspection=True, keys=True, follow_ups=True, outcomes=True, recovery=True, joins=True
+        introspection=True,
+        keys=True,
+        follow_ups=True,
+        outcomes=True,
+        recovery=True,
+        joins=True,
+        queues=True,
     )
     dialect: Dialect = Dialect()
 
@@ -507,6 +513,15 @@ class SqlStorage(SqlExpose, Store):
             return  # one shared connection (":memory:"): it lives as long as the database
         if not self.db.is_closed() and not self.db.in_transaction():
             self.db.close()
+
+    def for_queue(self, queue: str) -> SqlStorage:
+        """A store of this class for ``queue`` on the same database, with this store's
+        codec, config and capabilities (this store itself for its own queue)."""
+        if queue == self.queue:
+            return self
+        other = type(self)(self.db, queue=queue, codec=self.codec, config=self.config)
+        other.capabilities = self.capabilities  # (with_hook's wake-ups too)
+        return other
 
     def with_capabilities(self, **changes: bool) -> SqlStorage:
         """This store, declaring other capabilities (``with_hook`` adds ``wakeups``)."""
