@@ -51,7 +51,7 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:runs {p}:seen {p}:held:{run} {p}:orphans   worker runs, last beats, held tasks
     {p}:tok:{token}          a write's result for 5 minutes (replays after a reconnect)
     {p}:limit:{key}          a rate limit's last reserved start (``take_slot``); it
-                             expires once the slot after it is past
+                             expires a minute after the slot after it is past
     {p}:wake                 pub/sub channel: a push publishes its queue name
 
 Priorities are exact up to 2**53 in magnitude (a zset score is a double). Run times
@@ -982,7 +982,7 @@ local last = tonumber(redis.call('GET', k))
 local start = now
 if last and last + interval > now then start = last + interval end
 local s = string.format('%%.17g', start)
-redis.call('SET', k, s, 'PX', math.ceil((start + interval - now) * 1000) + 1000)
+redis.call('SET', k, s, 'PX', math.ceil((start + interval - now) * 1000) + 60000)
 return s
 """
 
