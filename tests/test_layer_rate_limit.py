@@ -96,21 +96,26 @@ def _one_ran_one_handed_back(store, ids, ran) -> None:
 def test_a_stopping_worker_hands_back_the_task_waiting_for_its_limit():
     store = MemoryBackend(queue="limited")
     entered: list[Any] = []
-    second = threading.Event()
+    second, started = threading.Event(), threading.Event()
     ran: list[str] = []
     seen: list[events.Event] = []
+
+    def handler(item: str) -> None:
+        ran.append(item)
+        started.set()
+
     worker = (
         WorkerBuilder("limited")
         .backend(store)
         .concurrency(2)
         .layer(_announce(entered, second))
-        .rate_limit(1, 3600)  # the second task would wait an hour
+        .rate_limit(1, 3600)  # the task after the first would wait an hour
         .on_event(lambda ctx, event: seen.append(event))
-        .build(ran.append)
+        .build(handler)
     )
     ids = store.push_bulk(["first", "second"])
     thread = _run_in_thread(worker)
-    assert second.wait(10)
+    assert started.wait(10) and second.wait(10)  # one ran; the other is at its limit
     worker.stop()
     thread.join(10)
     assert not thread.is_alive(), "the stop did not interrupt the task's wait"
@@ -167,6 +172,15 @@ def test_a_key_is_shared_by_the_stores_of_one_database_whatever_their_queue(db):
         assert emails.take_slot("smtp", 1.0) == 0.0
         assert reports.take_slot("smtp", 1.0) == 1.0
         assert reports.take_slot("other", 1.0) == 0.0
+
+
+def test_a_pipe_counts_a_shared_limit_in_its_sink():
+    sink = MemoryBackend(queue="piped")
+    pipe = taskpipe.pipe_to(iter([1, 2]), sink)
+    WorkerBuilder("w").backend(pipe).rate_limit(5, 1, key="api").build(print)
+    with freeze_time("2030-01-01"):
+        assert pipe.take_slot("api", 1.0) == 0.0
+        assert sink.take_slot("api", 1.0) == 1.0
 
 
 def _cross_process_url(kind: str, tmp_path) -> tuple[str, Any]:

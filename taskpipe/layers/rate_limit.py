@@ -24,6 +24,7 @@ the strict side. Waiting is real time, under ``run_until_idle()`` too.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ def rate_limit(
     if seconds <= 0:
         raise ValueError(f"rate_limit() needs per > 0, got {per!r}")
     interval = seconds / n
+    reserve: Callable[[], float]
     if key is None:
         reserve = _LocalSlots(interval).take
     else:
@@ -93,7 +95,7 @@ class _LocalSlots:
         return start - now
 
 
-def _store_slots(store: Any, key: str, interval: float) -> Any:
+def _store_slots(store: Any, key: str, interval: float) -> Callable[[], float]:
     """``reserve()`` for a limit kept by ``store`` under ``key``."""
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
         raise ValueError(
