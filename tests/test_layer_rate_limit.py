@@ -241,21 +241,24 @@ def test_a_key_without_a_store_says_how_to_give_one():
 
 
 @pytest.mark.parametrize(
-    ("n", "per", "key", "error"),
+    ("n", "per", "key", "message"),
     [
-        (0, 1, None, ValueError),
-        (1.5, 1, None, ValueError),
-        (True, 1, None, ValueError),
-        (5, 0, None, ValueError),
-        (5, -1, None, ValueError),
-        (5, "1s", None, TypeError),
-        (5, 1, "", ValueError),
-        (5, 1, "k" * 201, ValueError),
+        (0, 1, None, "positive int"),
+        (1.5, 1, None, "positive int"),
+        (True, 1, None, "positive int"),
+        (5, 0, None, "positive finite"),
+        (5, -1, None, "must not be negative"),
+        (5, float("inf"), None, "positive finite"),
+        (5, "1s", None, "timedelta or a number"),
+        (5, 1, "", "key must be"),
+        (5, 1, "k" * 201, "key must be"),
     ],
 )
-def test_bad_limits_are_refused(n, per, key, error):
-    with pytest.raises(error):
+def test_bad_limits_are_build_errors(n, per, key, message):
+    with pytest.raises(BuildError, match=message):
         rate_limit(n, per, key=key, store=MemoryBackend())
+    with pytest.raises(BuildError, match=message):
+        WorkerBuilder("w").backend(MemoryBackend()).rate_limit(n, per, key=key).build(print)
 
 
 # The SQL table ------------------------------------------------------------------------------------

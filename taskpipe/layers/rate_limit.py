@@ -23,13 +23,14 @@ the strict side. Waiting is real time, under ``run_until_idle()`` too.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..errors import CapabilityError, NotStarted
+from ..errors import BuildError, CapabilityError, NotStarted
 from ..store import require
 from .chain import Handle, Layer
 
@@ -49,12 +50,15 @@ def rate_limit(
     """Start at most ``n`` tasks every ``per`` (a timedelta or seconds), evenly spaced;
     tasks over the limit wait. With ``key``, the limit is shared by every worker of
     ``store`` (which must declare ``rate_limits``); ``WorkerBuilder.rate_limit``
-    passes the worker's store."""
+    passes the worker's store. Bad values are a ``BuildError``."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"rate_limit() needs n, a positive int of starts, got {n!r}")
-    seconds = clock.seconds(per, name="per")
-    if seconds <= 0:
-        raise ValueError(f"rate_limit() needs per > 0, got {per!r}")
+        raise BuildError(f"rate_limit() needs n, a positive int of starts, got {n!r}")
+    try:
+        seconds = clock.seconds(per, name="per")
+    except (TypeError, ValueError) as exc:
+        raise BuildError(f"rate_limit(): {exc}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise BuildError(f"rate_limit() needs per, a positive finite duration, got {per!r}")
     interval = seconds / n
     reserve: Callable[[], float]
     if key is None:
@@ -98,7 +102,7 @@ class _LocalSlots:
 def _store_slots(store: Any, key: str, interval: float) -> Callable[[], float]:
     """``reserve()`` for a limit kept by ``store`` under ``key``."""
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
-        raise ValueError(
+        raise BuildError(
             f"rate_limit() key must be a non-empty str of at most {MAX_KEY_CHARS} "
             f"characters, got {key!r}"
         )
