@@ -11,6 +11,7 @@ TaskpipeError
 ├── BuildError             a worker or backend was assembled wrongly (at build time)
 │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
 ├── PipeError              a piped source failed (its exception is the __cause__)
+├── NotStarted             a layer held a task back and the worker stopped: handed back
 ├── WorkflowError          a workflow is defined wrongly, or one of its runs cannot go on
 │   └── RunNotFound        no workflow run has that id
 ├── TaskNotFound           no task has that id
@@ -33,6 +34,7 @@ __all__ = [
     "BuildError",
     "CapabilityError",
     "PipeError",
+    "NotStarted",
     "TaskNotFound",
     "TaskFailed",
     "UnknownTask",
@@ -88,6 +90,12 @@ class CapabilityError(BuildError):
 
 class PipeError(TaskpipeError):
     """A piped source raised, or an endless source ended; the cause is attached."""
+
+
+class NotStarted(TaskpipeError):
+    """Raised by a layer that held a task back (a rate limit) when the worker stopped
+    before the task could start: the worker hands the task back to Pending, its attempt
+    not counted. Raised while the worker is not stopping, it is a failed attempt."""
 
 
 class TaskNotFound(TaskpipeError, LookupError):

@@ -175,6 +175,10 @@ class Pipe(Store):
         """The sink records the outcomes."""
         self.sink.ack(outcomes)
 
+    def take_slot(self, key: str, interval: float) -> float:
+        """The sink's rate limit ``key`` (its ``rate_limits`` capability)."""
+        return self.sink.take_slot(key, interval)
+
     def beat(self, ctx: WorkerContext) -> None:
         """The sink's heartbeat."""
         self.sink.beat(ctx)

@@ -35,6 +35,14 @@ With the ``joins`` capability (workflows' fan-in), three more::
                           the tasks whose key starts with ``prefix`` (and is below
                           ``before``), greatest key first: ``[(key, TaskInfo)]``
 
+With the ``rate_limits`` capability (``rate_limit(n, per, key=…)`` across workers)::
+
+    take_slot(key, interval)
+                          reserve the next start of ``key``: the later of now and
+                          the last reserved start plus ``interval``, as one atomic
+                          read-modify-write across threads, processes and hosts;
+                          return the seconds to wait until it (0.0: start now)
+
 Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
 goes up by one); a release (claimed, never started) takes it back; an interruption
 at shutdown keeps it; a recovery after a dead worker takes it back and counts a
@@ -112,6 +120,9 @@ class Capabilities:
     #: ``for_queue(queue)`` gives a store for another queue of the same database (a
     #: ``Router`` pushes a function declared with ``queue=`` there).
     queues: bool = False
+    #: ``take_slot()`` spaces task starts per key across every worker of the store
+    #: (``rate_limit(n, per, key=…)``).
+    rate_limits: bool = False
 
 
 def require(store: Any, capability: str, purpose: str) -> None:
@@ -415,6 +426,16 @@ class Store(TaskSink):
         queue (Pending or Failed), due or not; None when there is none. A store that
         cannot tell returns the current time: the worker then claims after each
         polling delay."""
+        raise NotImplementedError
+
+    def take_slot(self, key: str, interval: float) -> float:
+        """Stores with ``rate_limits``: atomically reserve the next start slot of the
+        limit ``key`` (shared by every worker of the store, whatever its queue) and
+        return how many seconds to wait before starting (0.0: now). The slot is the
+        later of now and the last reserved slot plus ``interval`` seconds; it becomes
+        the last reserved slot. Concurrent calls (threads, processes, hosts) get
+        distinct slots, ``interval`` apart. Times are ``clock.timestamp()``, read by
+        the caller (as for every other time a store records)."""
         raise NotImplementedError
 
     def beat(self, ctx: WorkerContext) -> None:

@@ -37,6 +37,7 @@ from . import layers as _layers
 from .context import WorkerContext
 from .errors import (
     BuildError,
+    NotStarted,
     OutcomeRefused,
     PipeError,
     TaskpipeError,
@@ -45,7 +46,6 @@ from .errors import (
 )
 from .injection import Signature, analyse
 from .layers import Handle, Layer, RetryPolicy, compose
-from .layers.chain import NotStarted
 from .signals import graceful_signals
 from .store import Claim, JoinPart, Outcome, OutcomeKind, Row, Store, safe_text
 from .task import Task
@@ -679,8 +679,10 @@ class _Run:
             task = claim.to_task(args)
         try:
             result = self.handle(task, self.ctx)
-        except NotStarted:  # a layer held it back (the worker is stopping): hand it back
-            return Outcome(claim, OutcomeKind.RELEASE)
+        except NotStarted as exc:  # a layer held it back (a rate limit) and we are stopping
+            if self.ctx.stopping:
+                return Outcome(claim, OutcomeKind.RELEASE)  # back to Pending, uncounted
+            return self._failure(claim, task, exc)
         except WorkflowError as exc:  # the run cannot go on: retrying cannot help
             return Outcome(claim, OutcomeKind.DEAD, error=safe_text(_describe(exc)), task=task)
         except BaseException as exc:

@@ -10,8 +10,17 @@ from freezegun import freeze_time
 from helpers import run_with_safety
 from server_drain import until
 
-from taskpipe import BuildError, RetryPolicy, Status, Task, WorkerBuilder, events, memory
-from taskpipe.layers import NotStarted, circuit_breaker, filter
+from taskpipe import (
+    BuildError,
+    NotStarted,
+    RetryPolicy,
+    Status,
+    Task,
+    WorkerBuilder,
+    events,
+    memory,
+)
+from taskpipe.layers import circuit_breaker, filter
 from taskpipe.layers.circuit import CircuitBreaker
 
 

@@ -20,14 +20,12 @@ The first layer added is the outermost. A store may add its own layers
 (``Store.middleware()``), inside the worker's. Retries stay outside every layer:
 what a layer raises is a failed attempt, retried by the policy. The built-in
 layers, each also a ``WorkerBuilder`` shortcut: ``timeout``, ``rate_limit``,
-``circuit_breaker``, ``filter``, ``tracing`` and ``metrics``. A layer that holds a
-task back without starting it (the worker is stopping) raises ``NotStarted``: the
-task goes back to the store, its attempt uncounted.
+``circuit_breaker``, ``filter``, ``tracing`` and ``metrics``.
 """
 
 from __future__ import annotations
 
-from .chain import Handle, Layer, NotStarted, compose
+from .chain import Handle, Layer, compose
 from .circuit import circuit_breaker
 from .filtering import filter  # noqa: A004 - the layer's name, as the builder's shortcut
 from .metrics import metrics
@@ -39,7 +37,6 @@ from .tracing import tracing
 __all__ = [
     "Handle",
     "Layer",
-    "NotStarted",
     "RetryPolicy",
     "TaskTimeout",
     "circuit_breaker",

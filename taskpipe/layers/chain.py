@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TaskpipeError
-
 if TYPE_CHECKING:
     from ..context import WorkerContext
     from ..task import Task
 
-__all__ = ["Handle", "Layer", "NotStarted", "compose"]
+__all__ = ["Handle", "Layer", "compose"]
 
 #: ``handle(task, ctx)``: run the task (``task.args`` already decoded) and return its
 #: result, or raise (a failed attempt).
@@ -19,11 +17,6 @@ Handle = Callable[["Task[Any]", "WorkerContext"], Any]
 
 #: ``layer(call_next)``: wrap a handle in another.
 Layer = Callable[[Handle], Handle]
-
-
-class NotStarted(TaskpipeError):
-    """Raised by a layer when the task was never started: the worker hands it back,
-    attempt uncounted."""
 
 
 def compose(layers: Sequence[Layer], handle: Handle) -> Handle:

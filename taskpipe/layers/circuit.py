@@ -22,8 +22,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import clock, events
-from ..errors import BuildError
-from .chain import Handle, NotStarted
+from ..errors import BuildError, NotStarted
+from .chain import Handle
 
 if TYPE_CHECKING:
     from ..context import WorkerContext

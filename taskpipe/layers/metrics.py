@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..errors import BuildError
-from .chain import Handle, Layer, NotStarted
+from ..errors import BuildError, NotStarted
+from .chain import Handle, Layer
 
 if TYPE_CHECKING:
     from ..context import WorkerContext

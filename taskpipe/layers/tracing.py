@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BuildError
-from .chain import Handle, Layer, NotStarted
+from ..errors import BuildError, NotStarted
+from .chain import Handle, Layer
 
 if TYPE_CHECKING:
     from ..context import WorkerContext

@@ -59,6 +59,7 @@ class SqlStorage(SqlExpose, Store):
         recovery=True,
         joins=True,
         queues=True,
+        rate_limits=True,
     )
     dialect: Dialect = Dialect()
 
@@ -489,6 +490,20 @@ class SqlStorage(SqlExpose, Store):
         """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
         rows = self._run(lambda: self._execute(self.dialect.queries.join_parts, (key,)).fetchall())
         return [(int(slot), bytes(value)) for slot, value in rows]
+
+    # Rate limits ----------------------------------------------------------------------
+    def take_slot(self, key: str, interval: float) -> float:
+        """Reserve the next start of rate limit ``key`` (shared by every store on this
+        database) in one write transaction, under the key's row lock; return the
+        seconds to wait for it. Times are the caller's ``clock.timestamp()``."""
+
+        def reserve() -> float:
+            with self._write_tx():  # (SQLite: the write lock is held from here)
+                now = clock.timestamp()
+                start = self.dialect.take_slot(self.db, key, now, interval)
+            return max(0.0, start - now)
+
+        return self._run(reserve)
 
     def tasks_with_key_prefix(
         self, prefix: str, *, limit: int = 1000, before: str | None = None
