@@ -86,7 +86,9 @@ def test_throughput_counts_done_tasks_and_failed_attempts_per_bucket(store):
     assert [(b.done, b.failed) for b in buckets] == [(1, 0), (1, 1), (0, 0), (0, 1)]
     # every queue: at least this one's (engines share a database between tests)
     assert [b.start for b in everywhere] == [b.start for b in buckets]
-    assert all(e.done >= b.done and e.failed >= b.failed for e, b in zip(everywhere, buckets))
+    assert all(
+        e.done >= b.done and e.failed >= b.failed for e, b in zip(everywhere, buckets, strict=True)
+    )
     assert [(b.done, b.failed) for b in elsewhere] == [(0, 0)] * 4
 
 
