@@ -39,6 +39,7 @@
   function when(iso) {
     if (!iso) return "-";
     const seconds = (Date.now() - Date.parse(iso)) / 1000;
+    if (Math.abs(seconds) < 2) return "just now";
     return span(Math.abs(seconds)) + (seconds >= 0 ? " ago" : " from now");
   }
   function span(s) {
