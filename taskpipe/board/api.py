@@ -2,8 +2,10 @@
 
 Every read is bounded: a page of tasks, counts on the stores' indexes
 (``list_queues(done=False)``; the Done totals are recounted at most every
-``DONE_COUNTS_TTL`` seconds, in the background), one ``throughput`` call, a page of
-workers, and key-prefix walks for cron streams and workflow runs.
+``DONE_COUNTS_TTL`` seconds, in the background), ``throughput`` of the last few
+minutes (the day's older buckets are recounted in the background every
+``SETTLED_TTL`` seconds), a page of workers, and key-prefix walks for cron streams
+and workflow runs.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import clock
 from ..expose import jsonable
 from ..task import Status, Task
+from .cache import Refreshed
 
 __all__ = ["ApiError", "BoardApi", "preview", "PREVIEW_CHARS"]
 
@@ -28,6 +29,8 @@ PREVIEW_CHARS = 200  # args, results and errors are cut to this in lists
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 DONE_COUNTS_TTL = 15.0  # seconds between recounts of the Done totals
+SETTLED_TTL = 60.0  # seconds between recounts of the past day's throughput
+BUCKET = 300.0  # seconds: the overview's throughput bars (12 an hour; hourly: 12 summed)
 MAX_STREAMS = 50  # cron streams shown
 MAX_RUNS = 50  # workflow runs shown
 MAX_QUEUE_NAME = 200
@@ -84,15 +87,6 @@ def checked_id(text: str) -> int:
     return int(text)
 
 
-@dataclass
-class _DoneCounts:
-    """The Done total of each queue, as last counted, and when."""
-
-    counts: dict[str, int]
-    at: float  # epoch seconds (shown)
-    at_mono: float  # monotonic seconds (for the age)
-
-
 class BoardApi:
     """The answers of the board's API over ``store`` (one that declares
     ``introspection``); ``streams`` are ``CronStream`` objects whose next tick it can
@@ -103,8 +97,8 @@ class BoardApi:
         self.streams = {s.name: s for s in streams}
         self._siblings: dict[str, Any] = {store.queue: store}
         self._lock = threading.Lock()
-        self._done: _DoneCounts | None = None
-        self._recounting = False
+        self._done = Refreshed(self._count_done, DONE_COUNTS_TTL, "count Done tasks")
+        self._settled = Refreshed(self._settled_buckets, SETTLED_TTL, "count past throughput")
 
     # Capabilities --------------------------------------------------------------------------
     def can(self, capability: str) -> bool:
@@ -143,7 +137,7 @@ class BoardApi:
         minute bars) and day (hourly bars), lag, paused queues and live workers."""
         now = clock.timestamp()
         live = {q.name: q for q in self.store.list_queues(done=False)}
-        done = self._done_counts()
+        done = self._done.get()
         paused = set(self.store.paused_queues()) if self.can("pausing") else set()
         names = sorted(set(live) | set(done) | paused)
         queues = []
@@ -164,13 +158,13 @@ class BoardApi:
                 }
             )
         day_start = (now // 3600 - 23) * 3600  # 24 whole hours, the current one last
-        buckets = self.store.throughput(day_start, 300)
+        buckets = self._day_buckets(day_start, now)
         hour = buckets[-12:]
         day = [
             {
-                "start": jsonable(buckets[i].start),
-                "done": sum(b.done for b in buckets[i : i + 12]),
-                "failed": sum(b.failed for b in buckets[i : i + 12]),
+                "start": buckets[i]["start"],
+                "done": sum(b["done"] for b in buckets[i : i + 12]),
+                "failed": sum(b["failed"] for b in buckets[i : i + 12]),
             }
             for i in range(0, len(buckets), 12)
         ]
@@ -178,40 +172,43 @@ class BoardApi:
         return {
             "now": _iso(now),
             "queues": queues,
-            "done_counted_at": None if self._done is None else _iso(self._done.at),
-            "hour": [jsonable(b) for b in hour],
+            "done_counted_at": _iso(self._done.computed_at or now),
+            "hour": hour,
             "day": day,
             "workers": [jsonable(w) for w in workers],
             "capabilities": {"pausing": self.can("pausing"), "joins": self.can("joins")},
         }
 
-    def _done_counts(self) -> dict[str, int]:
-        """The Done total per queue: counted now the first time, then recounted in a
-        background thread once ``DONE_COUNTS_TTL`` has passed (requests never wait)."""
-        with self._lock:
-            current = self._done
-            stale = current is None or time.monotonic() - current.at_mono > DONE_COUNTS_TTL
-            start = stale and current is not None and not self._recounting
-            if start:
-                self._recounting = True
-        if current is None:
-            self._recount()
-            return self._done.counts if self._done is not None else {}
-        if start:
-            threading.Thread(target=self._recount, name="taskpipe-board-count", daemon=True).start()
-        return current.counts
+    def _count_done(self) -> dict[str, int]:
+        """The Done total of each queue (a scan of the Done index on SQL: cached)."""
+        return {q.name: q.done for q in self.store.list_queues()}
 
-    def _recount(self) -> None:
-        try:
-            counts = {q.name: q.done for q in self.store.list_queues()}
-            made = _DoneCounts(counts, clock.timestamp(), time.monotonic())
-            with self._lock:
-                self._done = made
-        except Exception:
-            log.exception("taskpipe board: counting Done tasks failed")
-        finally:
-            with self._lock:
-                self._recounting = False
+    def _settled_buckets(self) -> tuple[float, dict[float, tuple[int, int]]]:
+        """(cut, counts by bucket start) of the last day's buckets that ended before
+        ``cut``: they no longer change (cached; only the buckets after ``cut`` are read
+        at each request)."""
+        now = clock.timestamp()
+        cut = now // BUCKET * BUCKET
+        since = (now // 3600 - 23) * 3600
+        buckets = self.store.throughput(since, BUCKET) if cut > since else []
+        return cut, {
+            b.start.timestamp(): (b.done, b.failed) for b in buckets if b.start.timestamp() < cut
+        }
+
+    def _day_buckets(self, day_start: float, now: float) -> list[dict[str, Any]]:
+        """The last day's buckets of ``BUCKET`` seconds from ``day_start``, the current
+        one last: the settled ones from the cache, the recent ones read now."""
+        cut, settled = self._settled.get()
+        if now - cut > 3600:  # the cache could not be refreshed for an hour: read it all
+            cut, settled = day_start, {}
+        counts = dict(settled)
+        for b in self.store.throughput(max(cut, day_start), BUCKET):
+            counts[b.start.timestamp()] = (b.done, b.failed)
+        starts = range(int(day_start), int(now // BUCKET * BUCKET) + 1, int(BUCKET))
+        return [
+            {"start": _iso(t), "done": counts.get(t, (0, 0))[0], "failed": counts.get(t, (0, 0))[1]}
+            for t in starts
+        ]
 
     # Tasks --------------------------------------------------------------------------------
     def tasks(self, params: dict[str, str]) -> dict[str, Any]:

@@ -98,10 +98,10 @@
   const views = {
     overview: { build: () => el("div", { id: "overview" }), load: () => get("overview"), render: renderOverview },
     tasks: { build: buildTasks, load: (p) => get("tasks?" + new URLSearchParams(p).toString()), render: renderTasks },
-    task: { build: () => el("div", { id: "task" }), load: (p, id) => get("tasks/" + q(id)), render: renderTask },
+    task: { build: () => el("div", { id: "task" }), load: (p, id) => get("tasks/" + q(id)), render: renderTask, still: true },
     schedules: { build: () => el("div", { id: "schedules" }), load: () => get("schedules"), render: renderSchedules },
     runs: { build: () => el("div", { id: "runs" }), load: () => get("runs"), render: renderRuns },
-    run: { build: () => el("div", { id: "run" }), load: (p, id) => get("runs/" + q(id)), render: renderRun },
+    run: { build: () => el("div", { id: "run" }), load: (p, id) => get("runs/" + q(id)), render: renderRun, still: true },
   };
 
   function parseHash() {
@@ -133,7 +133,11 @@
     try {
       const data = await current.spec.load(current.params, current.arg);
       if (current !== view) return;
-      current.spec.render(data, current.params, current.arg);
+      // a page showing no relative times is left alone while nothing changed (a
+      // selection or a scroll position survives the refresh)
+      const text = current.spec.still ? JSON.stringify(data) : null;
+      if (text === null || text !== current.last) current.spec.render(data, current.params, current.arg);
+      current.last = text;
       document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
     } catch (err) {
       if (current === view) document.getElementById("status").textContent = "error: " + err.message;
