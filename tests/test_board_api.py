@@ -454,3 +454,39 @@ def test_the_command_refuses_a_short_token(dbfile_cli):
 def dbfile_cli(db_path, db):
     """A set-up database file's path."""
     return db_path
+
+
+def _etl():
+    """A DAG: three start nodes feeding one collector."""
+    from taskpipe.workflow import DagFlow
+
+    def get_name(user_id: int) -> str:
+        return str(user_id)
+
+    def get_age(user_id: int) -> int:
+        return 1
+
+    def get_city(user_id: int) -> int:
+        return 2
+
+    def collect(inputs: tuple[str, int, int]) -> int:
+        return int(inputs[0]) + inputs[1] + inputs[2]
+
+    dag = DagFlow("etl")
+    parents = dag.node(get_name), dag.node(get_age), dag.node(get_city)
+    dag.node(collect).depends_on(*parents)
+    dag.validate()
+    return dag
+
+
+def test_a_dag_run_tells_when_each_node_started(storage):
+    from taskpipe import WorkerBuilder
+
+    dag = _etl()
+    run_id = storage.start_fan_out([1, 2, 3], flow=dag)
+    WorkerBuilder("etl").backend(storage).build(dag).run_until_idle()
+    run = call(make_app(storage), "GET", f"/api/runs/{run_id}").json
+    assert run["state"] == "done"
+    starts = {s["name"]: s["created_at"] for s in run["steps"]}
+    assert starts["get_name"] == starts["get_age"] == starts["get_city"]
+    assert starts["collect"] > starts["get_name"]

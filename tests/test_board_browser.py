@@ -209,3 +209,19 @@ def _demo_data(store):
         run = ctx(name)
         queue.beat(run)
         queue.claim(run, 2)
+
+
+def test_a_dag_run_shows_as_a_graph(browser, board):
+    from test_board_api import _etl
+
+    from taskpipe import WorkerBuilder
+
+    store, url = board
+    dag = _etl()
+    run_id = store.start_fan_out([1, 2, 3], flow=dag)
+    WorkerBuilder("etl").backend(store).build(dag).run_until_idle()
+    open_page(browser, url + f"#run/{run_id}")
+    wait_for(browser, ".graph rect[data-step]")
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".graph rect[data-step]")) == 4
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".graph line")) == 3  # the fan-in
+    assert "null" not in browser.find_element(By.ID, "run").text.split("Steps")[0]

@@ -33,6 +33,7 @@ SETTLED_TTL = 60.0  # seconds between recounts of the past day's throughput
 BUCKET = 300.0  # seconds: the overview's throughput bars (12 an hour; hourly: 12 summed)
 MAX_STREAMS = 50  # cron streams shown
 MAX_RUNS = 50  # workflow runs shown
+MAX_STEPS_TIMED = 100  # steps of a run whose start time is read (one lookup each)
 MAX_QUEUE_NAME = 200
 CRON_PREFIX = "cron:"
 
@@ -380,7 +381,15 @@ class BoardApi:
         """One workflow run and its steps (nodes), oldest first."""
         if not run_id or ":" in run_id or not run_id.isalnum() or len(run_id) > 64:
             raise ApiError(400, f"not a run id: {run_id[:40]!r}")
-        return jsonable(self.store.workflow_status(run_id))
+        data = jsonable(self.store.workflow_status(run_id))
+        # when each step's first task was made: the page lays a DAG out by it (nodes
+        # released by one finished parent were made together)
+        for step in data["steps"][:MAX_STEPS_TIMED]:
+            first = min(step["tasks"], default=None)
+            step["created_at"] = (
+                None if first is None else jsonable(self.store.fetch_by_id(first).created_at)
+            )
+        return data
 
 
 def _iso(ts: float) -> str:

@@ -144,7 +144,10 @@
     }
     timer = setTimeout(refresh, REFRESH_MS);
   }
-  function slot(id) { return document.getElementById(id); }
+  function slot(id) {
+    const node = document.getElementById(id);
+    return { replaceChildren: (...children) => node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false)) };
+  }
 
   // Overview ------------------------------------------------------------------------
   function renderOverview(data) {
@@ -326,29 +329,40 @@
     root.replaceChildren(el("h2", { text: "Workflow runs" }), table);
   }
   function renderRun(r) {
-    // Steps in columns by the time their first task was made: a DAG's nodes that a
-    // finished parent released together stand side by side.
-    const columns = [];
+    // Steps in columns by the time their first task was made: the nodes a finished
+    // parent released together stand in one column. Lines join a column to the next
+    // where one side is a single node (a chain, a fan-out, a fan-in); the store does
+    // not record edges, so other links are not drawn.
     const byTime = new Map();
     for (const s of r.steps) {
-      const key = s.tasks.length ? Math.min(...s.tasks) : Infinity;
-      byTime.set(s, key);
+      const key = s.created_at || "~not reached";
+      if (!byTime.has(key)) byTime.set(key, []);
+      byTime.get(key).push(s);
     }
-    const steps = [...r.steps].sort((a, b) => byTime.get(a) - byTime.get(b));
-    steps.forEach((s, i) => { columns.push([s]); void i; });
+    const columns = [...byTime.keys()].sort().map((k) => byTime.get(k));
     const colours = { pending: "#3b82f6", running: "#f59e0b", done: "#10b981", failed: "#f97316", dead: "#ef4444" };
-    const w = 150, h = 44, gap = 40;
-    const box = svg("svg", { width: Math.max(300, columns.length * (w + gap)), height: h + 30, role: "img", "aria-label": "steps" });
-    columns.forEach((col, c) => col.forEach((s) => {
-      const x = 10 + c * (w + gap), y = 10;
-      if (c > 0) box.append(svg("line", { x1: x - gap, y1: y + h / 2, x2: x, y2: y + h / 2, stroke: "#94a3b8", "stroke-width": 2 }));
-      box.append(svg("rect", { x, y, width: w, height: h, rx: 8, fill: colours[s.state] || "#cbd5e1" }));
-      const label = svg("text", { x: x + 8, y: y + 18, fill: "#fff" });
-      label.textContent = (s.name || s.step).slice(0, 20);
-      const state = svg("text", { x: x + 8, y: y + 34, fill: "#fff" });
-      state.textContent = (s.state || "not reached") + (s.tasks.length > 1 ? " ×" + s.tasks.length : "");
-      box.append(label, state);
-    }));
+    const w = 150, h = 44, gap = 50, vgap = 14;
+    const tallest = Math.max(1, ...columns.map((c) => c.length));
+    const box = svg("svg", { width: Math.max(300, columns.length * (w + gap)), height: tallest * (h + vgap) + 10, role: "img", "aria-label": "steps" });
+    const centre = (c, i) => [10 + c * (w + gap), 10 + i * (h + vgap) + h / 2];
+    columns.forEach((col, c) => {
+      const next = columns[c + 1];
+      if (next && (col.length === 1 || next.length === 1)) {
+        col.forEach((_, i) => next.forEach((__, j) => {
+          const [x1, y1] = centre(c, i), [x2, y2] = centre(c + 1, j);
+          box.append(svg("line", { x1: x1 + w, y1, x2, y2, stroke: "#94a3b8", "stroke-width": 2 }));
+        }));
+      }
+      col.forEach((s, i) => {
+        const [x, yc] = centre(c, i), y = yc - h / 2;
+        const node = svg("rect", { x, y, width: w, height: h, rx: 8, fill: colours[s.state] || "#cbd5e1", "data-step": s.step });
+        const label = svg("text", { x: x + 8, y: y + 18, fill: "#fff" });
+        label.textContent = (s.name || s.step).slice(0, 20);
+        const state = svg("text", { x: x + 8, y: y + 34, fill: "#fff" });
+        state.textContent = (s.state || "not reached") + (s.tasks.length > 1 ? " ×" + s.tasks.length : "");
+        box.append(node, label, state);
+      });
+    });
     const table = el("table", {}, el("tr", {}, ["Step", "Function", "State", "Tasks", "Attempts", "Result / error"].map((x) => el("th", { text: x }))),
       r.steps.map((s) => el("tr", {}, el("td", { text: s.step }), el("td", { text: s.name || "" }), el("td", {}, s.state ? badge(s.state) : "-"),
         el("td", {}, s.tasks.slice(0, 10).map((id) => el("a", { href: "#task/" + id, text: "#" + id + " " }))),
