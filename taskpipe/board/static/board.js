@@ -176,8 +176,8 @@
           className: "count", href: "#tasks?queue=" + q(queue.name) + "&status=" + s, "data-count": s },
           el("b", { text: (counts[s] || 0).toLocaleString() }), el("span", { text: s })))),
         bar,
-        el("div", { className: "muted" }, queue.lag === null ? "no task waiting past its due time"
-          : "oldest due task waiting " + span(queue.lag)),
+        el("div", { className: "muted lag" }, queue.lag === null ? "no task waiting past its due time"
+          : queue.lag < 1 ? "due tasks waiting under a second" : "oldest due task waiting " + span(queue.lag)),
         buttons));
     }
     const charts = el("div", { className: "charts" },
