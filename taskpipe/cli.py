@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import importlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -1574,6 +1575,69 @@ def run(run_id: str, as_json: bool) -> None:
     ]
     lines.append(_table(["STEP", "FUNCTION", "STATE", "TASKS", "ATTEMPTS", "RESULT / ERROR"], rows))
     click.echo("\n".join(lines))
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback(host: str) -> bool:
+    """True for an address that only this machine reaches."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command(short_help="Serve the board: a web page of the store's queues and tasks.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--read-only", is_flag=True, help="Show, never change: no action is offered.")
+@click.option(
+    "--token",
+    envvar="TASKPIPE_BOARD_TOKEN",
+    show_envvar=True,
+    help="Every request needs it (open the page as /?token=…); required off loopback.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Bind an address other machines reach without a token (anyone there can act).",
+)
+@click.option("--quiet", is_flag=True, help="Do not log a line per request.")
+@_db_option
+def board(
+    host: str, port: int, read_only: bool, token: str | None, insecure_no_auth: bool, quiet: bool
+) -> None:
+    """Serve the board: queues, tasks, schedules and workflow runs, and actions on
+    them (retry, kill, delete, push, pause), as a web page and a JSON API under /api/.
+
+    It binds 127.0.0.1 by default; another address needs --token (or
+    --insecure-no-auth). Ctrl-C stops it."""
+    from .board import make_app
+    from .board.server import make_board_server
+
+    if not _loopback(host) and token is None and not insecure_no_auth:
+        raise BadInput(
+            f"--host {_shown(host)} is reachable from other machines: give --token "
+            "(or --insecure-no-auth to serve it to anyone who can reach it)"
+        )
+    if token is not None and len(token) < 8:
+        raise BadInput("--token must be at least 8 characters")
+    app = make_app(_state().storage(), read_only=read_only, token=token)
+    try:
+        server = make_board_server(app, host, port, quiet=quiet)
+    except OSError as exc:
+        raise Failure(f"cannot serve on {_shown(host)}:{port}: {exc.strerror or exc}") from None
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{server.server_port}/"
+    click.echo(f"taskpipe board on {url}" + ("?token=…" if token else "") + " (Ctrl-C stops it)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:
