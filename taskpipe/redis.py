@@ -1009,8 +1009,6 @@ _SCRIPTS = {
     "retry_dead": _RETRY_DEAD,
     "purge": _PURGE,
     "take_slot": _TAKE_SLOT,
-"""
-
     "delete": _DELETE,
 }
 
