@@ -13,6 +13,10 @@ a pytest plugin.
         assert [type(e) for e in ran] == [events.Success]
         assert [c.name for c in store.calls_to("insert")] == ["insert"]
 
+``run_until_idle(router)`` runs the tasks of a ``Router``'s queue. ``eager(router)``
+makes each ``fn.push(...)`` of the router run its task at once, through the store as
+in production (encoded, claimed, decoded, run with layers), and raise what it raised.
+
 ``RecordingStore`` is an in-memory store (a ``MemoryBackend``: same codec behaviour,
 so a value that would not encode in production does not encode here) that records
 every call to a store primitive. ``run_until_idle`` runs a worker until nothing is

@@ -259,3 +259,27 @@ def test_every_public_name_has_a_docstring():
             n for n, m in vars(cls).items() if not n.startswith("_") and not inspect.getdoc(m)
         ]
         assert undocumented == [], cls
+
+
+def test_the_board_mounts_under_a_prefix(tmp_path):
+    try:
+        from taskpipe.board import make_app
+    except ImportError:
+        pytest.skip("taskpipe.board not merged yet")
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    app = make_app_with_home(tmp_path)
+    tp = Taskpipe(app)
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/taskpipe": make_app(tp.storage, read_only=True)}
+    )
+    client = app.test_client()
+    assert client.get("/").data == b"home"
+    board = client.get("/taskpipe/")
+    assert board.status_code == 200 and b"home" not in board.data
+
+
+def make_app_with_home(tmp_path: Path) -> Any:
+    app = make_app(tmp_path, "board")
+    app.add_url_rule("/", "home", lambda: "home")
+    return app
