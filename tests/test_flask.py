@@ -217,6 +217,8 @@ def test_the_worker_command_runs_the_tasks_in_the_app_context(tmp_path):
     assert done.exit_code == 0, done.output
     assert done.output == f"task {task_id} done\nhandled 1 task\n"
     assert tp.router.storage_for("reports").fetch_by_id(task_id).result == "Hello monday"
+    other_db = runner.invoke(args=["taskpipe", "--db", "other.db", "worker", "--until-idle"])
+    assert other_db.exit_code == 2 and "--db is for the other commands" in other_db.output
 
 
 def test_taskpipe_commands_use_the_config_store_or_db(tmp_path):

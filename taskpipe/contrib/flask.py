@@ -312,6 +312,7 @@ def _command_group() -> click.Group:
     def group(ctx: click.Context, db: str | None) -> None:
         """taskpipe's jobs of this app: its worker, and taskpipe's commands on the
         store of app.config["TASKPIPE_DB"] (--db for another)."""
+        ctx.meta["taskpipe.flask.db"] = db  # the worker refuses it: it runs the app's store
         state = ctx.ensure_object(tp_cli._State)
         if state.url is None:
             url = db or _current_state().url
@@ -382,6 +383,11 @@ def _worker_command(tp_cli: Any) -> click.Command:
     ) -> None:
         """Run a worker over the app's tasks (those registered with @tp.task), each
         inside the app context, on TASKPIPE_QUEUE (or --queue: one worker per queue)."""
+        if click.get_current_context().meta.get("taskpipe.flask.db"):
+            raise tp_cli.BadInput(
+                "flask taskpipe worker runs the app's tasks on its store (TASKPIPE_DB): "
+                "--db is for the other commands"
+            )
         state = _current_state()
         store = state.router.storage_for(queue)
         builder = (
