@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import importlib
+import functools
 import itertools
 import json
 import logging
@@ -61,10 +61,12 @@ from .errors import (
 from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
+from .processes import Supervisor
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
 from .store import require
+from .targets import import_target, runnable
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -763,28 +765,10 @@ def setup() -> None:
 
 # worker ---------------------------------------------------------------------------------------
 def _import_target(spec: str) -> Any:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise BadInput(f"expected MODULE:ATTR (e.g. myapp.tasks:send_email), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise BadInput(
-                f"cannot import {module_name!r}: no such module (is its directory on PYTHONPATH?)"
-            ) from exc
-        raise BadInput(f"cannot import {module_name!r}: {exc}") from exc
-    except Exception as exc:
-        raise BadInput(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise BadInput(f"module {module_name!r} has no attribute {attr!r}") from None
-    return target
+        return import_target(spec)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def _print_events(ctx: Any, event: events.Event) -> None:
@@ -829,6 +813,13 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     help="Shutdown grace for running tasks.",
 )
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
+@click.option(
+    "--processes",
+    "-p",
+    type=_Int64(min=1),
+    metavar="N",
+    help="Run the worker in N processes, restarted if they die (default: in this one).",
+)
 @click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
 @click.option(
@@ -848,13 +839,19 @@ def worker(
     retries: int,
     grace: float,
     until_idle: bool,
+    processes: int | None,
     name: str | None,
     quiet: bool,
     log_level: str,
 ) -> None:
     """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
-    (then a worker is built on --queue of --db)."""
+    (then a worker is built on --queue of --db). With --processes N, N child
+    processes each run one (named NAME-1, NAME-2…), started again if they die;
+    SIGINT/SIGTERM drain them all."""
+    if processes is not None and until_idle:
+        raise BadInput("--until-idle runs in this process only: drop --processes")
     obj = _import_target(target)
+    factory: Callable[[], Worker | Monitor]
     if isinstance(obj, (Worker, Monitor)):
         ignored = [
             f"--{p.replace('_', '-')}"
@@ -867,31 +864,92 @@ def worker(
                 err=True,
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
+        factory = functools.partial(_child_runnable, target, log_level)
     elif callable(obj):
-        builder = (
-            WorkerBuilder(str(name or getattr(obj, "__name__", "worker")))
-            .backend(_state().storage(queue))
-            .concurrency(concurrency)
-            .retry(RetryPolicy.retries(retries))
-            .shutdown_grace(grace)
+        options = _HandlerOptions(
+            queue,
+            concurrency,
+            retries,
+            grace,
+            str(name or getattr(obj, "__name__", "worker")),
+            quiet,
         )
-        if not quiet:
-            builder.on_event(_print_events)
         try:
-            obj = builder.build(obj)
+            obj = options.build(obj, _state().storage(queue))
         except BuildError as exc:
             raise BadInput(f"{target}: {exc}") from exc
         workers = [obj]
+        factory = functools.partial(
+            _child_handler_worker, target, _state().url or "", options, log_level
+        )
     else:
         raise BadInput(
             f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
         )
+    if processes is not None:
+        _state().close()  # the children open their own connections; the parent needs none
+        with _logging_to_stderr(log_level):
+            status = Supervisor(factory, processes).run()
+        if status:
+            raise click.exceptions.Exit(status)
+        return
     with _logging_to_stderr(log_level):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
             click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
         else:
             obj.run()
+
+
+@dataclass(frozen=True)
+class _HandlerOptions:
+    """How ``worker`` builds a worker around a handler function (sent to each child)."""
+
+    queue: str
+    concurrency: int
+    retries: int
+    grace: float
+    name: str
+    quiet: bool
+
+    def build(self, handler: Callable[..., Any], storage: Any) -> Worker:
+        """The worker these options describe, on ``storage``."""
+        builder = (
+            WorkerBuilder(self.name)
+            .backend(storage)
+            .concurrency(self.concurrency)
+            .retry(RetryPolicy.retries(self.retries))
+            .shutdown_grace(self.grace)
+        )
+        if not self.quiet:
+            builder.on_event(_print_events)
+        return builder.build(handler)
+
+
+def _child_runnable(target: str, log_level: str) -> Worker | Monitor:
+    """In a ``--processes`` child: the Worker or Monitor ``target`` names."""
+    _child_logging(log_level)
+    return runnable(import_target(target), target)
+
+
+def _child_handler_worker(
+    target: str, url: str, options: _HandlerOptions, log_level: str
+) -> Worker:
+    """In a ``--processes`` child: a worker around the handler ``target`` names, on a
+    connection of its own to ``url``."""
+    _child_logging(log_level)
+    return options.build(import_target(target), open_storage(url, options.queue))
+
+
+def _child_logging(level: str) -> None:
+    """Show taskpipe's log records on stderr in a child process (it lives for the worker)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}]: %(message)s")
+    )
+    logger = logging.getLogger("taskpipe")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
 
 
 @contextlib.contextmanager
