@@ -103,6 +103,7 @@ class Supervisor:
         self._stop_level = 0
         self._wake: int | None = None
         self._slots: list[_Slot] = []
+        self._running = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Supervisor({self.target!r}, processes={self.processes})"
@@ -135,7 +136,18 @@ class Supervisor:
         """Start the children and look after them until stopped; returns 0 when every
         child stopped cleanly, 1 when one had crashed, was waiting to restart, or had
         to be killed after the grace. SIGINT/SIGTERM are handled when called from the
-        main thread."""
+        main thread. Asked to stop before it starts, it returns 0 at once."""
+        if not self._running.acquire(blocking=False):
+            raise RuntimeError(f"{self!r} is already running")
+        try:
+            if self._stop_level:
+                return 0
+            return self._run()
+        finally:
+            self._stop_level = 0
+            self._running.release()
+
+    def _run(self) -> int:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         self._wake = wake_w
@@ -152,7 +164,6 @@ class Supervisor:
                     slot.process.kill()
                     slot.process.join()
                     slot.process = None
-        self._stop_level = 0
         return 0 if all(s.exitcode == 0 for s in self._slots) else 1
 
     # The loop ----------------------------------------------------------------------------

@@ -18,14 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import processes_app
 import pytest
 from click.testing import CliRunner
-
-import processes_app
-import taskpipe
 from server_drain import until
+
+import taskpipe
 from taskpipe import BuildError, Supervisor
 from taskpipe.cli import cli
+from taskpipe.processes import _Slot
 from taskpipe.sqlite import SqliteStorage, connect
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -284,3 +285,36 @@ def test_bad_processes_options_exit_2(db, args, message):
     )
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_asked_to_stop_before_it_runs_it_starts_nothing():
+    supervisor = Supervisor("processes_crash_app:worker", processes=2)
+    supervisor.stop()
+    assert supervisor.run() == 0
+    assert supervisor.pids == []
+
+
+class _DeadProcess:
+    """What ``_reap`` sees of a child that has exited with status 1."""
+
+    pid = 4242
+    exitcode = 1
+
+    def join(self) -> None:
+        pass
+
+
+def test_the_restart_delay_doubles_up_to_its_cap_and_resets_after_a_long_life(caplog):
+    caplog.set_level(logging.WARNING, logger="taskpipe.processes")
+    supervisor = Supervisor("m:a", 1, restart_delay=0.5, max_restart_delay=4)
+    slot = _Slot(1)
+
+    def crash(lived: float) -> float:
+        slot.process, slot.started_at = _DeadProcess(), time.monotonic() - lived
+        supervisor._reap(slot, stopping=False)
+        return caplog.records[-1].args[-1]
+
+    assert [crash(lived=0.1) for _ in range(5)] == [0.5, 1, 2, 4, 4]
+    assert crash(lived=5) == 0.5  # it had run longer than the longest delay
+    assert crash(lived=0.1) == 1
+    assert slot.exitcode == 1 and slot.restart_at is not None
