@@ -887,6 +887,8 @@ def worker(
             f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
         )
     if processes is not None:
+        for w in workers:  # a store never set up: exit 2 now, not a crash loop of children
+            w.backend.check_setup()
         _state().close()  # the children open their own connections; the parent needs none
         with _logging_to_stderr(log_level):
             status = Supervisor(factory, processes).run()

@@ -338,29 +338,35 @@ def _exit_description(code: int | None) -> str:
 # The child's side ---------------------------------------------------------------------
 def _child(target: Target, index: int, conn: Connection) -> None:
     """A child process: build the worker, rename it ``<name>-<index>``, tell the
-    supervisor its grace and run it, stopping when the supervisor says (or is gone)."""
+    supervisor its grace and run it, stopping when the supervisor says (or is gone).
+    A taskpipe error (a bad target, a store never set up…) is one line on stderr and
+    exit status 1."""
     # Until the worker installs its own handlers, a Ctrl-C meant for the supervisor
     # (the terminal signals the whole group) must not kill a child mid-import.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     control = _Control(conn)
     try:
-        if isinstance(target, str):
-            obj = runnable(import_target(target), target)
-        else:
-            obj = runnable(target(), f"{getattr(target, '__name__', target)!r}()")
+        obj = _build(target)
+        workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
+        for worker in workers:
+            worker.name = f"{worker.name}-{index}"
+        try:
+            conn.send(max((w.grace for w in workers), default=0.0))
+        except OSError:  # the supervisor is gone: the control thread stops us
+            pass
+        control.attach(obj)
+        obj.run()
     except TaskpipeError as exc:
         print(f"taskpipe child {index}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
-    workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
-    for worker in workers:
-        worker.name = f"{worker.name}-{index}"
-    try:
-        conn.send(max((w.grace for w in workers), default=0.0))
-    except OSError:  # the supervisor is gone: the control thread stops us
-        pass
-    control.attach(obj)
-    obj.run()
+
+
+def _build(target: Target) -> Runnable:
+    """The Worker or Monitor ``target`` names or returns."""
+    if isinstance(target, str):
+        return runnable(import_target(target), target)
+    return runnable(target(), f"{getattr(target, '__name__', target)!r}()")
 
 
 class _Control:

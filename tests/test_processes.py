@@ -318,3 +318,18 @@ def test_the_restart_delay_doubles_up_to_its_cap_and_resets_after_a_long_life(ca
     assert crash(lived=5) == 0.5  # it had run longer than the longest delay
     assert crash(lived=0.1) == 1
     assert slot.exitcode == 1 and slot.restart_at is not None
+
+
+def test_a_store_never_set_up_exits_2_before_any_child_starts(tmp_path, monkeypatch):
+    (tmp_path / "unset_app.py").write_text(
+        "from taskpipe import WorkerBuilder\n"
+        "from taskpipe.sqlite import SqliteStorage, connect\n"
+        f"storage = SqliteStorage(connect({str(tmp_path / 'empty.db')!r}))\n"
+        "worker = WorkerBuilder('unset').backend(storage).build(print)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(
+        cli, ["worker", "unset_app:worker", "--processes", "2"], prog_name="taskpipe"
+    )
+    assert result.exit_code == 2
+    assert "setup" in result.output
