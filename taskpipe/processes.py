@@ -104,6 +104,7 @@ class Supervisor:
         self._wake: int | None = None
         self._slots: list[_Slot] = []
         self._running = threading.Lock()
+        self._wake_lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"Supervisor({self.target!r}, processes={self.processes})"
@@ -125,12 +126,14 @@ class Supervisor:
         self._poke()
 
     def _poke(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            try:
-                os.write(wake, b"x")
-            except OSError:  # full (a wake-up is already waiting) or closed (run is over)
-                pass
+        # Under the lock that closes the pipe, so a late stop() never writes to an fd
+        # reused since; reentrant, for a signal handler that interrupts the closing.
+        with self._wake_lock:
+            if self._wake is not None:
+                try:
+                    os.write(self._wake, b"x")
+                except BlockingIOError:  # full: a wake-up is already waiting
+                    pass
 
     def run(self) -> int:
         """Start the children and look after them until stopped; returns 0 when every
@@ -156,9 +159,10 @@ class Supervisor:
             with graceful_signals(self.stop, self._stop_hard, "supervisor"):
                 self._supervise(wake_r)
         finally:
-            self._wake = None
-            os.close(wake_w)
-            os.close(wake_r)
+            with self._wake_lock:
+                self._wake = None
+                os.close(wake_w)
+                os.close(wake_r)
             for slot in self._slots:  # only after an unexpected error: none is left otherwise
                 if slot.process is not None:
                     slot.process.kill()
@@ -222,10 +226,17 @@ class Supervisor:
             args=(self.target, slot.index, there),
             name=f"taskpipe-child-{slot.index}",
         )
-        process.start()
+        slot.started_at, slot.restart_at = time.monotonic(), None
+        try:
+            process.start()
+        except OSError as exc:  # out of processes or memory, for now: try again later
+            here.close()
+            there.close()
+            slot.exitcode = None
+            self._plan_restart(slot, f"could not start ({exc})", lived=0.0)
+            return
         there.close()
-        slot.process, slot.conn = process, here
-        slot.started_at, slot.restart_at, slot.exitcode = time.monotonic(), None, None
+        slot.process, slot.conn, slot.exitcode = process, here, None
         log.info("supervisor: started child %d (pid %d)", slot.index, process.pid)
 
     def _reap(self, slot: _Slot, *, stopping: bool) -> None:
@@ -250,19 +261,23 @@ class Supervisor:
                 process.pid,
             )
         else:
-            if lived >= self.max_restart_delay:
-                slot.failures = 0
-            slot.failures += 1
-            delay = min(self.restart_delay * 2 ** (slot.failures - 1), self.max_restart_delay)
-            slot.restart_at = time.monotonic() + delay
-            log.warning(
-                "supervisor: child %d (pid %d) %s after %.1fs; restarting it in %.2fs",
-                slot.index,
-                process.pid,
-                how,
-                lived,
-                delay,
-            )
+            self._plan_restart(slot, f"(pid {process.pid}) {how}", lived)
+
+    def _plan_restart(self, slot: _Slot, what: str, lived: float) -> None:
+        """Start the slot's child again after the backoff delay (which a child that
+        lived longer than ``max_restart_delay`` resets)."""
+        if lived >= self.max_restart_delay:
+            slot.failures = 0
+        slot.failures += 1
+        delay = min(self.restart_delay * 2 ** (slot.failures - 1), self.max_restart_delay)
+        slot.restart_at = time.monotonic() + delay
+        log.warning(
+            "supervisor: child %d %s after %.1fs; restarting it in %.2fs",
+            slot.index,
+            what,
+            lived,
+            delay,
+        )
 
     def _grace(self) -> float:
         """The longest shutdown grace any child's workers said they have."""
