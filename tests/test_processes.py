@@ -21,7 +21,9 @@ from typing import Any
 import processes_app
 import pytest
 from click.testing import CliRunner
+from helpers import engine_url
 from server_drain import until
+from test_cli_servers import SERVERS, _place
 
 import taskpipe
 from taskpipe import BuildError, Supervisor
@@ -58,8 +60,8 @@ def storage(db: Path) -> Any:
 class Command:
     """``python -m taskpipe --db DB worker …`` in a subprocess, stderr to a file."""
 
-    def __init__(self, db: Path, *args: str, **env: str):
-        self.err_path = db.parent / "supervisor.err"
+    def __init__(self, db: Path | str, *args: str, **env: str):
+        self.err_path = Path(env.pop("PROCS_DIR", os.environ["PROCS_DIR"])) / "supervisor.err"
         path = os.pathsep.join([TESTS, REPO, os.environ.get("PYTHONPATH", "")])
         environ = dict(os.environ, PYTHONPATH=path, **env)
         with open(self.err_path, "wb") as err:
@@ -333,3 +335,28 @@ def test_a_store_never_set_up_exits_2_before_any_child_starts(tmp_path, monkeypa
     )
     assert result.exit_code == 2
     assert "setup" in result.output
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> Any:
+    """An empty place of this test's own on each server whose URL is set (else skip)."""
+    base = engine_url(request.param, "run --processes on it")
+    yield from _place(request.param, base)
+
+
+def test_children_open_their_own_connection_to_a_server_store(server_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCS_DIR", str(tmp_path))
+    db = taskpipe.connect(server_url)  # a peewee database, or a Redis client
+    store: Any = taskpipe.open_storage(db)
+    type(store).setup(store)
+    ids = store.push_bulk([0] * 40)
+    command = Command(server_url, "processes_app:slow", "--processes", "2", "--quiet")
+    try:
+        until(lambda: store.stats()["done"] == 40, "every task to be done")
+        command.signal(signal.SIGTERM)
+        assert command.wait(LIMIT) == 0, command.stderr
+    finally:
+        command.close()
+        db.close()
+    count = collections.Counter(i for ran in runs(tmp_path).values() for i in ran)
+    assert count == collections.Counter(int(i) for i in ids)
