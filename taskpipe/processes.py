@@ -1,6 +1,7 @@
 """Run a worker in several processes, so that CPU-bound Python handlers use every core::
 
-    Supervisor("myapp.tasks:worker", processes=4).run()    # or: taskpipe worker … --processes 4
+    if __name__ == "__main__":     # spawned children re-import the main script
+        Supervisor("myapp.tasks:worker", processes=4).run()  # or: taskpipe worker … --processes 4
 
 The supervisor starts N child processes with multiprocessing's *spawn* method (a fresh
 interpreter: nothing, no open database connection above all, is inherited from the

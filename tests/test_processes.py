@@ -360,3 +360,18 @@ def test_children_open_their_own_connection_to_a_server_store(server_url, tmp_pa
         db.close()
     count = collections.Counter(i for ran in runs(tmp_path).values() for i in ran)
     assert count == collections.Counter(int(i) for i in ids)
+
+
+def test_the_cpu_bound_example_runs_in_two_processes(tmp_path):
+    env = dict(os.environ, CPU_BOUND_DB=str(tmp_path / "jobs.db"))
+    env["PYTHONPATH"] = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "cpu_bound.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=LIMIT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "supervisor exited 0" in result.stdout
+    assert "'cpu-1'" in result.stdout or "'cpu-2'" in result.stdout
