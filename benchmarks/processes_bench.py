@@ -16,7 +16,8 @@ usual command line:
   deleted afterwards (nothing else is touched; no FLUSHDB).
 
 A rate is N / (the last task's end - the first task's start) over all of a contender's
-processes, so start-up is not counted. Targets: ``--processes 2`` at least 1.7x the best
+processes, so start-up is not counted. Beside it, the CPU time its processes used per
+task (start-up included): on a busy machine the rates say little, this still does. Targets: ``--processes 2`` at least 1.7x the best
 one-process rate on 2 cores, and ahead of huey and Celery. ``--quick``: 1,000 tasks.
 With ``--write`` the row replaces its namesake in ``benchmarks/results/latest.json``.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -186,8 +188,11 @@ class Celery(Contender):
         client.close()
 
 
-def drain(contender: Contender, n: int, loops: int, peer: str) -> float:
-    """Tasks/s of ``contender`` draining ``n`` tasks queued beforehand."""
+def drain(contender: Contender, n: int, loops: int, peer: str) -> tuple[float, float]:
+    """Tasks/s of ``contender`` draining ``n`` tasks queued beforehand, and the CPU
+    seconds per task its processes used (start-up included: a figure that holds on a
+    busy machine, where the rate does not)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with scratch_dir() as directory:
         out = os.path.join(directory, "out")
         os.mkdir(out)
@@ -209,7 +214,9 @@ def drain(contender: Contender, n: int, loops: int, peer: str) -> float:
                 _wait_for(out, n, proc, err_path)
             finally:
                 _stop(proc)
-            return n / _window(out)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)  # of every reaped descendant
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            return n / _window(out), cpu / n
         finally:
             contender.clean()
 
@@ -279,6 +286,7 @@ def main() -> None:
         (Celery(options.redis_url), "celery"),
     ]
     rates: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
     for contender, _ in contenders:
         why = contender.available()
         if why:
@@ -286,14 +294,17 @@ def main() -> None:
     runnable = [(c, p) for c, p in contenders if c.available() is None]
     for _ in range(options.reps):  # interleaved, medians kept
         for contender, peer in runnable:
-            rates.setdefault(contender.name, []).append(drain(contender, n, loops, peer))
+            rate, cpu = drain(contender, n, loops, peer)
+            rates.setdefault(contender.name, []).append(rate)
+            cpus.setdefault(contender.name, []).append(cpu)
     result = {name: median(values) for name, values in rates.items()}
 
     one = max(result[c.name] for c, _ in contenders[:2] if c.name in result)
     two = result[contenders[2][0].name]
-    print(f"\n{'contender':44} {'tasks/s':>9} {'vs one process':>15}")
+    print(f"\n{'contender':44} {'tasks/s':>9} {'vs one process':>15} {'CPU ms/task':>12}")
     for name, rate in result.items():
-        print(f"{name:44} {rate:9.1f} {rate / one:14.2f}x")
+        cpu_ms = median(cpus[name]) * 1000
+        print(f"{name:44} {rate:9.1f} {rate / one:14.2f}x {cpu_ms:12.2f}")
     peers = {c.name: result[c.name] for c, p in contenders[3:] if c.name in result}
     print(f"\n--processes 2 vs the best one-process run: {two / one:.2f}x (target >= 1.7x)")
     for name, rate in peers.items():
