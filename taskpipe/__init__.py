@@ -22,6 +22,7 @@ from .errors import (
     BuildError,
     CapabilityError,
     CodecError,
+    NotStarted,
     OutcomeRefused,
     PipeError,
     PushError,
@@ -41,6 +42,7 @@ from .monitor import Monitor, run_all
 from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
 from .processes import Supervisor
+from .router import Router
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Store, TaskSink
 from .task import (
     Attempt,
@@ -75,6 +77,7 @@ __all__ = [
     "JsonCodec",
     "Monitor",
     "MsgPackCodec",
+    "NotStarted",
     "Outcome",
     "OutcomeKind",
     "OutcomeRefused",
@@ -86,6 +89,7 @@ __all__ = [
     "RawStatus",
     "Recovery",
     "RetryPolicy",
+    "Router",
     "SetupError",
     "Status",
     "StorageError",

@@ -51,6 +51,7 @@ from . import __version__, clock, events
 from .connection import ENGINES, connect, open_storage
 from .errors import (
     BuildError,
+    CapabilityError,
     CodecError,
     RunNotFound,
     SetupError,
@@ -62,6 +63,7 @@ from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
 from .processes import Supervisor
+from .router import Router
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
@@ -785,7 +787,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
 
 
-@cli.command(short_help="Run a Worker, a Monitor or a handler function.")
+@cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option(
     "--queue",
@@ -829,6 +831,11 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     show_default=True,
     help="What taskpipe logs to stderr while the worker runs.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (extra: metrics).",
+)
 @_db_option
 @click.pass_context
 def worker(
@@ -843,14 +850,21 @@ def worker(
     name: str | None,
     quiet: bool,
     log_level: str,
+    metrics_port: int | None,
 ) -> None:
-    """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
-    (then a worker is built on --queue of --db). With --processes N, N child
-    processes each run one (named NAME-1, NAME-2…), started again if they die;
-    SIGINT/SIGTERM drain them all."""
+    """Run the worker MODULE:ATTR names: a Worker, a Monitor, a Router or a handler
+    function. A handler function's worker takes the tasks of --queue of --db; a
+    Router's, those of its own store (or of --db when given), on its queue (or
+    --queue when given): run one per queue its functions use. With --processes N,
+    N child processes each run one (named NAME-1, NAME-2…), started again if they
+    die; SIGINT/SIGTERM drain them all."""
     if processes is not None and until_idle:
         raise BadInput("--until-idle runs in this process only: drop --processes")
+    if processes is not None and metrics_port is not None:
+        raise BadInput("--metrics-port serves one process: drop it or --processes")
     obj = _import_target(target)
+    if metrics_port is not None:
+        _metrics_layer(None)  # prometheus-client missing: say so before anything runs
     factory: Callable[[], Worker | Monitor]
     if isinstance(obj, (Worker, Monitor)):
         ignored = [
@@ -865,26 +879,32 @@ def worker(
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
         factory = functools.partial(_child_runnable, target, log_level)
-    elif callable(obj):
+    elif isinstance(obj, Router) or callable(obj):
+        if isinstance(obj, Router):
+            store = _router_storage(obj, target, queue, ctx)
+            default_name = store.queue
+        else:
+            store = _state().storage(queue)
+            default_name = getattr(obj, "__name__", "worker")
         options = _HandlerOptions(
-            queue,
+            store.queue,
             concurrency,
             retries,
             grace,
-            str(name or getattr(obj, "__name__", "worker")),
+            str(name or default_name),
             quiet,
+            _state().url,
         )
         try:
-            obj = options.build(obj, _state().storage(queue))
+            obj = options.build(obj, store)
         except BuildError as exc:
             raise BadInput(f"{target}: {exc}") from exc
         workers = [obj]
-        factory = functools.partial(
-            _child_handler_worker, target, _state().url or "", options, log_level
-        )
+        factory = functools.partial(_child_handler_worker, target, options, log_level)
     else:
         raise BadInput(
-            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
+            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor, a Router or a "
+            "handler function"
         )
     if processes is not None:
         for w in workers:  # a store never set up: exit 2 now, not a crash loop of children
@@ -895,7 +915,7 @@ def worker(
         if status:
             raise click.exceptions.Exit(status)
         return
-    with _logging_to_stderr(log_level):
+    with _logging_to_stderr(log_level), _serving_metrics(metrics_port, workers):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
             click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
@@ -913,9 +933,11 @@ class _HandlerOptions:
     grace: float
     name: str
     quiet: bool
+    url: str | None  # --db; None: a Router's own store
 
     def build(self, handler: Callable[..., Any], storage: Any) -> Worker:
-        """The worker these options describe, on ``storage``."""
+        """The worker these options describe around ``handler`` (a function or a
+        Router), on ``storage``."""
         builder = (
             WorkerBuilder(self.name)
             .backend(storage)
@@ -934,13 +956,18 @@ def _child_runnable(target: str, log_level: str) -> Worker | Monitor:
     return runnable(import_target(target), target)
 
 
-def _child_handler_worker(
-    target: str, url: str, options: _HandlerOptions, log_level: str
-) -> Worker:
-    """In a ``--processes`` child: a worker around the handler ``target`` names, on a
-    connection of its own to ``url``."""
+def _child_handler_worker(target: str, options: _HandlerOptions, log_level: str) -> Worker:
+    """In a ``--processes`` child: a worker around the handler or Router ``target``
+    names, on a connection of its own (to --db, or the Router's own store)."""
     _child_logging(log_level)
-    return options.build(import_target(target), open_storage(url, options.queue))
+    handler = import_target(target)
+    if options.url:
+        store = open_storage(options.url, options.queue)
+    elif isinstance(handler, Router):
+        store = handler.storage_for(options.queue)
+    else:
+        raise BuildError(f"{target}: no --db to take its tasks from")
+    return options.build(handler, store)
 
 
 def _child_logging(level: str) -> None:
@@ -952,6 +979,54 @@ def _child_logging(level: str) -> None:
     logger = logging.getLogger("taskpipe")
     logger.addHandler(handler)
     logger.setLevel(level.upper())
+
+
+def _metrics_layer(store: Any) -> Any:
+    """The metrics layer over ``store``; a clear error when prometheus-client is missing."""
+    from .layers import metrics
+
+    try:
+        return metrics(store=store)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _serving_metrics(port: int | None, workers: list[Worker]) -> Iterator[None]:
+    """With a port: each worker gets the metrics layer (outermost), and the default
+    registry is served on 127.0.0.1:port while the workers run."""
+    if port is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    for w in workers:
+        w.layers.insert(0, _metrics_layer(w.backend))
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise BadInput(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+    click.echo(f"metrics on http://127.0.0.1:{port}/metrics", err=True)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _router_storage(router: Router, target: str, queue: str, ctx: click.Context) -> Any:
+    """The store a Router's worker takes tasks from: --queue when given, else the
+    router store's queue; of --db (or TASKPIPE_DB) when given, else of the router."""
+    if ctx.get_parameter_source("queue") is not ParameterSource.COMMANDLINE:
+        queue = router.storage.queue
+    state = _state()
+    if state.url:
+        return state.storage(queue)
+    try:
+        return router.storage_for(queue)
+    except CapabilityError as exc:
+        raise BadInput(f"{target}: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@
 The supervisor starts N child processes with multiprocessing's *spawn* method (a fresh
 interpreter: nothing, no open database connection above all, is inherited from the
 parent). Each child builds its own worker from the target, an import path
-(``MODULE:ATTR``) of a ``Worker`` or a ``Monitor``, or a function importable by name
-that returns one, renames it ``<name>-<i>`` and runs it with its own thread pool.
+(``MODULE:ATTR``) of a ``Worker``, a ``Monitor`` or a ``Router`` (then a worker on the
+router's own store), or a function importable by name that returns a worker, renames it ``<name>-<i>`` and runs it with its own thread pool.
 
 - A child that dies (killed, crashed, failed at import) is started again after a
   delay that doubles from ``restart_delay`` up to ``max_restart_delay``; a child that
@@ -50,8 +50,9 @@ __all__ = ["Supervisor", "Target"]
 
 log = logging.getLogger("taskpipe.processes")
 
-#: What a child process runs: ``"MODULE:ATTR"`` naming a ``Worker`` or a ``Monitor``,
-#: or a function importable by name (pickled by reference) that returns one.
+#: What a child process runs: ``"MODULE:ATTR"`` naming a ``Worker``, a ``Monitor`` or a
+#: ``Router``, or a function importable by name (pickled by reference) returning a
+#: ``Worker`` or a ``Monitor``.
 Target = str | Callable[[], Runnable]
 
 DEFAULT_GRACE = 30.0  # assumed for a child that has not said its workers' grace yet

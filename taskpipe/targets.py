@@ -3,7 +3,8 @@
 
 ``import_target("myapp.tasks:worker")`` imports ``myapp.tasks`` (the current
 directory is on the path, as for ``python -m``) and returns its ``worker``;
-``runnable(obj)`` checks that it is something that runs: a ``Worker`` or a ``Monitor``.
+``runnable(obj)`` makes it something that runs: a ``Worker`` or a ``Monitor`` (a
+``Router`` gets a worker on its own store).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from .errors import BuildError
 from .monitor import Monitor
-from .worker import Worker
+from .router import Router
+from .worker import Worker, WorkerBuilder
 
 __all__ = ["Runnable", "check_spec", "import_target", "runnable"]
 
@@ -57,8 +59,12 @@ def import_target(spec: str) -> Any:
 
 
 def runnable(obj: Any, what: str) -> Runnable:
-    """``obj`` if it is a ``Worker`` or a ``Monitor``, else ``BuildError`` naming ``what``
-    (where it came from)."""
+    """``obj`` if it is a ``Worker`` or a ``Monitor``; for a ``Router``, a worker (named
+    after its queue, one thread) on the router's own store; else ``BuildError`` naming
+    ``what`` (where it came from)."""
     if isinstance(obj, (Worker, Monitor)):
         return obj
-    raise BuildError(f"{what} is a {type(obj).__name__}: expected a Worker or a Monitor")
+    if isinstance(obj, Router):
+        router: Any = obj  # build() takes a Router, though its annotation says a callable
+        return WorkerBuilder(obj.storage.queue).backend(obj.storage).build(router)
+    raise BuildError(f"{what} is a {type(obj).__name__}: expected a Worker, a Monitor or a Router")

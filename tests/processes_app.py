@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
-from taskpipe import TaskId, Worker, WorkerBuilder, WorkerContext
+from taskpipe import Router, TaskId, Worker, WorkerBuilder, WorkerContext
 from taskpipe.config import Config
 from taskpipe.sqlite import SqliteStorage, connect
 
@@ -89,5 +90,20 @@ def _worker() -> Worker | None:
     return WorkerBuilder("drain").backend(storage).concurrency(4).shutdown_grace(5).build(record)
 
 
+def _router() -> Router | None:
+    path = os.environ.get("PROCS_DB")
+    if path is None:
+        return None
+    router = Router(SqliteStorage(connect(path), config=fast_config()))
+
+    @router.task(name="double")
+    def double(x: int, ctx: WorkerContext) -> list[Any]:
+        return [x * 2, ctx.name]
+
+    return router
+
+
 #: The drain test's worker: 4 threads running ``record``, fast heartbeats and recovery.
 worker = _worker()
+#: A Router with one task, ``double`` (it returns twice its argument and the worker's name).
+router = _router()

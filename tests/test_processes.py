@@ -279,6 +279,7 @@ def test_bad_restart_delays_are_refused():
     [
         (["--processes", "0"], "--processes"),
         (["--processes", "2", "--until-idle"], "drop --processes"),
+        (["--processes", "2", "--metrics-port", "9100"], "--metrics-port serves one process"),
     ],
 )
 def test_bad_processes_options_exit_2(db, args, message):
@@ -375,3 +376,44 @@ def test_the_cpu_bound_example_runs_in_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "supervisor exited 0" in result.stdout
     assert "'cpu-1'" in result.stdout or "'cpu-2'" in result.stdout
+
+
+def push_doubles(db: Path, n: int) -> Any:
+    """``n`` tasks for ``processes_app.router``'s ``double``, pushed by a router of our own."""
+    store = storage(db)
+    router = taskpipe.Router(store)
+
+    @router.task(name="double")
+    def double(x: int) -> list[Any]:
+        raise AssertionError("runs in the children only")
+
+    for i in range(n):
+        double.push(i)
+    return store
+
+
+def test_a_router_runs_in_processes_from_the_command_line(db):
+    store = push_doubles(db, 30)
+    command = Command(db, "processes_app:router", "--processes", "2", "--quiet")
+    try:
+        until(lambda: store.stats()["done"] == 30, "every task to be done")
+        command.signal(signal.SIGTERM)
+        assert command.wait(LIMIT) == 0, command.stderr
+    finally:
+        command.close()
+    results = [task.result for task in store.list_tasks(limit=100)]
+    assert sorted(r[0] for r in results) == [2 * i for i in range(30)]
+    assert {r[1] for r in results} <= {"default-1", "default-2"}
+
+
+def test_a_supervisor_takes_a_router(db):
+    store = push_doubles(db, 10)
+    supervisor = Supervisor("processes_app:router", processes=2)
+    thread, status = run_in_thread(supervisor)
+    try:
+        until(lambda: store.stats()["done"] == 10, "every task to be done")
+    finally:
+        supervisor.stop()
+        thread.join(LIMIT)
+    assert status == [0]
+    assert sorted(t.result[0] for t in store.list_tasks(limit=100)) == [2 * i for i in range(10)]
