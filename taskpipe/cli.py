@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import importlib
+import functools
 import ipaddress
 import itertools
 import json
@@ -63,11 +63,13 @@ from .errors import (
 from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
+from .processes import Supervisor
 from .router import Router
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
 from .store import require
+from .targets import import_target, runnable
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -766,28 +768,10 @@ def setup() -> None:
 
 # worker ---------------------------------------------------------------------------------------
 def _import_target(spec: str) -> Any:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise BadInput(f"expected MODULE:ATTR (e.g. myapp.tasks:send_email), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise BadInput(
-                f"cannot import {module_name!r}: no such module (is its directory on PYTHONPATH?)"
-            ) from exc
-        raise BadInput(f"cannot import {module_name!r}: {exc}") from exc
-    except Exception as exc:
-        raise BadInput(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise BadInput(f"module {module_name!r} has no attribute {attr!r}") from None
-    return target
+        return import_target(spec)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def _print_events(ctx: Any, event: events.Event) -> None:
@@ -832,6 +816,13 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     help="Shutdown grace for running tasks.",
 )
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
+@click.option(
+    "--processes",
+    "-p",
+    type=_Int64(min=1),
+    metavar="N",
+    help="Run the worker in N processes, restarted if they die (default: in this one).",
+)
 @click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
 @click.option(
@@ -856,6 +847,7 @@ def worker(
     retries: int,
     grace: float,
     until_idle: bool,
+    processes: int | None,
     name: str | None,
     quiet: bool,
     log_level: str,
@@ -864,10 +856,17 @@ def worker(
     """Run the worker MODULE:ATTR names: a Worker, a Monitor, a Router or a handler
     function. A handler function's worker takes the tasks of --queue of --db; a
     Router's, those of its own store (or of --db when given), on its queue (or
-    --queue when given): run one per queue its functions use."""
+    --queue when given): run one per queue its functions use. With --processes N,
+    N child processes each run one (named NAME-1, NAME-2…), started again if they
+    die; SIGINT/SIGTERM drain them all."""
+    if processes is not None and until_idle:
+        raise BadInput("--until-idle runs in this process only: drop --processes")
+    if processes is not None and metrics_port is not None:
+        raise BadInput("--metrics-port serves one process: drop it or --processes")
     obj = _import_target(target)
     if metrics_port is not None:
         _metrics_layer(None)  # prometheus-client missing: say so before anything runs
+    factory: Callable[[], Worker | Monitor]
     if isinstance(obj, (Worker, Monitor)):
         ignored = [
             f"--{p.replace('_', '-')}"
@@ -880,6 +879,7 @@ def worker(
                 err=True,
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
+        factory = functools.partial(_child_runnable, target, log_level)
     elif isinstance(obj, Router) or callable(obj):
         if isinstance(obj, Router):
             store = _router_storage(obj, target, queue, ctx)
@@ -887,31 +887,99 @@ def worker(
         else:
             store = _state().storage(queue)
             default_name = getattr(obj, "__name__", "worker")
-        builder = (
-            WorkerBuilder(str(name or default_name))
-            .backend(store)
-            .concurrency(concurrency)
-            .retry(RetryPolicy.retries(retries))
-            .shutdown_grace(grace)
+        options = _HandlerOptions(
+            store.queue,
+            concurrency,
+            retries,
+            grace,
+            str(name or default_name),
+            quiet,
+            _state().url,
         )
-        if not quiet:
-            builder.on_event(_print_events)
         try:
-            obj = builder.build(obj)
+            obj = options.build(obj, store)
         except BuildError as exc:
             raise BadInput(f"{target}: {exc}") from exc
         workers = [obj]
+        factory = functools.partial(_child_handler_worker, target, options, log_level)
     else:
         raise BadInput(
             f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor, a Router or a "
             "handler function"
         )
+    if processes is not None:
+        for w in workers:  # a store never set up: exit 2 now, not a crash loop of children
+            w.backend.check_setup()
+        _state().close()  # the children open their own connections; the parent needs none
+        with _logging_to_stderr(log_level):
+            status = Supervisor(factory, processes).run()
+        if status:
+            raise click.exceptions.Exit(status)
+        return
     with _logging_to_stderr(log_level), _serving_metrics(metrics_port, workers):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
             click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
         else:
             obj.run()
+
+
+@dataclass(frozen=True)
+class _HandlerOptions:
+    """How ``worker`` builds a worker around a handler function (sent to each child)."""
+
+    queue: str
+    concurrency: int
+    retries: int
+    grace: float
+    name: str
+    quiet: bool
+    url: str | None  # --db; None: a Router's own store
+
+    def build(self, handler: Callable[..., Any], storage: Any) -> Worker:
+        """The worker these options describe around ``handler`` (a function or a
+        Router), on ``storage``."""
+        builder = (
+            WorkerBuilder(self.name)
+            .backend(storage)
+            .concurrency(self.concurrency)
+            .retry(RetryPolicy.retries(self.retries))
+            .shutdown_grace(self.grace)
+        )
+        if not self.quiet:
+            builder.on_event(_print_events)
+        return builder.build(handler)
+
+
+def _child_runnable(target: str, log_level: str) -> Worker | Monitor:
+    """In a ``--processes`` child: the Worker or Monitor ``target`` names."""
+    _child_logging(log_level)
+    return runnable(import_target(target), target)
+
+
+def _child_handler_worker(target: str, options: _HandlerOptions, log_level: str) -> Worker:
+    """In a ``--processes`` child: a worker around the handler or Router ``target``
+    names, on a connection of its own (to --db, or the Router's own store)."""
+    _child_logging(log_level)
+    handler = import_target(target)
+    if options.url:
+        store = open_storage(options.url, options.queue)
+    elif isinstance(handler, Router):
+        store = handler.storage_for(options.queue)
+    else:
+        raise BuildError(f"{target}: no --db to take its tasks from")
+    return options.build(handler, store)
+
+
+def _child_logging(level: str) -> None:
+    """Show taskpipe's log records on stderr in a child process (it lives for the worker)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}]: %(message)s")
+    )
+    logger = logging.getLogger("taskpipe")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
 
 
 def _metrics_layer(store: Any) -> Any:
