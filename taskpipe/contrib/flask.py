@@ -312,7 +312,10 @@ def _command_group() -> click.Group:
     def group(ctx: click.Context, db: str | None) -> None:
         """taskpipe's jobs of this app: its worker, and taskpipe's commands on the
         store of app.config["TASKPIPE_DB"] (--db for another)."""
-        ctx.meta["taskpipe.flask.db"] = db  # the worker refuses it: it runs the app's store
+        # The worker refuses a --db given on its command line: it runs the app's store
+        # (TASKPIPE_DB in the environment is the app's own setting, not a refusal).
+        given = ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE
+        ctx.meta["taskpipe.flask.db"] = db if given else None
         state = ctx.ensure_object(tp_cli._State)
         if state.url is None:
             url = db or _current_state().url
