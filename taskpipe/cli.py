@@ -879,13 +879,13 @@ def worker(
                 err=True,
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
-    elif isinstance(obj, Router) or callable(obj):
+    elif isinstance(obj, Router) or callable(obj) or hasattr(obj, "bind_dispatch"):
         if isinstance(obj, Router):
             store = _router_storage(obj, target, queue, ctx)
             default_name = store.queue
-        else:
+        else:  # a handler function, or a dispatching handler (Django's tasks)
             store = _state().storage(queue)
-            default_name = getattr(obj, "__name__", "worker")
+            default_name = getattr(obj, "__name__", None) or store.queue
         builder = (
             WorkerBuilder(str(name or default_name))
             .backend(store)
