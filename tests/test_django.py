@@ -9,6 +9,7 @@ through ``override_settings(TASKS=...)``."""
 from __future__ import annotations
 
 import importlib
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,7 +42,9 @@ from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 from freezegun import freeze_time  # noqa: E402
+from helpers import ENGINES, engine_url  # noqa: E402
 
+import taskpipe  # noqa: E402
 from taskpipe import Status, Task, WorkerBuilder  # noqa: E402
 from taskpipe.contrib.django import TaskpipeBackend, backend  # noqa: E402
 from taskpipe.contrib.django._compat import (  # noqa: E402
@@ -94,7 +97,9 @@ def configure(db_url):
         override.disable()
     with backend._stores_lock:
         for store in backend._stores.values():
-            store.db.close()
+            store.close_thread_connection()
+            if hasattr(store, "close"):  # Redis: its client's pooled sockets
+                store.close()
         backend._stores.clear()
     tasks.ran.clear()
 
@@ -342,3 +347,47 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.fixture(params=list(ENGINES))
+def server_url(request):
+    """A server's URL (skipped when its variable is unset); Redis with a prefix of the
+    test's own, deleted after it. The tests use queues of their own on it."""
+    url = engine_url(request.param, "run the Django backend on it")
+    if request.param == "redis":
+        url += ("&" if "?" in url else "?") + f"prefix=tp-django-{uuid.uuid4().hex[:12]}"
+    store = taskpipe.open_storage(url)
+    type(store).setup(store)
+    yield url
+    drop = getattr(store, "drop", None)
+    if request.param == "redis" and drop is not None:
+        drop()
+        store.close()
+    else:
+        store.close_thread_connection()
+
+
+def test_end_to_end_on_each_server(server_url, configure):
+    queue = f"django-{uuid.uuid4().hex[:12]}"
+    override = override_settings(
+        TASKS={
+            "default": {
+                "BACKEND": "taskpipe.contrib.django.TaskpipeBackend",
+                "OPTIONS": {"db": server_url, "queue": queue},
+            }
+        }
+    )
+    with override:
+        tp = task_backends["default"]
+        ok, failing = tasks.add.enqueue(40, b=2), tasks.boom.enqueue("on a server")
+        assert tp.storage.queue == queue
+        assert run_worker(tp.storage) == 2
+        done = tasks.add.get_result(ok.id)
+        assert (done.status, done.return_value, done.attempts) == (
+            TaskResultStatus.SUCCESSFUL,
+            42,
+            1,
+        )
+        failed = tasks.boom.get_result(failing.id)
+        assert failed.status == TaskResultStatus.FAILED
+        assert failed.errors[0].exception_class_path == "django_support.Boom"
