@@ -277,6 +277,37 @@ def test_the_worker_closes_old_connections_around_each_task(tp, monkeypatch):
     assert calls == ["close", "task", "close"]
 
 
+def test_django_signals_around_each_attempt(tp):
+    from taskpipe.contrib.django._compat import task_enqueued, task_finished, task_started
+
+    seen = []
+
+    def receiver(signal):
+        def receive(sender, task_result, **kwargs):
+            seen.append((signal, task_result.id, str(task_result.status)))
+
+        return receive
+
+    receivers = {name: receiver(name) for name in ("enqueued", "started", "finished")}
+    signals = {"enqueued": task_enqueued, "started": task_started, "finished": task_finished}
+    for name, signal in signals.items():
+        signal.connect(receivers[name])
+    try:
+        ok, bad = tasks.add.enqueue(1), tasks.boom.enqueue("x")
+        run_worker(tp.storage, concurrency=1)
+    finally:
+        for name, signal in signals.items():
+            signal.disconnect(receivers[name])
+    assert seen == [
+        ("enqueued", ok.id, "READY"),
+        ("enqueued", bad.id, "READY"),
+        ("started", ok.id, "RUNNING"),
+        ("finished", ok.id, "SUCCESSFUL"),
+        ("started", bad.id, "RUNNING"),
+        ("finished", bad.id, "FAILED"),
+    ]
+
+
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
 def test_enqueue_on_commit(configure, outcome):
     tp = configure(ENQUEUE_ON_COMMIT=True)

@@ -95,7 +95,9 @@ class _Dispatch:
 
 class _Call:
     """Runs one Django task on a payload ``{"args": [...], "kwargs": {...}}``; its
-    return value is stored JSON-normalised (as Django's own backends do)."""
+    return value is stored JSON-normalised (as Django's own backends do). Django's
+    ``task_started`` and ``task_finished`` signals are sent around each attempt
+    (``FAILED`` for a failed attempt, even one that will be retried)."""
 
     def __init__(self, found: DjangoTask, store: Any):
         self.task = found
