@@ -880,13 +880,13 @@ def worker(
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
         factory = functools.partial(_child_runnable, target, log_level)
-    elif isinstance(obj, Router) or callable(obj):
+    elif isinstance(obj, Router) or callable(obj) or hasattr(obj, "bind_dispatch"):
         if isinstance(obj, Router):
             store = _router_storage(obj, target, queue, ctx)
             default_name = store.queue
-        else:
+        else:  # a handler function, or a dispatching handler (Django's tasks)
             store = _state().storage(queue)
-            default_name = getattr(obj, "__name__", "worker")
+            default_name = getattr(obj, "__name__", None) or store.queue
         options = _HandlerOptions(
             store.queue,
             concurrency,

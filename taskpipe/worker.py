@@ -94,7 +94,8 @@ class Route(NamedTuple):
 #: A handler that serves many functions (a ``Router``): ``dispatch(meta)`` returns the
 #: ``Route`` of a task from its meta, or raises ``UnknownTask`` (the task is Dead at
 #: once, with that message). A handler object provides one through
-#: ``bind_dispatch(store, data)``, called by ``WorkerBuilder.build``.
+#: ``bind_dispatch(store, data)``, called by ``WorkerBuilder.build``, and may bring
+#: layers of its own with ``middleware()`` (added innermost).
 Dispatch = Callable[[dict[str, Any]], Route]
 
 
@@ -238,6 +239,10 @@ class WorkerBuilder:
             for x in self._layers
         ]
         layers.extend(backend.middleware())
+        # A handler object may bring layers too (innermost): Django's closes DB connections.
+        handler_middleware = getattr(handler, "middleware", None)
+        if dispatch is not None and callable(handler_middleware):
+            layers.extend(handler_middleware())
         try:  # each run composes them again; a layer that makes no handle fails now
             compose(layers, _not_called)
         except TypeError as exc:

@@ -448,6 +448,48 @@ def test_layers_wrap_routed_functions(storage):
     assert [storage.fetch_by_id(i).result for i in ids] == [{"wrapped": 1}, {"wrapped": "X"}]
 
 
+class _Dispatching:
+    """A handler object that dispatches (through a router) and brings a layer."""
+
+    def __init__(self, router, seen):
+        self.router, self.seen = router, seen
+
+    def bind_dispatch(self, store, data):
+        return self.router.bind_dispatch(store, data)
+
+    def middleware(self):
+        def inner(call_next):
+            def handle(task, ctx):
+                self.seen.append("handler's layer")
+                return call_next(task, ctx)
+
+            return handle
+
+        return [inner]
+
+
+def test_a_dispatching_handler_brings_its_own_layers_innermost(storage):
+    router, seen = Router(storage), []
+
+    @router.task(name="a")
+    def a(n: int) -> int:
+        seen.append("function")
+        return n
+
+    def outer(call_next):
+        def handle(task, ctx):
+            seen.append("builder's layer")
+            return call_next(task, ctx)
+
+        return handle
+
+    task_id = a.push(7)
+    handler = _Dispatching(router, seen)
+    WorkerBuilder("w").backend(storage).layer(outer).build(handler).run_until_idle()
+    assert seen == ["builder's layer", "handler's layer", "function"]
+    assert storage.fetch_by_id(task_id).result == 7
+
+
 def test_functions_on_other_queues_of_the_same_database(storage):
     router = Router(storage)
 

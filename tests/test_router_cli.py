@@ -38,6 +38,14 @@ def shout(word: str) -> str:
 @router.task(name="mail", queue="emails")
 def mail(to: str) -> str:
     return "mailed " + to
+
+
+class Dispatching:  # not callable: a handler that only dispatches (as Django's does)
+    def bind_dispatch(self, store, data):
+        return router.bind_dispatch(store, data)
+
+
+dispatching = Dispatching()
 """
 
 
@@ -112,3 +120,14 @@ def test_worker_refuses_a_queue_the_router_does_not_use(app):
     assert result.exit_code == 2
     assert "no task of Router" in result.output
     assert "pushed to queue 'reports'" in result.output
+
+
+def test_worker_runs_a_dispatching_handler(app):
+    task_id = app.add.push(2, 3)
+    db = os.environ["ROUTER_TEST_DB"]
+    result = CliRunner().invoke(
+        cli, ["worker", f"{app.__name__}:dispatching", "--db", db, "--until-idle"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "handled 1 task" in result.output
+    assert app.router.storage.fetch_by_id(task_id).result == 5

@@ -1,1 +1,1 @@
-"""Integrations with web frameworks: ``taskpipe.contrib.flask`` (and Django's, beside it)."""
+"""Integrations with web frameworks: ``taskpipe.contrib.django`` and ``taskpipe.contrib.flask``."""
