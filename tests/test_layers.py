@@ -273,6 +273,41 @@ def test_a_failed_trial_opens_the_circuit_again(storage):
         assert of(events.CircuitClosed, seen) == [events.CircuitClosed()]
 
 
+def test_a_base_exception_is_a_failure_to_the_circuit_too(storage):
+    """The worker counts SystemExit or KeyboardInterrupt from a handler as a failed
+    attempt: so does the breaker, and a trial that raises one opens the circuit again
+    (it does not stay half-open, holding every task back for good)."""
+    seen: list[events.Event] = []
+    breaker = circuit_breaker(failures=1, recovery=10)
+    raised = iter([SystemExit("closed"), KeyboardInterrupt("trial")])
+
+    def handler(n: int) -> int:
+        if n < 0:
+            raise next(raised)
+        return n
+
+    with freeze_time("2026-01-01 12:00:00") as frozen:
+        first = storage.push(-1)
+        worker = (
+            WorkerBuilder("w").backend(storage).layer(breaker).on_event(collect(seen)).build(handler)
+        )
+        worker.run_until_idle()
+        assert storage.fetch_by_id(first).status is Status.DEAD
+        assert breaker.state == "open"
+
+        trial, after = storage.push_bulk([-2, 7])
+        frozen.tick(timedelta(seconds=10))
+        worker.run_until_idle()
+        assert storage.fetch_by_id(trial).status is Status.DEAD
+        assert breaker.state == "open"
+        assert of(events.CircuitOpened, seen) == [events.CircuitOpened(1), events.CircuitOpened(2)]
+
+        frozen.tick(timedelta(seconds=10))
+        worker.run_until_idle()
+        assert storage.fetch_by_id(after).result == 7
+        assert breaker.state == "closed"
+
+
 def test_a_success_in_between_resets_the_count(storage):
     seen: list[events.Event] = []
     storage.push_bulk([-1, 1, -2, 2, -3])

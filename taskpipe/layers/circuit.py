@@ -86,7 +86,7 @@ class CircuitBreaker:
                 if trial:
                     self._trial_undone()
                 raise
-            except Exception:
+            except BaseException:  # what the worker counts as a failed attempt
                 self._failed_attempt(trial, ctx)
                 raise
             self._succeeded(trial, ctx)
