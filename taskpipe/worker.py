@@ -762,6 +762,7 @@ class _Run:
     def _finish_locked(self, claim: Claim, outcome: Outcome) -> None:
         """Record a finished task (the caller holds ``self.cond``)."""
         self.active.pop(claim.id, None)
+        self.ctx._let_go(claim.id)
         self.ctx.in_flight -= 1
         if claim.isolated:
             self.ctx.isolated -= 1
@@ -922,6 +923,14 @@ class _Run:
             leftover = list(self.active.values())
             self.active.clear()
             finished, self.outcomes = self.outcomes, []
+            # Held back by a layer (``ctx.holding``): never started, so handed back as
+            # unstarted ones are; they raise NotStarted if they go on.
+            held = ctx._hand_back_held([claim.id for claim in leftover])
+        if held:
+            finished.extend(
+                Outcome(claim, OutcomeKind.RELEASE) for claim in leftover if claim.id in held
+            )
+            leftover = [claim for claim in leftover if claim.id not in held]
         if leftover:
             log.warning(
                 "worker %s: %d task(s) still running after the grace: handing them back",

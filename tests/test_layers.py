@@ -17,6 +17,7 @@ from taskpipe import (
     Status,
     Task,
     WorkerBuilder,
+    WorkerContext,
     events,
     memory,
 )
@@ -289,7 +290,11 @@ def test_a_base_exception_is_a_failure_to_the_circuit_too(storage):
     with freeze_time("2026-01-01 12:00:00") as frozen:
         first = storage.push(-1)
         worker = (
-            WorkerBuilder("w").backend(storage).layer(breaker).on_event(collect(seen)).build(handler)
+            WorkerBuilder("w")
+            .backend(storage)
+            .layer(breaker)
+            .on_event(collect(seen))
+            .build(handler)
         )
         worker.run_until_idle()
         assert storage.fetch_by_id(first).status is Status.DEAD
@@ -387,3 +392,75 @@ def test_a_task_waiting_when_the_worker_stops_is_handed_back_uncounted(storage):
 def test_circuit_breaker_checks_its_settings(failures, recovery, message):
     with pytest.raises(BuildError, match=message):
         circuit_breaker(failures, recovery)
+
+
+# A task held back by a layer when the shutdown ends ------------------------------------------
+def slow_to_unwind(call_next):
+    """A layer whose task, handed back unstarted, reaches the worker only once its run
+    has ended (the worst case: the shutdown ends before the pool thread unwinds)."""
+
+    def handle(task, ctx):
+        try:
+            return call_next(task, ctx)
+        except NotStarted:
+            ctx.finished.wait(5)
+            raise
+
+    return handle
+
+
+def test_no_grace_hands_back_a_task_waiting_at_the_open_circuit_uncounted(storage):
+    breaker = circuit_breaker(failures=1, recovery=600)
+    bad, waiting = storage.push_bulk([-1, 5])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .shutdown_grace(0)
+        .layer(slow_to_unwind)
+        .layer(breaker)
+        .build(failing_below_zero)
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        until(lambda: breaker.waiting == 1, "a task waiting at the open circuit")
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    info = storage.fetch_by_id(waiting)
+    assert info.status is Status.PENDING and info.attempts == 0 and info.errors == ()
+    assert storage.fetch_by_id(bad).status is Status.DEAD
+
+
+def test_no_grace_hands_back_a_task_waiting_for_its_rate_limit_uncounted(storage, monkeypatch):
+    sleeping = threading.Event()
+    sleep = WorkerContext.sleep
+
+    def signalling_sleep(ctx, seconds):
+        sleeping.set()
+        return sleep(ctx, seconds)
+
+    monkeypatch.setattr(WorkerContext, "sleep", signalling_sleep)
+    first, waiting = storage.push_bulk([1, 2])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .concurrency(2)
+        .shutdown_grace(0)
+        .layer(slow_to_unwind)
+        .rate_limit(1, 600)
+        .build(failing_below_zero)
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert sleeping.wait(10), "a task waiting for its rate limit"
+        until(lambda: storage.fetch_by_id(first).status is Status.DONE, "the first task done")
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert storage.fetch_by_id(first).result == 1
+    info = storage.fetch_by_id(waiting)
+    assert info.status is Status.PENDING and info.attempts == 0 and info.errors == ()

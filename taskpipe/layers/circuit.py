@@ -79,7 +79,7 @@ class CircuitBreaker:
         """Wrap ``call_next``: the layer."""
 
         def handle(task: Task[Any], ctx: WorkerContext) -> Any:
-            trial = self._enter(ctx)
+            trial = self._admit(task, ctx)
             try:
                 result = call_next(task, ctx)
             except NotStarted:  # it never ran: neither a failure nor a success
@@ -95,6 +95,20 @@ class CircuitBreaker:
         return handle
 
     # The states ---------------------------------------------------------------------------
+    def _admit(self, task: Task[Any], ctx: WorkerContext) -> bool:
+        """``_enter``, the task held (``ctx.holding``) while it may wait."""
+        if self._state == CLOSED:  # (read unlocked: _enter looks again under the lock)
+            return self._enter(ctx)
+        trial = False
+        try:
+            with ctx.holding(task):  # a shutdown ending meanwhile hands it back
+                trial = self._enter(ctx)
+        except NotStarted:
+            if trial:
+                self._trial_undone()
+            raise
+        return trial
+
     def _enter(self, ctx: WorkerContext) -> bool:
         """Return once the task may run; True when it runs as the trial."""
         with self._cond:
