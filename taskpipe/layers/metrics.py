@@ -47,7 +47,8 @@ DEPTH_STATUSES = ("pending", "running", "failed")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
-def metrics(registry: Any = None, *, store: Store | None = None) -> Layer:
+# (``store: Any``, as rate_limit's: ``Store`` is ambiguous to the docs, which fail on it)
+def metrics(registry: Any = None, *, store: Any = None) -> Layer:
     """Count tasks by outcome and time them in Prometheus metrics (extra ``metrics``);
     with ``store`` (the builder passes the worker's), report its queue's depth too."""
     try:
