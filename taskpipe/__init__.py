@@ -32,6 +32,8 @@ from .errors import (
     TaskNotFound,
     TaskpipeError,
     TaskSinkError,
+    TaskTimeout,
+    UnknownTask,
     WaitTimeout,
 )
 from .events import Event
@@ -102,7 +104,9 @@ __all__ = [
     "TaskNotFound",
     "TaskSink",
     "TaskSinkError",
+    "TaskTimeout",
     "TaskpipeError",
+    "UnknownTask",
     "WaitTimeout",
     "Worker",
     "WorkerBuilder",
