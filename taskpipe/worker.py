@@ -162,6 +162,12 @@ class WorkerBuilder:
         the outermost."""
         if not callable(layer):
             raise BuildError(f"layer() takes a layer(call_next) function, got {layer!r}")
+        maker = next((m.__name__ for m in _LAYER_MAKERS if m is layer), None)
+        if maker is not None:  # .layer(filter) for .layer(filter(pred))
+            raise BuildError(
+                f"layer() takes a layer, not {maker}, which makes one: pass "
+                f"{maker}(...)'s layer, .layer({maker}(...)), or use .{maker}(...)"
+            )
         self._layers.append(layer)
         return self
 
@@ -255,6 +261,17 @@ class WorkerBuilder:
             layers=layers,
             dispatch=dispatch,
         )
+
+
+#: The built-in layers' makers: given to ``layer()`` uncalled, a clear ``BuildError``.
+_LAYER_MAKERS: tuple[Callable[..., Any], ...] = (
+    _layers.timeout,
+    _layers.rate_limit,
+    _layers.circuit_breaker,
+    _layers.filter,
+    _layers.tracing,
+    _layers.metrics,
+)
 
 
 def _not_called(task: Task[Any], ctx: WorkerContext) -> Any:

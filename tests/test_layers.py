@@ -19,6 +19,7 @@ from taskpipe import (
     WorkerBuilder,
     WorkerContext,
     events,
+    layers,
     memory,
 )
 from taskpipe.layers import circuit_breaker, filter
@@ -91,6 +92,17 @@ def test_a_layer_that_returns_no_handle_is_a_build_error():
     backend = memory.backend()
     with pytest.raises(BuildError, match="not a handle"):
         WorkerBuilder("w").backend(backend).layer(lambda call_next: None).build(print)
+
+
+@pytest.mark.parametrize(
+    "factory", ["timeout", "rate_limit", "circuit_breaker", "filter", "tracing", "metrics"]
+)
+def test_a_layer_maker_given_uncalled_is_a_build_error_that_says_so(factory):
+    """``.layer(filter)`` for ``.layer(filter(pred))``: said at once, not a TypeError
+    in every task (filter, tracing) or a message about an internal function."""
+    maker = getattr(layers, factory)
+    with pytest.raises(BuildError, match=rf"{factory}\(\.\.\.\)'s layer.*\.{factory}\("):
+        WorkerBuilder("w").backend(memory.backend()).layer(maker)
 
 
 def test_what_a_layer_raises_is_a_failed_attempt(storage):
