@@ -476,3 +476,68 @@ def test_no_grace_hands_back_a_task_waiting_for_its_rate_limit_uncounted(storage
     assert storage.fetch_by_id(first).result == 1
     info = storage.fetch_by_id(waiting)
     assert info.status is Status.PENDING and info.attempts == 0 and info.errors == ()
+
+
+# A timeout around a layer that holds tasks back ---------------------------------------------
+def join_abandoned(names):
+    """Wait for the runner threads a timeout abandoned (named by ``Abandoned``) to end."""
+    for thread in threading.enumerate():
+        if thread.name in names:
+            thread.join(5)
+            assert not thread.is_alive()
+
+
+def abandoned_into(names):
+    return lambda ctx, event: (
+        names.append(event.thread) if isinstance(event, events.Abandoned) else None
+    )
+
+
+def test_a_task_timed_out_while_waiting_for_its_rate_limit_never_starts(storage):
+    """Timeout outside the limit (the README says to put it inside): the attempt failed
+    at the deadline, so its handler must not start when the wait ends."""
+    ran: list[int] = []
+    abandoned: list[str] = []
+    first, second = storage.push_bulk([1, 2])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .timeout(0.05)
+        .rate_limit(1, 0.5)
+        .on_event(abandoned_into(abandoned))
+        .build(ran.append)
+    )
+    worker.run_until_idle()
+    assert storage.fetch_by_id(second).status is Status.DEAD  # TaskTimeout
+    assert abandoned, "the second task's runner was left waiting"
+    join_abandoned(abandoned)
+    assert ran == [1]
+
+
+def test_a_task_timed_out_while_waiting_at_the_open_circuit_never_starts(storage):
+    ran: list[int] = []
+    abandoned: list[str] = []
+
+    def handler(n: int) -> None:
+        ran.append(n)
+        failing_below_zero(n)
+
+    bad, waiting = storage.push_bulk([-1, 5])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .timeout(0.05)
+        .layer(CircuitBreaker(failures=1, recovery=0.4))
+        .on_event(abandoned_into(abandoned))
+        .build(handler)
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        until(lambda: storage.fetch_by_id(waiting).status is Status.DEAD, "its timeout")
+        assert "TaskTimeout" in storage.fetch_by_id(waiting).errors[-1].error
+        join_abandoned(abandoned)  # if it was left waiting (the run goes on meanwhile)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert ran == [-1]

@@ -117,6 +117,8 @@ class CircuitBreaker:
             self._waiting += 1
             try:
                 while True:
+                    if ctx.cancelled:  # a timeout around this layer gave up on it
+                        raise NotStarted("the task timed out while the circuit was open")
                     if self._state == CLOSED:
                         return False
                     remaining = STOP_CHECK

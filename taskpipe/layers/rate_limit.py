@@ -79,6 +79,8 @@ def rate_limit(
                             f"the worker stopped while the task waited {wait:.3f} s for its "
                             "rate limit"
                         )
+                    if ctx.cancelled:  # a timeout around this layer gave up on it
+                        raise NotStarted("the task timed out while it waited for its rate limit")
             return call_next(task, ctx)
 
         return handle
