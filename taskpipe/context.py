@@ -133,7 +133,10 @@ class WorkerContext:
         try:
             yield
         except NotStarted:
-            raise  # still unstarted on its way back to the worker, which lets it go
+            if self.cancelled:  # a timeout gave up on it: the outcome is the timeout's
+                with self.lock:
+                    self._held.discard(task.id)
+            raise  # else still unstarted on its way back to the worker, which lets it go
         except BaseException:
             with self.lock:
                 self._held.discard(task.id)
