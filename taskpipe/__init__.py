@@ -32,6 +32,8 @@ from .errors import (
     TaskNotFound,
     TaskpipeError,
     TaskSinkError,
+    TaskTimeout,
+    UnknownTask,
     WaitTimeout,
 )
 from .events import Event
@@ -104,7 +106,9 @@ __all__ = [
     "TaskNotFound",
     "TaskSink",
     "TaskSinkError",
+    "TaskTimeout",
     "TaskpipeError",
+    "UnknownTask",
     "WaitTimeout",
     "Worker",
     "WorkerBuilder",

@@ -994,15 +994,19 @@ def _metrics_layer(store: Any) -> Any:
 
 @contextlib.contextmanager
 def _serving_metrics(port: int | None, workers: list[Worker]) -> Iterator[None]:
-    """With a port: each worker gets the metrics layer (outermost), and the default
-    registry is served on 127.0.0.1:port while the workers run."""
+    """With a port: each worker gets the metrics layer (outermost) unless it has one
+    counting in the default registry, which is served on 127.0.0.1:port while the
+    workers run."""
     if port is None:
         yield
         return
-    from prometheus_client import start_http_server
+    from prometheus_client import REGISTRY, start_http_server
+
+    from .layers.metrics import counts_in
 
     for w in workers:
-        w.layers.insert(0, _metrics_layer(w.backend))
+        if not counts_in(w.layers, REGISTRY):  # (its own .metrics() already counts there)
+            w.layers.insert(0, _metrics_layer(w.backend))
     try:
         server, thread = start_http_server(port, addr="127.0.0.1")
     except OSError as exc:

@@ -13,12 +13,14 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import clock
+from .errors import NotStarted
 
 if TYPE_CHECKING:
     from .events import Event
+    from .task import Task
 
 __all__ = ["WorkerContext"]
 
@@ -44,6 +46,8 @@ class WorkerContext:
         self._emit = emit
         self._close_thread_connection = close_thread_connection
         self._at_finish: list[Callable[[], None]] | None = []  # None once the run ended
+        self._held: set[Any] = set()  # ids of tasks a layer holds back (``holding``)
+        self._handed_back: set[Any] = set()  # of those, handed back by the shutdown
         self.lock = threading.Lock()  # guards the run's state; shared with the pool
         self._cond = threading.Condition(self.lock)
         self._leases = itertools.count(1)
@@ -117,6 +121,43 @@ class WorkerContext:
                     break
                 self._cond.wait(remaining)
             return self._stopping
+
+    @contextlib.contextmanager
+    def holding(self, task: Task[Any]) -> Iterator[None]:
+        """While inside, ``task`` waits in a layer and has not started (a rate limit, an
+        open circuit); raise ``NotStarted`` inside to hand it back. A shutdown that ends
+        meanwhile (no grace left, a second signal) hands it back uncounted, and leaving
+        then raises ``NotStarted``, so that it never starts after it was handed back."""
+        with self.lock:
+            self._held.add(task.id)
+        try:
+            yield
+        except NotStarted:
+            if self.cancelled:  # a timeout gave up on it: the outcome is the timeout's
+                with self.lock:
+                    self._held.discard(task.id)
+            raise  # else still unstarted on its way back to the worker, which lets it go
+        except BaseException:
+            with self.lock:
+                self._held.discard(task.id)
+            raise
+        with self.lock:
+            if task.id not in self._handed_back:
+                self._held.discard(task.id)
+                return
+        raise NotStarted("the worker's shutdown handed the task back while it was held")
+
+    def _let_go(self, task_id: Any) -> None:
+        """The worker has the outcome of ``task_id``: it is no longer held (the caller
+        holds ``lock``)."""
+        self._held.discard(task_id)
+
+    def _hand_back_held(self, task_ids: list[Any]) -> set[Any]:
+        """Of ``task_ids``, those held back by a layer: marked handed back (so they never
+        start) and returned. The caller holds ``lock``."""
+        held = {task_id for task_id in task_ids if task_id in self._held}
+        self._handed_back |= held
+        return held
 
     @contextlib.contextmanager
     def cancel_scope(

@@ -12,6 +12,7 @@ TaskpipeError
 │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
 ├── PipeError              a piped source failed (its exception is the __cause__)
 ├── NotStarted             a layer held a task back and the worker stopped: handed back
+├── TaskTimeout            an attempt ran longer than its timeout layer allows: it failed
 ├── WorkflowError          a workflow is defined wrongly, or one of its runs cannot go on
 │   └── RunNotFound        no workflow run has that id
 ├── TaskNotFound           no task has that id
@@ -35,6 +36,7 @@ __all__ = [
     "CapabilityError",
     "PipeError",
     "NotStarted",
+    "TaskTimeout",
     "TaskNotFound",
     "TaskFailed",
     "UnknownTask",
@@ -96,6 +98,10 @@ class NotStarted(TaskpipeError):
     """Raised by a layer that held a task back (a rate limit) when the worker stopped
     before the task could start: the worker hands the task back to Pending, its attempt
     not counted. Raised while the worker is not stopping, it is a failed attempt."""
+
+
+class TaskTimeout(TaskpipeError):
+    """The attempt ran longer than its ``timeout``: it failed (and is retried by the policy)."""
 
 
 class TaskNotFound(TaskpipeError, LookupError):

@@ -115,6 +115,11 @@ class Router:
         or a ``RetryPolicy`` (default: the worker's policy); ``priority``: of its
         pushes (``using(priority=…)`` overrides); ``queue``: the queue of the router's
         database its tasks go to (default: the router store's)."""
+        if fn is not None and not callable(fn):
+            shown = f"@router.task(name={fn!r})" if isinstance(fn, str) else "@router.task(...)"
+            raise TypeError(
+                f"@router.task takes a function, got {fn!r}: to name its tasks, use {shown}"
+            )
         if isinstance(retries, bool) or not (
             retries is None or isinstance(retries, (int, RetryPolicy))
         ):

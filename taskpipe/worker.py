@@ -163,6 +163,12 @@ class WorkerBuilder:
         the outermost."""
         if not callable(layer):
             raise BuildError(f"layer() takes a layer(call_next) function, got {layer!r}")
+        maker = next((m.__name__ for m in _LAYER_MAKERS if m is layer), None)
+        if maker is not None:  # .layer(filter) for .layer(filter(pred))
+            raise BuildError(
+                f"layer() takes a layer, not {maker}, which makes one: pass "
+                f"{maker}(...)'s layer, .layer({maker}(...)), or use .{maker}(...)"
+            )
         self._layers.append(layer)
         return self
 
@@ -260,6 +266,17 @@ class WorkerBuilder:
             layers=layers,
             dispatch=dispatch,
         )
+
+
+#: The built-in layers' makers: given to ``layer()`` uncalled, a clear ``BuildError``.
+_LAYER_MAKERS: tuple[Callable[..., Any], ...] = (
+    _layers.timeout,
+    _layers.rate_limit,
+    _layers.circuit_breaker,
+    _layers.filter,
+    _layers.tracing,
+    _layers.metrics,
+)
 
 
 def _not_called(task: Task[Any], ctx: WorkerContext) -> Any:
@@ -767,6 +784,7 @@ class _Run:
     def _finish_locked(self, claim: Claim, outcome: Outcome) -> None:
         """Record a finished task (the caller holds ``self.cond``)."""
         self.active.pop(claim.id, None)
+        self.ctx._let_go(claim.id)
         self.ctx.in_flight -= 1
         if claim.isolated:
             self.ctx.isolated -= 1
@@ -927,6 +945,14 @@ class _Run:
             leftover = list(self.active.values())
             self.active.clear()
             finished, self.outcomes = self.outcomes, []
+            # Held back by a layer (``ctx.holding``): never started, so handed back as
+            # unstarted ones are; they raise NotStarted if they go on.
+            held = ctx._hand_back_held([claim.id for claim in leftover])
+        if held:
+            finished.extend(
+                Outcome(claim, OutcomeKind.RELEASE) for claim in leftover if claim.id in held
+            )
+            leftover = [claim for claim in leftover if claim.id not in held]
         if leftover:
             log.warning(
                 "worker %s: %d task(s) still running after the grace: handing them back",

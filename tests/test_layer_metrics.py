@@ -185,6 +185,43 @@ def test_worker_serves_metrics_on_the_port(cli_db, tmp_path):
         pass  # the server stopped with the worker
 
 
+def test_a_worker_with_its_own_metrics_layer_is_not_counted_twice(cli_db, tmp_path):
+    """A built worker that has ``.metrics()`` (the default registry), run with
+    ``--metrics-port``: the port serves its counts, each task counted once."""
+    path, storage = cli_db
+    port = free_port()
+    (tmp_path / "counted_once.py").write_text(
+        textwrap.dedent(
+            f"""
+            import urllib.request
+
+            from taskpipe import WorkerBuilder
+            from taskpipe.sqlite import SqliteStorage, connect
+
+            def scrape(n):
+                if n == 0:
+                    return "first"
+                with urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    return r.read().decode()
+
+            storage = SqliteStorage(connect({path!r}), queue="counted-once")
+            worker = WorkerBuilder("once").backend(storage).metrics().build(scrape)
+            """
+        )
+    )
+    queue = storage.for_queue("counted-once")
+    first, second = queue.push_bulk([0, 1])
+    result = CliRunner().invoke(
+        cli,
+        ["worker", "counted_once:worker", "--until-idle", "--metrics-port", str(port)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    body = queue.fetch_by_id(second).result
+    lines = dict(line.rsplit(" ", 1) for line in body.splitlines() if not line.startswith("#"))
+    assert float(lines['taskpipe_tasks_total{outcome="done",queue="counted-once"}']) == 1.0
+
+
 def test_worker_metrics_port_in_use_is_one_clear_error(cli_db, tmp_path):
     path, _ = cli_db
     (tmp_path / "noop.py").write_text("def noop(n):\n    return n\n")

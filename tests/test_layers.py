@@ -17,7 +17,9 @@ from taskpipe import (
     Status,
     Task,
     WorkerBuilder,
+    WorkerContext,
     events,
+    layers,
     memory,
 )
 from taskpipe.layers import circuit_breaker, filter
@@ -90,6 +92,17 @@ def test_a_layer_that_returns_no_handle_is_a_build_error():
     backend = memory.backend()
     with pytest.raises(BuildError, match="not a handle"):
         WorkerBuilder("w").backend(backend).layer(lambda call_next: None).build(print)
+
+
+@pytest.mark.parametrize(
+    "factory", ["timeout", "rate_limit", "circuit_breaker", "filter", "tracing", "metrics"]
+)
+def test_a_layer_maker_given_uncalled_is_a_build_error_that_says_so(factory):
+    """``.layer(filter)`` for ``.layer(filter(pred))``: said at once, not a TypeError
+    in every task (filter, tracing) or a message about an internal function."""
+    maker = getattr(layers, factory)
+    with pytest.raises(BuildError, match=rf"{factory}\(\.\.\.\)'s layer.*\.{factory}\("):
+        WorkerBuilder("w").backend(memory.backend()).layer(maker)
 
 
 def test_what_a_layer_raises_is_a_failed_attempt(storage):
@@ -273,6 +286,45 @@ def test_a_failed_trial_opens_the_circuit_again(storage):
         assert of(events.CircuitClosed, seen) == [events.CircuitClosed()]
 
 
+def test_a_base_exception_is_a_failure_to_the_circuit_too(storage):
+    """The worker counts SystemExit or KeyboardInterrupt from a handler as a failed
+    attempt: so does the breaker, and a trial that raises one opens the circuit again
+    (it does not stay half-open, holding every task back for good)."""
+    seen: list[events.Event] = []
+    breaker = circuit_breaker(failures=1, recovery=10)
+    raised = iter([SystemExit("closed"), KeyboardInterrupt("trial")])
+
+    def handler(n: int) -> int:
+        if n < 0:
+            raise next(raised)
+        return n
+
+    with freeze_time("2026-01-01 12:00:00") as frozen:
+        first = storage.push(-1)
+        worker = (
+            WorkerBuilder("w")
+            .backend(storage)
+            .layer(breaker)
+            .on_event(collect(seen))
+            .build(handler)
+        )
+        worker.run_until_idle()
+        assert storage.fetch_by_id(first).status is Status.DEAD
+        assert breaker.state == "open"
+
+        trial, after = storage.push_bulk([-2, 7])
+        frozen.tick(timedelta(seconds=10))
+        worker.run_until_idle()
+        assert storage.fetch_by_id(trial).status is Status.DEAD
+        assert breaker.state == "open"
+        assert of(events.CircuitOpened, seen) == [events.CircuitOpened(1), events.CircuitOpened(2)]
+
+        frozen.tick(timedelta(seconds=10))
+        worker.run_until_idle()
+        assert storage.fetch_by_id(after).result == 7
+        assert breaker.state == "closed"
+
+
 def test_a_success_in_between_resets_the_count(storage):
     seen: list[events.Event] = []
     storage.push_bulk([-1, 1, -2, 2, -3])
@@ -352,3 +404,140 @@ def test_a_task_waiting_when_the_worker_stops_is_handed_back_uncounted(storage):
 def test_circuit_breaker_checks_its_settings(failures, recovery, message):
     with pytest.raises(BuildError, match=message):
         circuit_breaker(failures, recovery)
+
+
+# A task held back by a layer when the shutdown ends ------------------------------------------
+def slow_to_unwind(call_next):
+    """A layer whose task, handed back unstarted, reaches the worker only once its run
+    has ended (the worst case: the shutdown ends before the pool thread unwinds)."""
+
+    def handle(task, ctx):
+        try:
+            return call_next(task, ctx)
+        except NotStarted:
+            ctx.finished.wait(5)
+            raise
+
+    return handle
+
+
+def test_no_grace_hands_back_a_task_waiting_at_the_open_circuit_uncounted(storage):
+    breaker = circuit_breaker(failures=1, recovery=600)
+    bad, waiting = storage.push_bulk([-1, 5])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .shutdown_grace(0)
+        .layer(slow_to_unwind)
+        .layer(breaker)
+        .build(failing_below_zero)
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        until(lambda: breaker.waiting == 1, "a task waiting at the open circuit")
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    info = storage.fetch_by_id(waiting)
+    assert info.status is Status.PENDING and info.attempts == 0 and info.errors == ()
+    assert storage.fetch_by_id(bad).status is Status.DEAD
+
+
+def test_no_grace_hands_back_a_task_waiting_for_its_rate_limit_uncounted(storage, monkeypatch):
+    sleeping = threading.Event()
+    sleep = WorkerContext.sleep
+
+    def signalling_sleep(ctx, seconds):
+        sleeping.set()
+        return sleep(ctx, seconds)
+
+    monkeypatch.setattr(WorkerContext, "sleep", signalling_sleep)
+    first, waiting = storage.push_bulk([1, 2])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .concurrency(2)
+        .shutdown_grace(0)
+        .layer(slow_to_unwind)
+        .rate_limit(1, 600)
+        .build(failing_below_zero)
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert sleeping.wait(10), "a task waiting for its rate limit"
+        until(lambda: storage.fetch_by_id(first).status is Status.DONE, "the first task done")
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert storage.fetch_by_id(first).result == 1
+    info = storage.fetch_by_id(waiting)
+    assert info.status is Status.PENDING and info.attempts == 0 and info.errors == ()
+
+
+# A timeout around a layer that holds tasks back ---------------------------------------------
+def join_abandoned(names):
+    """Wait for the runner threads a timeout abandoned (named by ``Abandoned``) to end."""
+    for thread in threading.enumerate():
+        if thread.name in names:
+            thread.join(5)
+            assert not thread.is_alive()
+
+
+def abandoned_into(names):
+    return lambda ctx, event: (
+        names.append(event.thread) if isinstance(event, events.Abandoned) else None
+    )
+
+
+def test_a_task_timed_out_while_waiting_for_its_rate_limit_never_starts(storage):
+    """Timeout outside the limit (the README says to put it inside): the attempt failed
+    at the deadline, so its handler must not start when the wait ends."""
+    ran: list[int] = []
+    abandoned: list[str] = []
+    first, second = storage.push_bulk([1, 2])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .timeout(0.05)
+        .rate_limit(1, 0.5)
+        .on_event(abandoned_into(abandoned))
+        .build(ran.append)
+    )
+    worker.run_until_idle()
+    assert storage.fetch_by_id(second).status is Status.DEAD  # TaskTimeout
+    assert abandoned, "the second task's runner was left waiting"
+    join_abandoned(abandoned)
+    assert ran == [1]
+
+
+def test_a_task_timed_out_while_waiting_at_the_open_circuit_never_starts(storage):
+    ran: list[int] = []
+    abandoned: list[str] = []
+
+    def handler(n: int) -> None:
+        ran.append(n)
+        failing_below_zero(n)
+
+    bad, waiting = storage.push_bulk([-1, 5])
+    worker = (
+        WorkerBuilder("w")
+        .backend(storage)
+        .timeout(0.05)
+        .layer(CircuitBreaker(failures=1, recovery=0.4))
+        .on_event(abandoned_into(abandoned))
+        .build(handler)
+    )
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        until(lambda: storage.fetch_by_id(waiting).status is Status.DEAD, "its timeout")
+        assert "TaskTimeout" in storage.fetch_by_id(waiting).errors[-1].error
+        join_abandoned(abandoned)  # if it was left waiting (the run goes on meanwhile)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert ran == [-1]

@@ -397,6 +397,15 @@ def test_bad_registrations(storage):
         Router("jobs.db")  # type: ignore[arg-type]
 
 
+def test_a_name_given_positionally_says_how_to_name_a_task(storage):
+    """``@router.task("send")`` (Celery users write names so): the error says to use
+    ``name=``, not that the string "has no import path"."""
+    router = Router(storage)
+    with pytest.raises(TypeError, match=r"@router.task\(name='send'\)"):
+        router.task("send")  # type: ignore[call-overload]
+    assert len(router) == 0
+
+
 def test_build_errors(storage):
     with pytest.raises(BuildError, match="has no task"):
         WorkerBuilder("w").backend(storage).build(Router(storage))

@@ -26,7 +26,7 @@ layers, each also a ``WorkerBuilder`` shortcut: ``timeout``, ``rate_limit``,
 from __future__ import annotations
 
 from .chain import Handle, Layer, compose
-from .circuit import circuit_breaker
+from .circuit import CircuitBreaker, circuit_breaker
 from .filtering import filter  # noqa: A004 - the layer's name, as the builder's shortcut
 from .metrics import metrics
 from .rate_limit import rate_limit
@@ -35,6 +35,7 @@ from .timeout import TaskTimeout, timeout
 from .tracing import tracing
 
 __all__ = [
+    "CircuitBreaker",
     "Handle",
     "Layer",
     "RetryPolicy",

@@ -79,14 +79,14 @@ class CircuitBreaker:
         """Wrap ``call_next``: the layer."""
 
         def handle(task: Task[Any], ctx: WorkerContext) -> Any:
-            trial = self._enter(ctx)
+            trial = self._admit(task, ctx)
             try:
                 result = call_next(task, ctx)
             except NotStarted:  # it never ran: neither a failure nor a success
                 if trial:
                     self._trial_undone()
                 raise
-            except Exception:
+            except BaseException:  # what the worker counts as a failed attempt
                 self._failed_attempt(trial, ctx)
                 raise
             self._succeeded(trial, ctx)
@@ -95,6 +95,20 @@ class CircuitBreaker:
         return handle
 
     # The states ---------------------------------------------------------------------------
+    def _admit(self, task: Task[Any], ctx: WorkerContext) -> bool:
+        """``_enter``, the task held (``ctx.holding``) while it may wait."""
+        if self._state == CLOSED:  # (read unlocked: _enter looks again under the lock)
+            return self._enter(ctx)
+        trial = False
+        try:
+            with ctx.holding(task):  # a shutdown ending meanwhile hands it back
+                trial = self._enter(ctx)
+        except NotStarted:
+            if trial:
+                self._trial_undone()
+            raise
+        return trial
+
     def _enter(self, ctx: WorkerContext) -> bool:
         """Return once the task may run; True when it runs as the trial."""
         with self._cond:
@@ -103,6 +117,8 @@ class CircuitBreaker:
             self._waiting += 1
             try:
                 while True:
+                    if ctx.cancelled:  # a timeout around this layer gave up on it
+                        raise NotStarted("the task timed out while the circuit was open")
                     if self._state == CLOSED:
                         return False
                     remaining = STOP_CHECK

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
@@ -47,7 +47,8 @@ DEPTH_STATUSES = ("pending", "running", "failed")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
-def metrics(registry: Any = None, *, store: Store | None = None) -> Layer:
+# (``store: Any``, as rate_limit's: ``Store`` is ambiguous to the docs, which fail on it)
+def metrics(registry: Any = None, *, store: Any = None) -> Layer:
     """Count tasks by outcome and time them in Prometheus metrics (extra ``metrics``);
     with ``store`` (the builder passes the worker's), report its queue's depth too."""
     try:
@@ -56,7 +57,8 @@ def metrics(registry: Any = None, *, store: Store | None = None) -> Layer:
         raise BuildError(
             'metrics needs the Prometheus client: pip install "taskpipe[metrics]"'
         ) from exc
-    families = _families(registry if registry is not None else prometheus_client.REGISTRY)
+    registry = registry if registry is not None else prometheus_client.REGISTRY
+    families = _families(registry)
     if store is not None and store.capabilities.introspection:
         families.depth.watch(store)
 
@@ -84,7 +86,24 @@ def metrics(registry: Any = None, *, store: Store | None = None) -> Layer:
 
         return handle
 
+    _counting_in[layer] = registry
     return layer
+
+
+#: The registry each ``metrics()`` layer counts in (``counts_in``).
+_counting_in: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def counts_in(layers: Iterable[Any], registry: Any) -> bool:
+    """True when one of ``layers`` is a ``metrics()`` layer counting in ``registry`` (the
+    CLI's ``--metrics-port`` adds none to such a worker: its tasks would count twice)."""
+    for layer in layers:
+        try:
+            if _counting_in.get(layer) is registry:
+                return True
+        except TypeError:  # not weakly referable or not hashable: not a metrics layer
+            continue
+    return False
 
 
 def _lag(due_at: float) -> float:

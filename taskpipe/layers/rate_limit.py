@@ -69,12 +69,18 @@ def rate_limit(
     def layer(call_next: Handle) -> Handle:
         def handle(task: Task[Any], ctx: WorkerContext) -> Any:
             if ctx.stopping:
-                raise NotStarted("the worker is stopping: task handed back before its start")
+                with ctx.holding(task):
+                    raise NotStarted("the worker is stopping: task handed back before its start")
             wait = reserve()
-            if wait > 0 and ctx.sleep(wait):
-                raise NotStarted(
-                    f"the worker stopped while the task waited {wait:.3f} s for its rate limit"
-                )
+            if wait > 0:
+                with ctx.holding(task):  # (a shutdown ending meanwhile hands it back)
+                    if ctx.sleep(wait):
+                        raise NotStarted(
+                            f"the worker stopped while the task waited {wait:.3f} s for its "
+                            "rate limit"
+                        )
+                    if ctx.cancelled:  # a timeout around this layer gave up on it
+                        raise NotStarted("the task timed out while it waited for its rate limit")
             return call_next(task, ctx)
 
         return handle

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import clock, events
-from ..errors import BuildError, TaskpipeError
+from ..errors import BuildError, TaskTimeout
 from .chain import Handle, Layer
 
 if TYPE_CHECKING:
@@ -37,10 +37,6 @@ __all__ = ["TaskTimeout", "timeout"]
 #: Seconds a handler has, after its deadline, to return (it saw ``ctx.cancelled``, or
 #: its coroutine was cancelled) before its thread is abandoned.
 CANCEL_GRACE = 0.1
-
-
-class TaskTimeout(TaskpipeError):
-    """The attempt ran longer than its ``timeout``: it failed (and is retried by the policy)."""
 
 
 def timeout(seconds: timedelta | float) -> Layer:
