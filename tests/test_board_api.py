@@ -490,3 +490,14 @@ def test_a_dag_run_tells_when_each_node_started(storage):
     starts = {s["name"]: s["created_at"] for s in run["steps"]}
     assert starts["get_name"] == starts["get_age"] == starts["get_city"]
     assert starts["collect"] > starts["get_name"]
+
+
+@pytest.mark.parametrize("task_id", ["9" * 19, "9" * 30])
+def test_a_task_id_past_the_stores_integers_is_not_found_not_a_500(storage, task_id):
+    app = make_app(storage)
+    for answer in (
+        call(app, "GET", f"/api/tasks/{task_id}"),
+        post(app, f"/api/tasks/{task_id}/retry"),
+        call(app, "GET", "/api/tasks", query=f"id={task_id}"),
+    ):
+        assert answer.status == 400 and "not a task id" in answer.json["error"]

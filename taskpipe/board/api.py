@@ -35,6 +35,7 @@ MAX_STREAMS = 50  # cron streams shown
 MAX_RUNS = 50  # workflow runs shown
 MAX_STEPS_TIMED = 100  # steps of a run whose start time is read (one lookup each)
 MAX_QUEUE_NAME = 200
+MAX_TASK_ID = 2**63 - 1  # the stores' ids are signed 64-bit integers
 CRON_PREFIX = "cron:"
 
 
@@ -83,7 +84,7 @@ def checked_queue(name: Any) -> str:
 
 def checked_id(text: str) -> int:
     """A task id from a request path or parameter, or a 400."""
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_TASK_ID:
         raise ApiError(400, f"not a task id: {text[:40]!r}")
     return int(text)
 

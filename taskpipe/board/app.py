@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import CapabilityError, RunNotFound, TaskNotFound
 from ..store import require
-from .api import ApiError, BoardApi
+from .api import ApiError, BoardApi, checked_id
 
 __all__ = ["BoardApp", "make_app", "CSP", "MAX_BODY"]
 
@@ -81,14 +81,14 @@ class BoardApp:
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
             ("GET", re.compile(r"/api/overview"), lambda env: self.api.overview()),
             ("GET", re.compile(r"/api/tasks"), lambda env: self.api.tasks(_query(env))),
-            ("GET", re.compile(r"/api/tasks/(\d+)"), lambda env, i: self.api.task(int(i))),
+            ("GET", re.compile(r"/api/tasks/(\d+)"), lambda env, i: self.api.task(checked_id(i))),
             ("GET", re.compile(r"/api/schedules"), lambda env: self.api.schedules()),
             ("GET", re.compile(r"/api/runs"), lambda env: self.api.runs(_query(env))),
             ("GET", re.compile(r"/api/runs/([^/]+)"), lambda env, r: self.api.run(r)),
             (
                 "POST",
                 re.compile(r"/api/tasks/(\d+)/(retry|kill|delete)"),
-                lambda env, i, a: self.api.act(int(i), a),
+                lambda env, i, a: self.api.act(checked_id(i), a),
             ),
             (
                 "POST",
