@@ -1688,6 +1688,7 @@ def board(
     It binds 127.0.0.1 by default; another address needs --token (or
     --insecure-no-auth). Ctrl-C stops it."""
     from .board import make_app
+    from .board.app import loopback_hosts_only
     from .board.server import make_board_server
 
     if not _loopback(host) and token is None and not insecure_no_auth:
@@ -1697,7 +1698,9 @@ def board(
         )
     if token is not None and len(token) < 8:
         raise BadInput("--token must be at least 8 characters")
-    app = make_app(_state().storage(), read_only=read_only, token=token)
+    app: Any = make_app(_state().storage(), read_only=read_only, token=token)
+    if token is None and _loopback(host):
+        app = loopback_hosts_only(app)  # a rebound DNS name of another site is refused
     try:
         server = make_board_server(app, host, port, quiet=quiet)
     except OSError as exc:

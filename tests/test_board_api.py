@@ -501,3 +501,54 @@ def test_a_task_id_past_the_stores_integers_is_not_found_not_a_500(storage, task
         call(app, "GET", "/api/tasks", query=f"id={task_id}"),
     ):
         assert answer.status == 400 and "not a task id" in answer.json["error"]
+
+
+class _CapturedServer:
+    """What ``make_board_server`` returns in the command's tests: keeps the app."""
+
+    server_port = 8000
+    app = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def serve_forever(self):
+        """Return at once (the test asks the app directly)."""
+
+
+def _served_app(monkeypatch, args):
+    """The WSGI app ``taskpipe board ARGS`` would serve."""
+    import taskpipe.board.server
+
+    captured = _CapturedServer()
+
+    def fake(app, host, port, *, quiet=False):
+        captured.app = app
+        return captured
+
+    monkeypatch.setattr(taskpipe.board.server, "make_board_server", fake)
+    result = CliRunner().invoke(cli, ["board", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return captured.app
+
+
+def test_without_a_token_the_command_answers_loopback_host_names_only(dbfile_cli, monkeypatch):
+    # a page of another site whose DNS name now points at 127.0.0.1 (DNS rebinding) is
+    # same-origin with the board: it could read the CSRF token and act
+    app = _served_app(monkeypatch, ["--db", dbfile_cli])
+    evil = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    assert call(app, "GET", "/", headers=evil).status == 403
+    assert call(app, "GET", "/api/overview", headers=evil).status == 403
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"):
+        assert call(app, "GET", "/", headers={"Host": host}).status == 200, host
+
+
+def test_with_a_token_or_insecure_no_auth_any_host_name_is_answered(dbfile_cli, monkeypatch):
+    app = _served_app(monkeypatch, ["--db", dbfile_cli, "--token", "s3cret-token"])
+    bearer = {"Host": "jobs.example.com", "Authorization": "Bearer s3cret-token"}
+    assert call(app, "GET", "/api/overview", headers=bearer).status == 200
+    app = _served_app(monkeypatch, ["--db", dbfile_cli, "--host", "0.0.0.0", "--insecure-no-auth"])
+    assert call(app, "GET", "/", headers={"Host": "jobs.example.com"}).status == 200

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ from ..errors import CapabilityError, RunNotFound, TaskNotFound
 from ..store import require
 from .api import ApiError, BoardApi, checked_id
 
-__all__ = ["BoardApp", "make_app", "CSP", "MAX_BODY"]
+__all__ = ["BoardApp", "make_app", "loopback_hosts_only", "CSP", "MAX_BODY"]
 
 log = logging.getLogger("taskpipe.board")
 
@@ -300,6 +301,37 @@ def _json_body(environ: dict[str, Any]) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeError, ValueError) as exc:
         raise ApiError(400, f"the body is not JSON: {str(exc)[:100]}") from None
+
+
+def loopback_hosts_only(app: Any) -> Callable[..., Iterable[bytes]]:
+    """``app`` answering only requests whose ``Host`` names this machine (``localhost``,
+    ``127.x.x.x``, ``[::1]``): what a board without a token on 127.0.0.1 needs, so that a
+    page of another site whose DNS name points at 127.0.0.1 (DNS rebinding) can neither
+    read the page's CSRF token nor act."""
+
+    def guarded(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if _loopback_name(environ.get("HTTP_HOST", "")):
+            result: Iterable[bytes] = app(environ, start_response)
+            return result
+        body = json.dumps({"error": "this board answers to localhost only"}).encode()
+        return BoardApp._send(start_response, 403, "application/json; charset=utf-8", body)
+
+    return guarded
+
+
+def _loopback_name(host: str) -> bool:
+    """True for a ``Host`` header (port included or not) naming a loopback address."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    else:
+        name = name.rpartition(":")[0] if name.count(":") == 1 else name
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def make_app(
