@@ -552,3 +552,16 @@ def test_with_a_token_or_insecure_no_auth_any_host_name_is_answered(dbfile_cli, 
     assert call(app, "GET", "/api/overview", headers=bearer).status == 200
     app = _served_app(monkeypatch, ["--db", dbfile_cli, "--host", "0.0.0.0", "--insecure-no-auth"])
     assert call(app, "GET", "/", headers={"Host": "jobs.example.com"}).status == 200
+
+
+def test_each_request_closes_its_threads_connection(storage):
+    # the board's server answers each request on a new thread: a connection left open
+    # there lives on (an open file per request) until the garbage collector finds it
+    app = make_app(storage)
+    storage.push("x")
+    for path in ("/api/overview", "/api/tasks", "/api/tasks/1"):
+        assert call(app, "GET", path).status == 200
+        assert storage.db.is_closed(), path
+    assert post(app, "/api/tasks/1/kill").json["done"] is True
+    assert storage.db.is_closed()
+    assert storage.fetch_by_id(1).status is Status.DEAD  # it opens again when needed

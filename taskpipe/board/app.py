@@ -122,6 +122,11 @@ class BoardApp:
             return self._json(
                 start_response, 500, {"error": "internal error (see the board's log)"}
             )
+        finally:
+            # the answer is built whole: the thread's connections are not needed after it
+            # (the board's server runs each request on a new thread, which would leave
+            # one open per request until the garbage collector found it)
+            self.api.close_thread_connections()
 
     def _answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
