@@ -565,3 +565,17 @@ def test_each_request_closes_its_threads_connection(storage):
     assert post(app, "/api/tasks/1/kill").json["done"] is True
     assert storage.db.is_closed()
     assert storage.fetch_by_id(1).status is Status.DEAD  # it opens again when needed
+
+
+def test_a_script_with_the_bearer_token_acts_without_a_csrf_token(storage):
+    # a browser never adds an Authorization header by itself: a request carrying the
+    # token there is no forgery, and a script has no page to read a CSRF token from
+    tid = storage.push("x")
+    app = make_app(storage, token="s3cret-token")
+    bearer = {"Authorization": "Bearer s3cret-token"}
+    answer = call(app, "POST", f"/api/tasks/{tid}/kill", headers=bearer)
+    assert answer.status == 200 and answer.json["done"] is True
+    # the cookie the page sets is sent by browsers on their own: it still needs the CSRF
+    cookie = call(app, "GET", "/", query="token=s3cret-token").headers["Set-Cookie"]
+    answer = call(app, "POST", f"/api/tasks/{tid}/retry", headers={"Cookie": cookie.split(";")[0]})
+    assert answer.status == 403 and "CSRF" in answer.json["error"]

@@ -5,7 +5,8 @@ Safety rules, enforced here for every request:
 - with a ``token``, every request carries it: an ``Authorization: Bearer`` header, or
   the cookie set when the page is opened once as ``/?token=…`` (HttpOnly, SameSite);
 - ``GET`` never changes anything; actions are ``POST`` with the page's CSRF token in
-  an ``X-CSRF-Token`` header (a page of another site can neither read nor send it);
+  an ``X-CSRF-Token`` header (a page of another site can neither read nor send it),
+  or with the token in an ``Authorization: Bearer`` header (a script's);
 - ``read_only`` refuses every action (403) and the page hides them;
 - a Content-Security-Policy that allows scripts and styles from the board only (no
   inline script), and no framing;
@@ -204,9 +205,18 @@ class BoardApp:
         assert self.token is not None
         return hmac.compare_digest(given.encode(), self.token.encode())
 
-    def _authorized(self, environ: dict[str, Any]) -> bool:
+    def _bearer(self, environ: dict[str, Any]) -> bool:
+        """Whether the request carries the token in an ``Authorization: Bearer`` header
+        (a script's: a browser never adds that header by itself)."""
         header = environ.get("HTTP_AUTHORIZATION", "")
-        if header.startswith("Bearer ") and self._same(header[len("Bearer ") :].strip()):
+        return (
+            self.token is not None
+            and header.startswith("Bearer ")
+            and self._same(header[len("Bearer ") :].strip())
+        )
+
+    def _authorized(self, environ: dict[str, Any]) -> bool:
+        if self._bearer(environ):
             return True
         for part in environ.get("HTTP_COOKIE", "").split(";"):
             name, _, value = part.strip().partition("=")
@@ -219,6 +229,8 @@ class BoardApp:
     def _check_action(self, environ: dict[str, Any]) -> None:
         if self.read_only:
             raise ApiError(403, "this board is read-only")
+        if self._bearer(environ):
+            return  # no forgery: another site's page cannot send the token
         given = environ.get("HTTP_X_CSRF_TOKEN", "")
         if not given or not hmac.compare_digest(given.encode(), self.csrf.encode()):
             raise ApiError(403, "missing or wrong CSRF token (reload the page)")
