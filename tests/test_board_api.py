@@ -579,3 +579,20 @@ def test_a_script_with_the_bearer_token_acts_without_a_csrf_token(storage):
     cookie = call(app, "GET", "/", query="token=s3cret-token").headers["Set-Cookie"]
     answer = call(app, "POST", f"/api/tasks/{tid}/retry", headers={"Cookie": cookie.split(";")[0]})
     assert answer.status == 403 and "CSRF" in answer.json["error"]
+
+
+def test_with_a_token_every_process_of_a_server_accepts_the_same_csrf_token(storage):
+    # a WSGI server with several processes builds one app in each: the page may come
+    # from one and the action go to another
+    tid = storage.push("x")
+    first, second = (make_app(storage, token="s3cret-token") for _ in range(2))
+    cookie = call(first, "GET", "/", query="token=s3cret-token").headers["Set-Cookie"]
+    page = call(first, "GET", "/", headers={"Cookie": cookie.split(";")[0]}).text
+    csrf = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    assert csrf and "s3cret-token" not in csrf
+    headers = {"Cookie": cookie.split(";")[0], "X-CSRF-Token": csrf}
+    assert call(second, "POST", f"/api/tasks/{tid}/kill", headers=headers).status == 200
+    other = make_app(storage, token="another-token")
+    assert (
+        csrf not in call(other, "GET", "/", headers={"Authorization": "Bearer another-token"}).text
+    )

@@ -79,7 +79,13 @@ class BoardApp:
         self.api = BoardApi(store, streams=streams)
         self.read_only = read_only
         self.token = token
-        self.csrf = secrets.token_urlsafe(32)
+        # with a token, the CSRF token is derived from it: every process of a WSGI
+        # server then accepts the page another one served
+        self.csrf = (
+            secrets.token_urlsafe(32)
+            if token is None
+            else hmac.new(token.encode(), b"taskpipe-board-csrf", hashlib.sha256).hexdigest()
+        )
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
             ("GET", re.compile(r"/api/overview"), lambda env: self.api.overview()),
             ("GET", re.compile(r"/api/tasks"), lambda env: self.api.tasks(_query(env))),
