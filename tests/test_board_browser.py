@@ -225,3 +225,42 @@ def test_a_dag_run_shows_as_a_graph(browser, board):
     assert len(browser.find_elements(By.CSS_SELECTOR, ".graph rect[data-step]")) == 4
     assert len(browser.find_elements(By.CSS_SELECTOR, ".graph line")) == 3  # the fan-in
     assert "null" not in browser.find_element(By.ID, "run").text.split("Steps")[0]
+
+
+def test_markup_in_queue_worker_schedule_and_workflow_names_shows_as_text(browser, board):
+    from datetime import UTC, datetime
+
+    from taskpipe import Task, WorkerBuilder
+    from taskpipe.workflow import Workflow
+
+    store, url = board
+    evil = '"><img src=x onerror="window.pwned = 1"><script>window.pwned = 2</script>'
+    queue = SqliteStorage(store.db, queue=evil)
+    queue.push({"n": 1})
+    finish(queue, OutcomeKind.DEAD, error=evil)
+    run = ctx(evil)
+    queue.beat(run)
+    due = datetime(2030, 1, 1, 7, tzinfo=UTC).isoformat()
+    store.push_task(Task({"due": due}, key=f"cron:{evil.replace(':', '%3A')}:{due}"))
+
+    def step(n: int) -> int:
+        return n
+
+    flow = Workflow(evil).and_then(step)
+    run_id = store.push_start(1, flow=flow)
+    WorkerBuilder("flows").backend(store).build(flow).run_until_idle()
+    pages = [
+        ("", "#overview"),
+        ("#tasks", "tr[data-task-id]"),
+        ("#schedules", "#schedules table"),
+        ("#runs", "#runs table"),
+        (f"#run/{run_id}", ".graph, #run table"),
+    ]
+    for fragment, css in pages:
+        open_page(browser, url + fragment)
+        WebDriverWait(browser, WAIT).until(
+            lambda d, css=css: d.find_elements(By.CSS_SELECTOR, css)
+            and "onerror" in d.find_element(By.ID, "main").text
+        )
+        assert browser.find_elements(By.CSS_SELECTOR, "#main img, #main script") == []
+        assert browser.execute_script("return window.pwned") is None, fragment
