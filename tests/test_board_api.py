@@ -596,3 +596,15 @@ def test_with_a_token_every_process_of_a_server_accepts_the_same_csrf_token(stor
     assert (
         csrf not in call(other, "GET", "/", headers={"Authorization": "Bearer another-token"}).text
     )
+
+
+def test_a_queue_whose_name_has_a_slash_can_be_acted_on(storage):
+    # the page sends reports%2Fdaily; the WSGI server decodes PATH_INFO to reports/daily
+    app = make_app(storage)
+    pushed = post(app, "/api/queues/reports/daily/tasks", {"args": {"n": 1}})
+    assert pushed.status == 200 and pushed.json["queue"] == "reports/daily"
+    other = SqliteStorage(storage.db, queue="reports/daily")
+    finish(other, OutcomeKind.DEAD, error="Boom: x")
+    answer = post(app, "/api/queues/reports/daily/retry-dead")
+    assert answer.status == 200 and answer.json["count"] == 1
+    assert other.fetch_by_id(pushed.json["id"]).status is Status.PENDING

@@ -259,8 +259,10 @@ def test_markup_in_queue_worker_schedule_and_workflow_names_shows_as_text(browse
     for fragment, css in pages:
         open_page(browser, url + fragment)
         WebDriverWait(browser, WAIT).until(
-            lambda d, css=css: d.find_elements(By.CSS_SELECTOR, css)
-            and "onerror" in d.find_element(By.ID, "main").text
+            lambda d, css=css: (
+                d.find_elements(By.CSS_SELECTOR, css)
+                and "onerror" in d.find_element(By.ID, "main").text
+            )
         )
         assert browser.find_elements(By.CSS_SELECTOR, "#main img, #main script") == []
         assert browser.execute_script("return window.pwned") is None, fragment

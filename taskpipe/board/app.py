@@ -86,6 +86,8 @@ class BoardApp:
             if token is None
             else hmac.new(token.encode(), b"taskpipe-board-csrf", hashlib.sha256).hexdigest()
         )
+        # a queue's name may hold a "/" (the server decodes the page's %2F): the action
+        # is the path's last part, the queue all between
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
             ("GET", re.compile(r"/api/overview"), lambda env: self.api.overview()),
             ("GET", re.compile(r"/api/tasks"), lambda env: self.api.tasks(_query(env))),
@@ -100,17 +102,17 @@ class BoardApp:
             ),
             (
                 "POST",
-                re.compile(r"/api/queues/([^/]+)/tasks"),
+                re.compile(r"/api/queues/(.+)/tasks"),
                 lambda env, q: self.api.push(q, _json_body(env)),
             ),
             (
                 "POST",
-                re.compile(r"/api/queues/([^/]+)/retry-dead"),
+                re.compile(r"/api/queues/(.+)/retry-dead"),
                 lambda env, q: self.api.retry_dead(q),
             ),
             (
                 "POST",
-                re.compile(r"/api/queues/([^/]+)/(pause|resume)"),
+                re.compile(r"/api/queues/(.+)/(pause|resume)"),
                 lambda env, q, a: self.api.pause(q, a == "pause"),
             ),
         ]
