@@ -36,6 +36,7 @@ MAX_RUNS = 50  # workflow runs shown
 MAX_STEPS_TIMED = 100  # steps of a run whose start time is read (one lookup each)
 MAX_QUEUE_NAME = 200
 MAX_TASK_ID = 2**63 - 1  # the stores' ids are signed 64-bit integers
+MAX_RUN_AFTER = 100 * 366 * 86400  # seconds: a push's delay (a due time stays a date)
 CRON_PREFIX = "cron:"
 
 
@@ -298,8 +299,12 @@ class BoardApi:
         max_attempts = body.get("max_attempts")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ApiError(400, "priority is an integer")
-        if isinstance(run_after, bool) or not isinstance(run_after, (int, float)) or run_after < 0:
-            raise ApiError(400, "run_after is a number of seconds >= 0")
+        if (
+            isinstance(run_after, bool)
+            or not isinstance(run_after, (int, float))
+            or not 0 <= run_after <= MAX_RUN_AFTER
+        ):
+            raise ApiError(400, f"run_after is a number of seconds from 0 to {MAX_RUN_AFTER}")
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
