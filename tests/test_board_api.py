@@ -611,3 +611,9 @@ def test_a_queue_whose_name_has_a_slash_can_be_acted_on(storage):
     answer = post(app, "/api/queues/reports/daily/retry-dead")
     assert answer.status == 200 and answer.json["count"] == 1
     assert other.fetch_by_id(pushed.json["id"]).status is Status.PENDING
+
+
+def test_a_missing_run_is_a_404_that_does_not_tell_where_the_database_is(storage, db_path):
+    answer = call(make_app(storage), "GET", "/api/runs/0123456789abcdef0000")
+    assert answer.status == 404 and "0123456789abcdef0000" in answer.json["error"]
+    assert str(db_path) not in answer.text and "SqliteStorage" not in answer.text

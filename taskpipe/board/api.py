@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import clock
+from ..errors import RunNotFound, TaskNotFound
 from ..expose import jsonable
 from ..task import Status, Task
 from .cache import Refreshed
@@ -227,8 +228,6 @@ class BoardApi:
             raise ApiError(400, f"unknown status {status[:40]!r}")
         wanted = params.get("id") or None
         if wanted is not None:
-            from ..errors import TaskNotFound
-
             try:
                 found = [self.store.fetch_by_id(checked_id(wanted.strip()))]
             except TaskNotFound:
@@ -387,7 +386,11 @@ class BoardApi:
         """One workflow run and its steps (nodes), oldest first."""
         if not run_id or ":" in run_id or not run_id.isalnum() or len(run_id) > 64:
             raise ApiError(400, f"not a run id: {run_id[:40]!r}")
-        data = jsonable(self.store.workflow_status(run_id))
+        try:
+            status = self.store.workflow_status(run_id)
+        except RunNotFound:  # (its message names the store: a path, a server)
+            raise ApiError(404, f"no workflow run {run_id!r}") from None
+        data = jsonable(status)
         # when each step's first task was made: the page lays a DAG out by it (nodes
         # released by one finished parent were made together)
         for step in data["steps"][:MAX_STEPS_TIMED]:
