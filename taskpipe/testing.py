@@ -31,6 +31,7 @@ the fixtures are simply not defined.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -232,9 +233,14 @@ class Eager:
         self.raise_errors = raise_errors
         self._builder = builder or (lambda store: WorkerBuilder("taskpipe-eager").backend(store))
         self._workers: dict[tuple[str, int], Worker] = {}  # by queue and router size
-        self._lock = threading.Lock()  # guards _pending and _running
+        self._lock = threading.Condition()  # guards _pending and _running
         self._pending: dict[str, Store] = {}
         self._running = False
+        # True while one of this mode's tasks runs: a context variable, so that an
+        # async task (run on the worker's event loop thread) has it too
+        self._in_task: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            "taskpipe_eager_in_task", default=False
+        )
         self._failures: dict[TaskId, BaseException] = {}
 
     def __repr__(self) -> str:
@@ -253,12 +259,16 @@ class Eager:
             self.router._on_push = None
 
     def _pushed(self, routed: RoutedTask[Any, Any], _task_id: TaskId) -> None:
-        """After a push: run the queue it went to until idle, unless a run is under way
-        (a task pushing another: that run takes it)."""
+        """After a push: run the queue it went to until idle, unless the push comes from
+        a task of the run under way (a task pushing another: that run takes it). Any
+        other push waits for the run under way to end, then runs what is left."""
         with self._lock:
             self._pending[routed.storage.queue] = routed.storage
-            if self._running:
+            if self._running and self._in_task.get():
                 return
+            while self._running:
+                self._lock.wait()
+            self._pending[routed.storage.queue] = routed.storage
             self._running = True
         ran: list[events.Success | events.Retry | events.Dead] = []
         try:
@@ -266,6 +276,7 @@ class Eager:
                 with self._lock:
                     if not self._pending:
                         self._running = False
+                        self._lock.notify_all()
                         break
                     queue, store = self._pending.popitem()
                 ran += run_until_idle(self._worker(queue, store))
@@ -273,6 +284,7 @@ class Eager:
             with self._lock:
                 self._running = False
                 self._pending.clear()
+                self._lock.notify_all()
             raise
         failures, self._failures = self._failures, {}
         if self.raise_errors:
@@ -296,12 +308,15 @@ class Eager:
         """The innermost layer: keeps what a task raised, to raise it from the push."""
 
         def handle(task: Task[Any], ctx: WorkerContext) -> Any:
+            token = self._in_task.set(True)  # a push from here joins the run under way
             try:
                 return call_next(task, ctx)
             except Exception as exc:
                 if task.id is not None:
                     self._failures.setdefault(task.id, exc)
                 raise
+            finally:
+                self._in_task.reset(token)
 
         return handle
 

@@ -361,3 +361,60 @@ def test_every_public_name_has_a_docstring():
     ]
     assert (undocumented, methods) == ([], [])
     assert {"taskpipe_db", "taskpipe_storage"} <= set(testing.__all__)
+
+
+def test_an_eager_push_from_another_thread_returns_when_its_task_has_run():
+    # thread A's push is running a task that waits; thread B pushes meanwhile: B's push
+    # must not return before B's task has run (it used to return at once)
+    import threading
+
+    store = MemoryBackend()
+    router = Router(store)
+    started, release = threading.Event(), threading.Event()
+
+    @router.task(name="slow")
+    def slow() -> str:
+        started.set()
+        assert release.wait(5)
+        return "slow"
+
+    @router.task(name="quick")
+    def quick() -> str:
+        return "quick"
+
+    with eager(router):
+        first = threading.Thread(target=slow.push)
+        first.start()
+        assert started.wait(5)
+        seen: list[Status] = []
+
+        def push_quick() -> None:
+            task_id = quick.push()
+            seen.append(store.fetch_by_id(task_id).status)
+
+        second = threading.Thread(target=push_quick)
+        second.start()
+        second.join(0.5)  # B's push waits for A's run; if it returned, `seen` tells
+        assert seen == []
+        release.set()
+        first.join(5)
+        second.join(5)
+    assert seen == [Status.DONE]
+
+
+def test_an_async_eager_task_pushing_another_runs_it_in_the_same_push():
+    router = Router(MemoryBackend())
+    order: list[str] = []
+
+    @router.task(name="child")
+    def child() -> None:
+        order.append("child")
+
+    @router.task(name="parent")
+    async def parent() -> None:
+        order.append("parent")
+        child.push()  # on the worker's event loop thread
+
+    with eager(router):
+        parent.push()
+        assert order == ["parent", "child"]
