@@ -35,6 +35,7 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:join:{key}           hash: a join's ``slots`` and how many parts ``arrived``
     {p}:join:{key}:parts     hash slot → value: its recorded parts (``join_parts``)
     {p}:queues               set of queue names
+    {p}:paused               set of the queues paused (``pause_queue``)
     {p}:q:{queue}:ready      zset of due tasks: score −priority, member
                              "<run_at µs, 17 digits>:<id, 20 digits>", so ZPOPMIN gives
                              priority, then due time, then id
@@ -1168,6 +1169,7 @@ class RedisStorage(ExposeMixin, Store):
         outcomes=True,
         recovery=True,
         joins=True,
+        pausing=True,
     )
 
     def __init__(
@@ -1323,6 +1325,17 @@ class RedisStorage(ExposeMixin, Store):
         """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
         found = self._do(self.client.hgetall, f"{self.prefix}:join:{key}:parts")
         return sorted((int(slot), bytes(value)) for slot, value in found.items())
+
+    # Pausing ---------------------------------------------------------------------------
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Add ``queue`` to (or remove it from) the set ``{p}:paused``: one command."""
+        change = self.client.sadd if paused else self.client.srem
+        self._do(change, f"{self.prefix}:paused", queue)
+
+    def paused_queues(self) -> set[str]:
+        """The members of ``{p}:paused``: one ``SMEMBERS``."""
+        found = self._do(self.client.smembers, f"{self.prefix}:paused")
+        return {_text(name) or "" for name in found}
 
     # Worker side -----------------------------------------------------------------------
     def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:

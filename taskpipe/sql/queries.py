@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..task import Status
-from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, QUEUES, RECOVERIES, WORKERS
 
 __all__ = ["Queries", "sql_in", "WAITING", "FINISHED"]
 
@@ -165,6 +165,8 @@ class Queries:
     )
     # (join_key,)
     join_parts: str = f"SELECT slot, value FROM {JOIN_PARTS} WHERE join_key = ? ORDER BY slot"
+    # Every worker reads this at each heartbeat (a handful of rows at most).
+    paused_queues: str = f"SELECT queue FROM {QUEUES} WHERE paused = 1"
 
     def with_paramstyle(self, placeholder: str) -> Queries:
         """The same statements with ``?`` replaced by ``placeholder`` (e.g. ``%s``)."""

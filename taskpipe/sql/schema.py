@@ -32,12 +32,14 @@ __all__ = [
     "RECOVERIES",
     "JOINS",
     "JOIN_PARTS",
+    "QUEUES",
 ]
 
 #: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
 #: 3: the workers' ``host_id`` (where their pid means something).
 #: 4: joins (workflows' fan-in): ``taskpipe_joins`` and ``taskpipe_join_parts``.
-SCHEMA_VERSION = 4
+#: 5: paused queues: ``taskpipe_queues``.
+SCHEMA_VERSION = 5
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
@@ -45,6 +47,7 @@ RECOVERIES = "taskpipe_recoveries"
 META = "taskpipe_schema"
 JOINS = "taskpipe_joins"
 JOIN_PARTS = "taskpipe_join_parts"
+QUEUES = "taskpipe_queues"
 M = TypeVar("M", bound=pw.Model)
 
 
@@ -139,6 +142,15 @@ class JoinPartModel(_Base):
         primary_key = pw.CompositeKey("join_key", "slot")
 
 
+class QueueModel(_Base):
+    """A queue's settings (a row once one is set): whether it is paused, and since
+    when (``Store.pause_queue``)."""
+
+    queue = pw.TextField(primary_key=True)
+    paused = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
+    paused_at = pw.DoubleField(null=True)
+
+
 class SchemaModel(_Base):
     """The schema version this database is at."""
 
@@ -156,10 +168,11 @@ class Models:
     Recovery: type[RecoveryModel]
     Join: type[JoinModel]
     JoinPart: type[JoinPartModel]
+    Queue: type[QueueModel]
 
     def all(self) -> list[type[pw.Model]]:
         """Every model (jobs, errors, workers, schema version, recoveries, joins and
-        their parts): what ``setup`` creates."""
+        their parts, queues): what ``setup`` creates."""
         return [
             self.Job,
             self.Error,
@@ -168,6 +181,7 @@ class Models:
             self.Recovery,
             self.Join,
             self.JoinPart,
+            self.Queue,
         ]
 
 
@@ -194,6 +208,7 @@ def models_for(db: pw.Database) -> Models:
                 Recovery=bind(RecoveryModel, RECOVERIES),
                 Join=bind(JoinModel, JOINS),
                 JoinPart=bind(JoinPartModel, JOIN_PARTS),
+                Queue=bind(QueueModel, QUEUES),
             )
             _bound[db] = models
         return models
@@ -233,6 +248,8 @@ def _migrate(db: pw.Database, models: Models, version: int) -> None:
     if version < 3 and "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
         db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
     # 3 -> 4: the join tables are new (made whole above)
+    # 4 -> 5: the queues table (paused queues) is new, made whole above (the engines
+    # that write their own DDL create it there, with IF NOT EXISTS)
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 
