@@ -5,7 +5,8 @@ its queue is paused in the store (``Store.pause_queue``, stores with ``pausing``
 store is asked at each heartbeat (one small read), so a queue's pause reaches a busy
 worker within ``keep_alive``; a resume in the same process wakes the worker at once.
 Each change of the combined state is announced once, in order: ``events.Paused``,
-``events.Resumed``.
+``events.Resumed``. On pausing, the run's tasks claimed and not started go back to
+the store at once: once ``pause()`` returns, the run starts no new task.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ class PauseSwitch:
         ctx: WorkerContext,
         emit: Callable[[events.Event], None],
         report: Callable[[BaseException], None],
+        hold: Callable[[], None],
     ):
         self.store = store
         self.ctx = ctx
         self._emit = emit
         self._report = report
+        self._hold = hold  # hands back the tasks claimed and not started
         #: ``Worker.pause()`` holds the run back.
         self.by_worker = False
         #: The store says the run's queue is paused (as of the last look).
@@ -78,5 +81,7 @@ class PauseSwitch:
         if not self._started or paused == self.active:
             return
         self.active = self.ctx.paused = paused
+        if paused:
+            self._hold()
         self._emit(events.Paused() if paused else events.Resumed())
         self.ctx.wake()  # the fetch loop: stop claiming, or claim again

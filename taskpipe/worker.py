@@ -302,9 +302,10 @@ class Worker:
 
     def pause(self) -> None:
         """Take no new tasks (from any thread; before a run too) until ``resume()``:
-        tasks claimed and not started go back to the store, running ones finish and
-        their outcomes are written; heartbeats and ``stop()`` go on. A paused
-        ``run_until_idle()`` returns once nothing runs. Emits ``events.Paused``."""
+        once it returns, the run starts no task; those claimed and not started go back
+        to the store, running ones finish and their outcomes are written; heartbeats
+        and ``stop()`` go on. A paused ``run_until_idle()`` returns once nothing runs.
+        Emits ``events.Paused``."""
         self._paused = True
         switch = self._switch
         if switch is not None:
@@ -402,7 +403,9 @@ class _Run:
         inner = self._call_handler if worker.runner is None else self._call_runner
         self.handle: Handle = compose(worker.layers, inner)
         self.heartbeat_thread: threading.Thread | None = None
-        self.pause = PauseSwitch(self.store, self.ctx, self.ctx.emit, self._report)
+        self.pause = PauseSwitch(
+            self.store, self.ctx, self.ctx.emit, self._report, hold=self._release_unstarted
+        )
 
     def _report(self, error: BaseException) -> None:
         if isinstance(error, PipeError) and self.pipe_error is None:
@@ -585,11 +588,10 @@ class _Run:
             self.ctx._woken = False
 
     def _wait_while_paused(self) -> bool:
-        """One step of a paused run: hand back the tasks claimed and not started, write
-        what finished, then wait for a finished task, a stop, a resume or (under
+        """One step of a paused run (its unstarted tasks were handed back on pausing):
+        write what finished, then wait for a finished task, a stop, a resume or (under
         ``run_until_idle``) the next beat. True when ``run_until_idle`` should return:
         nothing runs any more."""
-        self._release_unstarted()
         self._flush()
         with self.cond:
             if self.until_idle and self.ctx.in_flight == 0 and not self.outcomes:
@@ -608,6 +610,11 @@ class _Run:
     # lease is handed back when the shutdown grace ends).
     def _submit(self, claim: Claim) -> None:
         with self.cond:
+            if self.pause.active:  # paused while it was being claimed: back, never started
+                if not self.outcomes:
+                    self.first_outcome_at = clock.real_monotonic()
+                self.outcomes.append(Outcome(claim, OutcomeKind.RELEASE))
+                return
             self.ctx.in_flight += 1
             if claim.isolated:
                 self.ctx.isolated += 1
