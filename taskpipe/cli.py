@@ -62,6 +62,7 @@ from .errors import (
 from .expose import STATS_KEYS, QueueInfo, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
+from .router import Router
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
@@ -803,7 +804,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
 
 
-@cli.command(short_help="Run a Worker, a Monitor or a handler function.")
+@cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option(
     "--queue",
@@ -840,6 +841,11 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     show_default=True,
     help="What taskpipe logs to stderr while the worker runs.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (extra: metrics).",
+)
 @_db_option
 @click.pass_context
 def worker(
@@ -853,10 +859,15 @@ def worker(
     name: str | None,
     quiet: bool,
     log_level: str,
+    metrics_port: int | None,
 ) -> None:
-    """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
-    (then a worker is built on --queue of --db)."""
+    """Run the worker MODULE:ATTR names: a Worker, a Monitor, a Router or a handler
+    function. A handler function's worker takes the tasks of --queue of --db; a
+    Router's, those of its own store (or of --db when given), on its queue (or
+    --queue when given): run one per queue its functions use."""
     obj = _import_target(target)
+    if metrics_port is not None:
+        _metrics_layer(None)  # prometheus-client missing: say so before anything runs
     if isinstance(obj, (Worker, Monitor)):
         ignored = [
             f"--{p.replace('_', '-')}"
@@ -869,10 +880,16 @@ def worker(
                 err=True,
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
-    elif callable(obj):
+    elif isinstance(obj, Router) or callable(obj):
+        if isinstance(obj, Router):
+            store = _router_storage(obj, target, queue, ctx)
+            default_name = store.queue
+        else:
+            store = _state().storage(queue)
+            default_name = getattr(obj, "__name__", "worker")
         builder = (
-            WorkerBuilder(str(name or getattr(obj, "__name__", "worker")))
-            .backend(_state().storage(queue))
+            WorkerBuilder(str(name or default_name))
+            .backend(store)
             .concurrency(concurrency)
             .retry(RetryPolicy.retries(retries))
             .shutdown_grace(grace)
@@ -886,14 +903,63 @@ def worker(
         workers = [obj]
     else:
         raise BadInput(
-            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
+            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor, a Router or a "
+            "handler function"
         )
-    with _logging_to_stderr(log_level):
+    with _logging_to_stderr(log_level), _serving_metrics(metrics_port, workers):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
             click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
         else:
             obj.run()
+
+
+def _metrics_layer(store: Any) -> Any:
+    """The metrics layer over ``store``; a clear error when prometheus-client is missing."""
+    from .layers import metrics
+
+    try:
+        return metrics(store=store)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _serving_metrics(port: int | None, workers: list[Worker]) -> Iterator[None]:
+    """With a port: each worker gets the metrics layer (outermost), and the default
+    registry is served on 127.0.0.1:port while the workers run."""
+    if port is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    for w in workers:
+        w.layers.insert(0, _metrics_layer(w.backend))
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise BadInput(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+    click.echo(f"metrics on http://127.0.0.1:{port}/metrics", err=True)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _router_storage(router: Router, target: str, queue: str, ctx: click.Context) -> Any:
+    """The store a Router's worker takes tasks from: --queue when given, else the
+    router store's queue; of --db (or TASKPIPE_DB) when given, else of the router."""
+    if ctx.get_parameter_source("queue") is not ParameterSource.COMMANDLINE:
+        queue = router.storage.queue
+    state = _state()
+    if state.url:
+        return state.storage(queue)
+    try:
+        return router.storage_for(queue)
+    except CapabilityError as exc:
+        raise BadInput(f"{target}: {exc}") from exc
 
 
 @contextlib.contextmanager

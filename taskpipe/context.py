@@ -110,6 +110,18 @@ class WorkerContext:
         if self._emit is not None:
             self._emit(event)
 
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` of real time in the calling thread (a layer holding a task
+        back), returning early once the worker is stopping; True when it is stopping."""
+        deadline = clock.real_monotonic() + seconds
+        with self._cond:  # stop() notifies it; other notifications just loop
+            while not self._stopping:
+                remaining = deadline - clock.real_monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._stopping
+
     @contextlib.contextmanager
     def cancel_scope(
         self, cancel: threading.Event, deadline: float | None = None

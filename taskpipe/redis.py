@@ -51,6 +51,8 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:q:{queue}:errs  :rt  failures of the last day; Done run-time sum and count
     {p}:runs {p}:seen {p}:held:{run} {p}:orphans   worker runs, last beats, held tasks
     {p}:tok:{token}          a write's result for 5 minutes (replays after a reconnect)
+    {p}:limit:{key}          a rate limit's last reserved start (``take_slot``); it
+                             expires a minute after the slot after it is past
     {p}:wake                 pub/sub channel: a push publishes its queue name
 
 Priorities are exact up to 2**53 in magnitude (a zset score is a double). Run times
@@ -971,6 +973,20 @@ forget_many(ARGV[2], ARGV[3], ids)
 return #ids
 """
 
+# ARGV: P, limit key, now, interval -> the reserved start. Not fenced by a token: a
+# call replayed after a lost reply reserves one more slot, which only makes the
+# limit stricter.
+_TAKE_SLOT = r"""
+local k = P .. ':limit:' .. ARGV[2]
+local now, interval = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = tonumber(redis.call('GET', k))
+local start = now
+if last and last + interval > now then start = last + interval end
+local s = string.format('%%.17g', start)
+redis.call('SET', k, s, 'PX', math.ceil((start + interval - now) * 1000) + 60000)
+return s
+"""
+
 _SCRIPTS = {
     "insert": _INSERT,
     "claim": _CLAIM,
@@ -982,6 +998,7 @@ _SCRIPTS = {
     "retry": _RETRY,
     "retry_dead": _RETRY_DEAD,
     "purge": _PURGE,
+    "take_slot": _TAKE_SLOT,
 }
 
 _KINDS = {
@@ -1169,6 +1186,8 @@ class RedisStorage(ExposeMixin, Store):
         outcomes=True,
         recovery=True,
         joins=True,
+        queues=True,
+        rate_limits=True,
         pausing=True,
     )
 
@@ -1209,6 +1228,20 @@ class RedisStorage(ExposeMixin, Store):
 
     def __repr__(self) -> str:
         return f"RedisStorage(queue={self.queue!r}, prefix={self.prefix!r})"
+
+    def for_queue(self, queue: str) -> RedisStorage:
+        """A ``RedisStorage`` for ``queue`` on the same client and prefix, with this
+        store's codec, config and retention (this store itself for its own queue)."""
+        if queue == self.queue:
+            return self
+        return RedisStorage(
+            self.client,
+            queue=queue,
+            codec=self.codec,
+            config=self.config,
+            prefix=self.prefix,
+            keep_finished=self.keep_finished,
+        )
 
     # Setup -----------------------------------------------------------------------------
     @classmethod
@@ -1325,6 +1358,14 @@ class RedisStorage(ExposeMixin, Store):
         """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
         found = self._do(self.client.hgetall, f"{self.prefix}:join:{key}:parts")
         return sorted((int(slot), bytes(value)) for slot, value in found.items())
+
+    # Rate limits -----------------------------------------------------------------------
+    def take_slot(self, key: str, interval: float) -> float:
+        """Reserve the next start of rate limit ``key`` (shared by every store under
+        this prefix) in one script; return the seconds to wait for it."""
+        now = self._now()
+        start = float(self._run("take_slot", key, repr(now), repr(interval)))
+        return max(0.0, start - now)
 
     # Pausing ---------------------------------------------------------------------------
     def set_paused(self, queue: str, paused: bool) -> None:

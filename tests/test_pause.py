@@ -6,6 +6,7 @@ The store side of the contract (every store) is in ``contract/test_contract_paus
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -17,7 +18,8 @@ from taskpipe import cli as cli_module
 from taskpipe.cli import cli
 from taskpipe.config import Config
 from taskpipe.custom import BackendBuilder
-from taskpipe.errors import CapabilityError
+from taskpipe.errors import CapabilityError, SetupError
+from taskpipe.sql import schema
 from taskpipe.sqlite import SqliteStorage, connect
 
 WAIT = 10.0  # the longest any wait here may take before the test fails
@@ -307,6 +309,26 @@ def test_a_store_that_cannot_pause_says_so_and_its_workers_still_run():
     with pytest.raises(CapabilityError, match="paused"):
         backend.paused_queues()
     assert WorkerBuilder("plain").backend(backend).build(echo).run_until_idle() == 0
+
+
+def test_a_database_at_schema_5_gets_the_queues_table_on_setup(tmp_path):
+    path = str(tmp_path / "old.db")
+    db = connect(path)
+    SqliteStorage.setup(db)
+    db.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"DROP TABLE {schema.QUEUES}")
+        raw.execute(f"UPDATE {schema.META} SET version = 5")
+    raw.close()
+    storage = SqliteStorage(connect(path))
+    with pytest.raises(SetupError, match="schema version 5"):
+        storage.check_setup()
+    SqliteStorage.setup(storage)
+    SqliteStorage.setup(storage)  # idempotent
+    storage.check_setup()
+    storage.pause_queue()
+    assert storage.paused_queues() == {"default"}
+    storage.db.close()
 
 
 # The command line -----------------------------------------------------------------------------

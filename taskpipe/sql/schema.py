@@ -32,14 +32,16 @@ __all__ = [
     "RECOVERIES",
     "JOINS",
     "JOIN_PARTS",
+    "LIMITS",
     "QUEUES",
 ]
 
 #: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
 #: 3: the workers' ``host_id`` (where their pid means something).
 #: 4: joins (workflows' fan-in): ``taskpipe_joins`` and ``taskpipe_join_parts``.
-#: 5: paused queues: ``taskpipe_queues``.
-SCHEMA_VERSION = 5
+#: 5: rate limits across workers: ``taskpipe_limits``.
+#: 6: paused queues: ``taskpipe_queues``.
+SCHEMA_VERSION = 6
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
@@ -47,6 +49,7 @@ RECOVERIES = "taskpipe_recoveries"
 META = "taskpipe_schema"
 JOINS = "taskpipe_joins"
 JOIN_PARTS = "taskpipe_join_parts"
+LIMITS = "taskpipe_limits"
 QUEUES = "taskpipe_queues"
 M = TypeVar("M", bound=pw.Model)
 
@@ -142,6 +145,14 @@ class JoinPartModel(_Base):
         primary_key = pw.CompositeKey("join_key", "slot")
 
 
+class LimitModel(_Base):
+    """One rate limit shared by workers (``rate_limit(…, key=…)``): the last task start
+    it reserved. Its row lock serializes the reservations."""
+
+    limit_key = pw.TextField(primary_key=True)
+    last_start = pw.DoubleField()
+
+
 class QueueModel(_Base):
     """A queue's settings (a row once one is set): whether it is paused, and since
     when (``Store.pause_queue``)."""
@@ -168,11 +179,12 @@ class Models:
     Recovery: type[RecoveryModel]
     Join: type[JoinModel]
     JoinPart: type[JoinPartModel]
+    Limit: type[LimitModel]
     Queue: type[QueueModel]
 
     def all(self) -> list[type[pw.Model]]:
         """Every model (jobs, errors, workers, schema version, recoveries, joins and
-        their parts, queues): what ``setup`` creates."""
+        their parts, rate limits, queues): what ``setup`` creates."""
         return [
             self.Job,
             self.Error,
@@ -181,6 +193,7 @@ class Models:
             self.Recovery,
             self.Join,
             self.JoinPart,
+            self.Limit,
             self.Queue,
         ]
 
@@ -208,6 +221,7 @@ def models_for(db: pw.Database) -> Models:
                 Recovery=bind(RecoveryModel, RECOVERIES),
                 Join=bind(JoinModel, JOINS),
                 JoinPart=bind(JoinPartModel, JOIN_PARTS),
+                Limit=bind(LimitModel, LIMITS),
                 Queue=bind(QueueModel, QUEUES),
             )
             _bound[db] = models
@@ -248,8 +262,10 @@ def _migrate(db: pw.Database, models: Models, version: int) -> None:
     if version < 3 and "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
         db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
     # 3 -> 4: the join tables are new (made whole above)
-    # 4 -> 5: the queues table (paused queues) is new, made whole above (the engines
-    # that write their own DDL create it there, with IF NOT EXISTS)
+    if version < 5 and not db.table_exists(LIMITS):  # 4 -> 5: rate limits (idempotent)
+        models.Limit.create_table()
+    if version < 6 and not db.table_exists(QUEUES):  # 5 -> 6: paused queues (idempotent)
+        models.Queue.create_table()
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 
