@@ -802,6 +802,10 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"task {int(task_id)} {click.style('dead', fg='red')}: {error}")
         case events.Error(task_id=None, error=error):
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
+        case events.Paused():
+            click.echo(f"worker {ctx.name} {click.style('paused', fg='yellow')}: it takes no task")
+        case events.Resumed():
+            click.echo(f"worker {ctx.name} resumed")
 
 
 @cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")

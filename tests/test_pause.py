@@ -340,8 +340,10 @@ def invoke(monkeypatch):
     return lambda *args: runner.invoke(cli, list(args), catch_exceptions=False)
 
 
-def test_cli_pause_and_resume(invoke, db, storage):
+def test_cli_pause_and_resume(invoke, db, storage, tmp_path, monkeypatch):
     path = db.database
+    (tmp_path / "pause_cli_handlers.py").write_text("def handle(args):\n    return args\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     result = invoke("pause", "emails", "--db", path)
     assert (result.exit_code, result.stdout) == (0, "queue emails paused\n")
     assert storage.paused_queues() == {"emails"}
@@ -349,6 +351,10 @@ def test_cli_pause_and_resume(invoke, db, storage):
     header, row = invoke("queues", "--db", path).stdout.splitlines()  # no task, yet listed
     assert header.split()[-1] == "PAUSED" and row.split() == ["emails", *"000000", "yes"]
     SqliteStorage(db, queue="emails").push(1)
+    worked = invoke(
+        "worker", "pause_cli_handlers:handle", "-q", "emails", "--until-idle", "--db", path
+    ).stdout
+    assert "paused: it takes no task" in worked and "handled 0 tasks" in worked
     worker = WorkerBuilder("cli").backend(SqliteStorage(db, queue="emails")).build(echo)
     assert worker.run_until_idle() == 0
     assert invoke("resume", "emails", "--db", path).stdout == "queue emails resumed\n"
