@@ -41,6 +41,7 @@ from .layers import RetryPolicy
 from .monitor import Monitor, run_all
 from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
+from .processes import Supervisor
 from .router import Router
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Store, TaskSink
 from .task import (
@@ -94,6 +95,7 @@ __all__ = [
     "StorageError",
     "Store",
     "StrategyBuilder",
+    "Supervisor",
     "Task",
     "TaskBuilder",
     "TaskFailed",

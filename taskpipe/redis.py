@@ -129,6 +129,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -141,7 +142,7 @@ from . import clock
 from .config import Config
 from .context import WorkerContext
 from .errors import OutcomeRefused, PushError, SetupError, StorageError, TaskNotFound
-from .expose import DAY, HOUR, ExposeMixin, QueueInfo, WorkerInfo, _empty_stats
+from .expose import DAY, HOUR, Bucket, ExposeMixin, QueueInfo, WorkerInfo, _empty_stats
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store, safe_text
 from .task import AttemptError, Recovery, Status, TaskId, TaskInfo
 from .wakeups import WakeRegistry
@@ -987,6 +988,16 @@ redis.call('SET', k, s, 'PX', math.ceil((start + interval - now) * 1000) + 60000
 return s
 """
 
+# ARGV: P, id
+_DELETE = r"""
+local id = ARGV[2]
+local st = redis.call('HGET', tk(id), 'st')
+if not st then return -1 end
+if st ~= 'done' and st ~= 'dead' then return 0 end
+forget(id)
+return 1
+"""
+
 _SCRIPTS = {
     "insert": _INSERT,
     "claim": _CLAIM,
@@ -999,6 +1010,7 @@ _SCRIPTS = {
     "retry_dead": _RETRY_DEAD,
     "purge": _PURGE,
     "take_slot": _TAKE_SLOT,
+    "delete": _DELETE,
 }
 
 _KINDS = {
@@ -1729,8 +1741,9 @@ class RedisStorage(ExposeMixin, Store):
             for i in range(len(queues))
         ]
 
-    def list_queues(self) -> list[QueueInfo]:
-        """Every queue of this prefix that holds tasks, with its counts per status."""
+    def list_queues(self, *, done: bool = True) -> list[QueueInfo]:
+        """Every queue of this prefix that holds tasks, with its counts per status
+        (``done`` is ignored: each count is one ``ZCARD``/``HLEN``)."""
         queues = self._queues(None)
         return [
             QueueInfo(q, **c)
@@ -1809,6 +1822,40 @@ class RedisStorage(ExposeMixin, Store):
         if done == -1:
             raise TaskNotFound(f"no task with id {int(task_id)}")
         return bool(done)
+
+    def delete(self, task_id: int) -> bool:
+        """Delete a Done or Dead task (its errors, recoveries, key and join), in one
+        script; False when it is still to run or running, ``TaskNotFound`` if unknown."""
+        task_id = self._task_id(task_id)
+        done = self._run("delete", str(int(task_id)))
+        if done == -1:
+            raise TaskNotFound(f"no task with id {int(task_id)}")
+        return bool(done)
+
+    def throughput(
+        self, since: datetime | float, bucket: float, queue: str | None = None
+    ) -> list[Bucket]:
+        """Done tasks and failed attempts per bucket: one ``ZCOUNT`` per bucket on each
+        queue's ``fin:done`` and ``errs`` indexes (pipelined). Only what Redis keeps:
+        the last ``keep_finished`` Done tasks, and the failures of the last day."""
+        start, width, count = self._buckets(since, bucket)
+        queues = self._queues(queue)
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            for name in ("fin:done", "errs"):
+                for i in range(count):
+                    low = start + i * width
+                    pipe.zcount(self._qk(name, q), low, f"({low + width!r}")
+        replies = self._do(pipe.execute)
+        done: dict[int, int] = {}
+        failed: dict[int, int] = {}
+        n = 0
+        for _ in queues:
+            for into in (done, failed):
+                for i in range(count):
+                    into[i] = into.get(i, 0) + int(replies[n])
+                    n += 1
+        return self._dense_buckets(start, width, count, done, failed)
 
     def purge(self, status: Any, older_than: Any, *, queue: str | None = None) -> int:
         """Delete Done and/or Dead tasks finished at least ``older_than`` ago, 500 per

@@ -75,6 +75,9 @@ class Router:
         self.storage = storage
         self._tasks: dict[str, RoutedTask[Any, Any]] = {}
         self._stores: dict[str, Store] = {storage.queue: storage}
+        #: Called with the routed task and the id after each push (eager mode of
+        #: ``taskpipe.testing.eager``); None: pushes only write.
+        self._on_push: Callable[[RoutedTask[Any, Any], TaskId], None] | None = None
 
     def __repr__(self) -> str:
         return f"Router({self.storage!r}, tasks={len(self._tasks)})"
@@ -227,7 +230,7 @@ class RoutedTask(Generic[P, R]):
     def push(self, *args: Any, **kwargs: Any) -> TaskId:
         """Enqueue a call with these arguments (injected parameters left out); return
         its id once committed."""
-        return self.storage.push_task(self.task(*args, **kwargs))
+        return self._write(self.task(*args, **kwargs))
 
     def task(self, *args: Any, **kwargs: Any) -> Task[dict[str, Any]]:
         """The ``Task`` that ``push`` would write for these arguments (to adjust, then
@@ -242,7 +245,7 @@ class RoutedTask(Generic[P, R]):
             raise TypeError(f"push_task() takes a Task, not {type(task).__name__}")
         self._check_arguments(task.args)
         task.meta = {**task.meta, NAME_META: self.name}
-        return self.storage.push_task(task)
+        return self._write(task)
 
     def using(
         self,
@@ -267,6 +270,14 @@ class RoutedTask(Generic[P, R]):
         return options
 
     # Internals ----------------------------------------------------------------------------
+    def _write(self, task: Task[dict[str, Any]]) -> TaskId:
+        """Push ``task`` to this function's store, then tell the router's push hook."""
+        task_id = self.storage.push_task(task)
+        hook = self.router._on_push
+        if hook is not None:
+            hook(self, task_id)
+        return task_id
+
     def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name; ``TypeError`` as a call would raise."""
         try:
@@ -322,7 +333,7 @@ class PushOptions:
 
     def push(self, *args: Any, **kwargs: Any) -> TaskId:
         """Enqueue a call with these arguments and options; return its id."""
-        return self.routed.storage.push_task(self.task(*args, **kwargs))
+        return self.routed._write(self.task(*args, **kwargs))
 
     def task(self, *args: Any, **kwargs: Any) -> Task[dict[str, Any]]:
         """The ``Task`` for a call with these arguments and options."""

@@ -108,7 +108,8 @@ class Capabilities:
     """What a store can do beyond the primitives every store has."""
 
     #: ``list_tasks``, ``fetch_by_id``, ``list_workers``, ``list_queues``, ``stats``,
-    #: ``retry``, ``retry_dead``, ``kill``, ``purge`` and ``wait_for``.
+    #: ``retry``, ``retry_dead``, ``kill``, ``purge``, ``delete``, ``throughput`` and
+    #: ``wait_for``.
     introspection: bool = False
     #: ``Task(key=…)`` pushes are idempotent on the key, and ``last_key(prefix)`` finds
     #: the greatest stored key (cron streams enqueue each tick once).

@@ -14,7 +14,8 @@ Two things differ from a reader's run, both here and nowhere else: ``Worker.run(
 returns once the worker is idle (an example's ``run()`` would block forever), and the
 server URLs written in the examples are replaced with the test servers'
 (``TASKPIPE_TEST_POSTGRES_URL`` …); a section that needs a server whose URL is not
-set is skipped, saying so (CI sets them all).
+set is skipped, saying so (CI sets them all), as is a section that imports an optional
+module that is missing (Flask).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ SERVER_URLS = {
     "postgresql://app@db.internal/jobs": "TASKPIPE_TEST_POSTGRES_URL",
     "mysql://app@db.internal/jobs": "TASKPIPE_TEST_MYSQL_URL",
     "redis://127.0.0.1:6379/0?prefix=myapp": "TASKPIPE_TEST_REDIS_URL",
+}
+
+#: Optional modules: a section whose examples import one that is missing is skipped.
+OPTIONAL_MODULES = {
+    "flask": "Flask is not installed (pip install 'taskpipe[flask]')",
+    "werkzeug": "Flask is not installed (pip install 'taskpipe[flask]')",
+    "taskpipe.board": "taskpipe.board not merged yet",
 }
 
 _HEADING = re.compile(r"^(-{3,}|={3,})$")
@@ -130,4 +138,9 @@ def test_example_runs(section: Section, tmp_path: Path, monkeypatch: pytest.Monk
                     pytest.skip(f"set {variable} to run this example against a real server")
                 code = code.replace(url, server)
         compiled = compile(code, f"{section.document}:{block.line}", "exec")
-        exec(compiled, namespace)  # noqa: S102 - the documentation's own examples
+        try:
+            exec(compiled, namespace)  # noqa: S102 - the documentation's own examples
+        except ModuleNotFoundError as exc:
+            if exc.name not in OPTIONAL_MODULES:
+                raise
+            pytest.skip(OPTIONAL_MODULES[exc.name])

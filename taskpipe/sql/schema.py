@@ -250,6 +250,12 @@ def _index_sql() -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {JOBS}_attention ON {JOBS} (status, queue, id) "
         f"WHERE status IN {attention}",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_key ON {JOBS} (key) WHERE key IS NOT NULL",
+        # throughput() and Done counts (the board): finished Done rows by finish time,
+        # written once per Done ack. Created by every setup (no schema version needed:
+        # a database set up before it works, only more slowly, until setup runs again).
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_done ON {JOBS} (done_at, queue) "
+        f"WHERE status = '{Status.DONE.value}'",
+        f"CREATE INDEX IF NOT EXISTS {ERRORS}_at ON {ERRORS} (at)",
     ]
 
 
