@@ -35,6 +35,7 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:join:{key}           hash: a join's ``slots`` and how many parts ``arrived``
     {p}:join:{key}:parts     hash slot → value: its recorded parts (``join_parts``)
     {p}:queues               set of queue names
+    {p}:paused               set of the queues paused (``pause_queue``)
     {p}:q:{queue}:ready      zset of due tasks: score −priority, member
                              "<run_at µs, 17 digits>:<id, 20 digits>", so ZPOPMIN gives
                              priority, then due time, then id
@@ -1199,6 +1200,7 @@ class RedisStorage(ExposeMixin, Store):
         joins=True,
         queues=True,
         rate_limits=True,
+        pausing=True,
     )
 
     def __init__(
@@ -1376,6 +1378,17 @@ class RedisStorage(ExposeMixin, Store):
         now = self._now()
         start = float(self._run("take_slot", key, repr(now), repr(interval)))
         return max(0.0, start - now)
+
+    # Pausing ---------------------------------------------------------------------------
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Add ``queue`` to (or remove it from) the set ``{p}:paused``: one command."""
+        change = self.client.sadd if paused else self.client.srem
+        self._do(change, f"{self.prefix}:paused", queue)
+
+    def paused_queues(self) -> set[str]:
+        """The members of ``{p}:paused``: one ``SMEMBERS``."""
+        found = self._do(self.client.smembers, f"{self.prefix}:paused")
+        return {_text(name) or "" for name in found}
 
     # Worker side -----------------------------------------------------------------------
     def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
