@@ -360,7 +360,11 @@ class SameLua:
                         ids.append(fields[0].decode())
                     plain = f"1={','.join(ids)};"
                     args = [prefix, uuid.uuid4().hex, repr(time.time()), 10_000, "bench", 1, lease]
-                    ack(keys=[], args=[*args, "", b"", b"", b"", plain], client=client)
+                    ack(
+                        keys=[],
+                        args=[*args, "", b"", b"", b"", plain, "", b"", b"", b""],
+                        client=client,
+                    )
 
             pool = [threading.Thread(target=loop, args=(k,)) for k in range(4)]
             for thread in pool:
