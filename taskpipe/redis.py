@@ -791,15 +791,19 @@ for id, li, kind, rl, el, ra, nf, nj in string.gmatch(head,
   end
   outcomes[#outcomes + 1] = o
 end
+-- plain Done outcomes (the usual case) stay flat: an id and its lease each
+local pids, pleases = {}, {}
 for li, list in string.gmatch(plain, '(%%d+)=([^;]*);') do
   local lease = A[6 + tonumber(li)]
   for id in string.gmatch(list, '%%d+') do
-    outcomes[#outcomes + 1] = {id = id, lease = lease, kind = 'done', nf = 0, fi = fi, nj = 0,
-                               ji = ji}
+    pids[#pids + 1] = id
+    pleases[#pleases + 1] = lease
   end
 end
 local ids = {}
 for i, o in ipairs(outcomes) do ids[i] = o.id end
+local base = #ids
+for k, id in ipairs(pids) do ids[base + k] = id end
 local held = {}
 for i = 1, #ids, 1000 do
   local part = redis.call('HMGET', qk(q, 'running'), unpack(ids, i, math.min(i + 999, #ids)))
@@ -894,6 +898,42 @@ for _, o in ipairs(outcomes) do
   else
     flags[#flags + 1] = '0'
   end
+end
+if #pids > 0 then  -- what finish() does for each, with the index writes batched
+  local unheld, sdone = deferred(B, 'HDEL', qk(q, 'running')), deferred(B, 'ZADD', qk(q, 's:done'))
+  local fin = qk(q, 'fin:done')
+  local fdone, by_run = deferred(B, 'ZADD', fin), {}
+  local took, n, t = 0, 0, tonumber(now)
+  for k, id in ipairs(pids) do
+    local sa, run, lease
+    if held[base + k] then sa, run, lease = parse_held(held[base + k]) end
+    if lease ~= nil and lease == pleases[k] and not used[id] then
+      used[id] = true
+      redis.call('HSET', tk(id), 'da', now, 'iso', 0, 'st', 'done')
+      unheld[#unheld + 1] = id
+      local list = by_run[run]
+      if not list then
+        list = deferred(B, 'SREM', P .. ':held:' .. run)
+        by_run[run] = list
+      end
+      list[#list + 1] = id
+      sdone[#sdone + 1] = id
+      sdone[#sdone + 1] = id
+      fdone[#fdone + 1] = now
+      fdone[#fdone + 1] = id
+      if tonumber(sa) then took, n = took + (t - tonumber(sa)), n + 1 end
+      flags[#flags + 1] = '1'
+    else
+      flags[#flags + 1] = '0'
+    end
+  end
+  if n > 0 then
+    local rt = qk(q, 'rt')
+    local e = B.rt[rt] or {0, 0}
+    e[1], e[2] = e[1] + took, e[2] + n
+    B.rt[rt] = e
+  end
+  B.fin[fin] = B.fin[fin] or {q, 'done'}
 end
 for _, part in ipairs(fresh) do
   local jk = P .. ':join:' .. part.k
@@ -1349,29 +1389,32 @@ class RedisStorage(ExposeMixin, Store):
     # Pushing ---------------------------------------------------------------------------
     def push(self, args: Any) -> TaskId:
         """Encode ``args`` and enqueue it as one task (one script call); return its id."""
-        return self._push_plain([self.codec.encode(args)])[0]
+        payload = self.codec.encode(args)
+        if type(payload) is not bytes:
+            payload = _bytes(payload)
+        return TaskId(int(self._plain_rows(str(len(payload)), payload)))
 
     def push_bulk(self, items: Iterable[Any]) -> list[TaskId]:
         """Enqueue many values in one script call: all or nothing. Returns their ids."""
         encode = self.codec.encode
         payloads = [encode(args) for args in items]
-        return self._push_plain(payloads) if payloads else []
-
-    def _push_plain(self, payloads: list[Any]) -> list[TaskId]:
-        """Plain rows (what ``plain_row`` makes) by the lean ``_PLAIN_ROWS`` script."""
+        if not payloads:
+            return []
         if any(type(p) is not bytes for p in payloads):
             payloads = [p if type(p) is bytes else _bytes(p) for p in payloads]
-        sizes = ",".join([str(len(p)) for p in payloads])
+        ids = self._plain_rows(",".join([str(len(p)) for p in payloads]), b"".join(payloads))
+        return [TaskId(int(i)) for i in ids.split(b",")]
+
+    def _plain_rows(self, sizes: str, blob: bytes) -> bytes:
+        """Write plain rows (what ``plain_row`` makes) with the lean ``_PLAIN_ROWS`` script:
+        ``sizes`` of the payloads in ``blob``; returns their ids, comma-separated."""
         now = repr(self._now())
         try:
-            args = (self._token(), now, self.queue, TOKEN_TTL, sizes, b"".join(payloads))
-            ids = self._run("plain_rows", *args)
-        except redis.exceptions.ResponseError as exc:
-            raise PushError(f"push failed: {exc}") from exc
-        except StorageError as exc:
+            ids = self._run("plain_rows", self._token(), now, self.queue, TOKEN_TTL, sizes, blob)
+        except (redis.exceptions.ResponseError, StorageError) as exc:
             raise PushError(f"push failed: {exc}") from exc
         self._after_push()
-        return [TaskId(int(i)) for i in ids.split(b",")]
+        return ids
 
     def insert(self, rows: Sequence[Row]) -> list[TaskId]:
         """Write ``rows`` in one script call: all or nothing (a taken explicit id
