@@ -11,7 +11,9 @@
 Every atomic step is one Lua script (run by ``EVALSHA``, loaded again after a
 ``NOSCRIPT``): an insert (a whole ``push_bulk`` is one script call: all or nothing),
 a claim (due tasks are promoted from the delayed set inside it), an ack with its
-follow-ups, a beat with its recoveries, and each introspection write. Times are
+follow-ups, an ack with the worker's next claim (``ack_and_claim``: one round trip for
+both, the worker's usual write), a beat with its recoveries, and each introspection
+write. Times are
 ``taskpipe.clock.timestamp()`` values passed *into* the scripts (never Redis
 ``TIME``), so a frozen clock rules them as it rules the other stores.
 
@@ -20,7 +22,10 @@ travel as a few strings whatever the batch size (a head of comma-separated numbe
 and a blob of the bytes they measure), because redis-py parses and packs RESP in
 Python, element by element; index writes of a batch are one variadic call per key;
 a claim reads and writes each task's hash once, an ack writes it once, and a batch of
-acks is fenced by one ``HMGET`` on the queue's running hash.
+acks is fenced by one ``HMGET`` on the queue's running hash. ``push`` and ``push_bulk``
+(plain values: no id, key, meta or priority) use a standalone script of their own that
+writes the same keys without the general insert's row parsing (about 24 µs of Lua for
+one push instead of 40, 4 µs a task in bulk instead of 9).
 
 Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
 ``?prefix=`` in the URL), so several applications share one Redis::
