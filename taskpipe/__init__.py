@@ -22,6 +22,7 @@ from .errors import (
     BuildError,
     CapabilityError,
     CodecError,
+    NotStarted,
     OutcomeRefused,
     PipeError,
     PushError,
@@ -40,6 +41,8 @@ from .layers import RetryPolicy
 from .monitor import Monitor, run_all
 from .pipe import Pipe, pipe_to
 from .polling import BackoffStrategy, IntervalStrategy, StrategyBuilder
+from .processes import Supervisor
+from .router import Router
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Store, TaskSink
 from .task import (
     Attempt,
@@ -74,6 +77,7 @@ __all__ = [
     "JsonCodec",
     "Monitor",
     "MsgPackCodec",
+    "NotStarted",
     "Outcome",
     "OutcomeKind",
     "OutcomeRefused",
@@ -85,11 +89,13 @@ __all__ = [
     "RawStatus",
     "Recovery",
     "RetryPolicy",
+    "Router",
     "SetupError",
     "Status",
     "StorageError",
     "Store",
     "StrategyBuilder",
+    "Supervisor",
     "Task",
     "TaskBuilder",
     "TaskFailed",

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import importlib
+import functools
+import ipaddress
 import itertools
 import json
 import logging
@@ -51,6 +52,7 @@ from . import __version__, clock, events
 from .connection import ENGINES, connect, open_storage
 from .errors import (
     BuildError,
+    CapabilityError,
     CodecError,
     RunNotFound,
     SetupError,
@@ -61,10 +63,13 @@ from .errors import (
 from .expose import STATS_KEYS, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
+from .processes import Supervisor
+from .router import Router
 from .sql.schema import JOBS
 from .sqlite import SqliteStorage
 from .sqlite_file import Kind, inspect_file
 from .store import require
+from .targets import import_target, runnable
 from .task import Status, Task, TaskInfo
 from .worker import Worker, WorkerBuilder
 
@@ -763,28 +768,10 @@ def setup() -> None:
 
 # worker ---------------------------------------------------------------------------------------
 def _import_target(spec: str) -> Any:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise BadInput(f"expected MODULE:ATTR (e.g. myapp.tasks:send_email), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise BadInput(
-                f"cannot import {module_name!r}: no such module (is its directory on PYTHONPATH?)"
-            ) from exc
-        raise BadInput(f"cannot import {module_name!r}: {exc}") from exc
-    except Exception as exc:
-        raise BadInput(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise BadInput(f"module {module_name!r} has no attribute {attr!r}") from None
-    return target
+        return import_target(spec)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def _print_events(ctx: Any, event: events.Event) -> None:
@@ -801,7 +788,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
 
 
-@cli.command(short_help="Run a Worker, a Monitor or a handler function.")
+@cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option(
     "--queue",
@@ -829,6 +816,13 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     help="Shutdown grace for running tasks.",
 )
 @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
+@click.option(
+    "--processes",
+    "-p",
+    type=_Int64(min=1),
+    metavar="N",
+    help="Run the worker in N processes, restarted if they die (default: in this one).",
+)
 @click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
 @click.option(
@@ -837,6 +831,11 @@ def _print_events(ctx: Any, event: events.Event) -> None:
     default="info",
     show_default=True,
     help="What taskpipe logs to stderr while the worker runs.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (extra: metrics).",
 )
 @_db_option
 @click.pass_context
@@ -848,13 +847,26 @@ def worker(
     retries: int,
     grace: float,
     until_idle: bool,
+    processes: int | None,
     name: str | None,
     quiet: bool,
     log_level: str,
+    metrics_port: int | None,
 ) -> None:
-    """Run the worker MODULE:ATTR names: a Worker, a Monitor, or a handler function
-    (then a worker is built on --queue of --db)."""
+    """Run the worker MODULE:ATTR names: a Worker, a Monitor, a Router or a handler
+    function. A handler function's worker takes the tasks of --queue of --db; a
+    Router's, those of its own store (or of --db when given), on its queue (or
+    --queue when given): run one per queue its functions use. With --processes N,
+    N child processes each run one (named NAME-1, NAME-2…), started again if they
+    die; SIGINT/SIGTERM drain them all."""
+    if processes is not None and until_idle:
+        raise BadInput("--until-idle runs in this process only: drop --processes")
+    if processes is not None and metrics_port is not None:
+        raise BadInput("--metrics-port serves one process: drop it or --processes")
     obj = _import_target(target)
+    if metrics_port is not None:
+        _metrics_layer(None)  # prometheus-client missing: say so before anything runs
+    factory: Callable[[], Worker | Monitor]
     if isinstance(obj, (Worker, Monitor)):
         ignored = [
             f"--{p.replace('_', '-')}"
@@ -867,31 +879,155 @@ def worker(
                 err=True,
             )
         workers = [obj] if isinstance(obj, Worker) else list(obj.workers)
-    elif callable(obj):
-        builder = (
-            WorkerBuilder(str(name or getattr(obj, "__name__", "worker")))
-            .backend(_state().storage(queue))
-            .concurrency(concurrency)
-            .retry(RetryPolicy.retries(retries))
-            .shutdown_grace(grace)
+        factory = functools.partial(_child_runnable, target, log_level)
+    elif isinstance(obj, Router) or callable(obj):
+        if isinstance(obj, Router):
+            store = _router_storage(obj, target, queue, ctx)
+            default_name = store.queue
+        else:
+            store = _state().storage(queue)
+            default_name = getattr(obj, "__name__", "worker")
+        options = _HandlerOptions(
+            store.queue,
+            concurrency,
+            retries,
+            grace,
+            str(name or default_name),
+            quiet,
+            _state().url,
         )
-        if not quiet:
-            builder.on_event(_print_events)
         try:
-            obj = builder.build(obj)
+            obj = options.build(obj, store)
         except BuildError as exc:
             raise BadInput(f"{target}: {exc}") from exc
         workers = [obj]
+        factory = functools.partial(_child_handler_worker, target, options, log_level)
     else:
         raise BadInput(
-            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor or a handler function"
+            f"{target} is a {type(obj).__name__}: expected a Worker, a Monitor, a Router or a "
+            "handler function"
         )
-    with _logging_to_stderr(log_level):
+    if processes is not None:
+        for w in workers:  # a store never set up: exit 2 now, not a crash loop of children
+            w.backend.check_setup()
+        _state().close()  # the children open their own connections; the parent needs none
+        with _logging_to_stderr(log_level):
+            status = Supervisor(factory, processes).run()
+        if status:
+            raise click.exceptions.Exit(status)
+        return
+    with _logging_to_stderr(log_level), _serving_metrics(metrics_port, workers):
         if until_idle:
             handled = sum(w.run_until_idle() for w in workers)
             click.echo(f"handled {handled} task{'s' if handled != 1 else ''}")
         else:
             obj.run()
+
+
+@dataclass(frozen=True)
+class _HandlerOptions:
+    """How ``worker`` builds a worker around a handler function (sent to each child)."""
+
+    queue: str
+    concurrency: int
+    retries: int
+    grace: float
+    name: str
+    quiet: bool
+    url: str | None  # --db; None: a Router's own store
+
+    def build(self, handler: Callable[..., Any], storage: Any) -> Worker:
+        """The worker these options describe around ``handler`` (a function or a
+        Router), on ``storage``."""
+        builder = (
+            WorkerBuilder(self.name)
+            .backend(storage)
+            .concurrency(self.concurrency)
+            .retry(RetryPolicy.retries(self.retries))
+            .shutdown_grace(self.grace)
+        )
+        if not self.quiet:
+            builder.on_event(_print_events)
+        return builder.build(handler)
+
+
+def _child_runnable(target: str, log_level: str) -> Worker | Monitor:
+    """In a ``--processes`` child: the Worker or Monitor ``target`` names."""
+    _child_logging(log_level)
+    return runnable(import_target(target), target)
+
+
+def _child_handler_worker(target: str, options: _HandlerOptions, log_level: str) -> Worker:
+    """In a ``--processes`` child: a worker around the handler or Router ``target``
+    names, on a connection of its own (to --db, or the Router's own store)."""
+    _child_logging(log_level)
+    handler = import_target(target)
+    if options.url:
+        store = open_storage(options.url, options.queue)
+    elif isinstance(handler, Router):
+        store = handler.storage_for(options.queue)
+    else:
+        raise BuildError(f"{target}: no --db to take its tasks from")
+    return options.build(handler, store)
+
+
+def _child_logging(level: str) -> None:
+    """Show taskpipe's log records on stderr in a child process (it lives for the worker)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [pid {os.getpid()}]: %(message)s")
+    )
+    logger = logging.getLogger("taskpipe")
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+def _metrics_layer(store: Any) -> Any:
+    """The metrics layer over ``store``; a clear error when prometheus-client is missing."""
+    from .layers import metrics
+
+    try:
+        return metrics(store=store)
+    except BuildError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _serving_metrics(port: int | None, workers: list[Worker]) -> Iterator[None]:
+    """With a port: each worker gets the metrics layer (outermost), and the default
+    registry is served on 127.0.0.1:port while the workers run."""
+    if port is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    for w in workers:
+        w.layers.insert(0, _metrics_layer(w.backend))
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise BadInput(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+    click.echo(f"metrics on http://127.0.0.1:{port}/metrics", err=True)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _router_storage(router: Router, target: str, queue: str, ctx: click.Context) -> Any:
+    """The store a Router's worker takes tasks from: --queue when given, else the
+    router store's queue; of --db (or TASKPIPE_DB) when given, else of the router."""
+    if ctx.get_parameter_source("queue") is not ParameterSource.COMMANDLINE:
+        queue = router.storage.queue
+    state = _state()
+    if state.url:
+        return state.storage(queue)
+    try:
+        return router.storage_for(queue)
+    except CapabilityError as exc:
+        raise BadInput(f"{target}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -1507,6 +1643,69 @@ def run(run_id: str, as_json: bool) -> None:
     ]
     lines.append(_table(["STEP", "FUNCTION", "STATE", "TASKS", "ATTEMPTS", "RESULT / ERROR"], rows))
     click.echo("\n".join(lines))
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback(host: str) -> bool:
+    """True for an address that only this machine reaches."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command(short_help="Serve the board: a web page of the store's queues and tasks.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--read-only", is_flag=True, help="Show, never change: no action is offered.")
+@click.option(
+    "--token",
+    envvar="TASKPIPE_BOARD_TOKEN",
+    show_envvar=True,
+    help="Every request needs it (open the page as /?token=…); required off loopback.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Bind an address other machines reach without a token (anyone there can act).",
+)
+@click.option("--quiet", is_flag=True, help="Do not log a line per request.")
+@_db_option
+def board(
+    host: str, port: int, read_only: bool, token: str | None, insecure_no_auth: bool, quiet: bool
+) -> None:
+    """Serve the board: queues, tasks, schedules and workflow runs, and actions on
+    them (retry, kill, delete, push, pause), as a web page and a JSON API under /api/.
+
+    It binds 127.0.0.1 by default; another address needs --token (or
+    --insecure-no-auth). Ctrl-C stops it."""
+    from .board import make_app
+    from .board.server import make_board_server
+
+    if not _loopback(host) and token is None and not insecure_no_auth:
+        raise BadInput(
+            f"--host {_shown(host)} is reachable from other machines: give --token "
+            "(or --insecure-no-auth to serve it to anyone who can reach it)"
+        )
+    if token is not None and len(token) < 8:
+        raise BadInput("--token must be at least 8 characters")
+    app = make_app(_state().storage(), read_only=read_only, token=token)
+    try:
+        server = make_board_server(app, host, port, quiet=quiet)
+    except OSError as exc:
+        raise Failure(f"cannot serve on {_shown(host)}:{port}: {exc.strerror or exc}") from None
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{server.server_port}/"
+    click.echo(f"taskpipe board on {url}" + ("?token=…" if token else "") + " (Ctrl-C stops it)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,10 +22,11 @@ import typing
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
+import msgspec.inspect
 
 from .errors import CodecError
 
-__all__ = ["Codec", "JsonCodec", "MsgPackCodec", "PickleCodec", "resolve_codec"]
+__all__ = ["Codec", "JsonCodec", "MsgPackCodec", "PickleCodec", "resolve_codec", "undecodable_type"]
 
 
 @runtime_checkable
@@ -166,6 +167,35 @@ def resolve_codec(codec: Any) -> Codec:
     if not (callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))):
         raise TypeError(f"{codec!r} is not a codec: it needs encode(value) and decode(data, type)")
     return codec
+
+
+def undecodable_type(codec: Codec, tp: Any) -> Any | None:
+    """The first type within ``tp`` that ``codec`` can never decode into (a class that
+    msgspec does not know, so every payload would be refused), or None when all is
+    well. Only the msgspec codecs decode into types: any other codec accepts any."""
+    if not isinstance(codec, _MsgspecCodec):
+        return None
+    try:
+        info = msgspec.inspect.type_info(_plain_type(tp))
+    except Exception:  # a type msgspec cannot even read
+        return tp
+    seen: set[int] = set()
+    stack = [info]
+    while stack:  # the type tree; a recursive type refers back to a node already seen
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, msgspec.inspect.CustomType) and node.cls is not object:
+            return node.cls  # (``object`` decodes as ``Any`` does)
+        for name in node.__struct_fields__:
+            value = getattr(node, name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, msgspec.inspect.Field):
+                    item = item.type
+                if isinstance(item, msgspec.inspect.Type):
+                    stack.append(item)
+    return None
 
 
 def _plain_type(tp: Any) -> Any:

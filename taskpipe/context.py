@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkerContext"]
 
-_running = threading.local()  # per thread: the cancel event of the task it runs
+_running = threading.local()  # per thread: the cancel event and deadline of the task it runs
 
 
 class WorkerContext:
@@ -35,12 +35,15 @@ class WorkerContext:
         capacity: int,
         report: Callable[[BaseException], None],
         emit: Callable[[Event], None] | None = None,
+        close_thread_connection: Callable[[], None] | None = None,
     ):
         self.name = name
         self.run_id = f"{name}:{uuid.uuid4().hex[:12]}"
         self.capacity = capacity
         self._report = report
         self._emit = emit
+        self._close_thread_connection = close_thread_connection
+        self._at_finish: list[Callable[[], None]] | None = []  # None once the run ended
         self.lock = threading.Lock()  # guards the run's state; shared with the pool
         self._cond = threading.Condition(self.lock)
         self._leases = itertools.count(1)
@@ -86,6 +89,16 @@ class WorkerContext:
         event = getattr(_running, "cancel", None)
         return event is not None and event.is_set()
 
+    @property
+    def time_left(self) -> float | None:
+        """Seconds left before the task the calling thread runs times out (a ``timeout``
+        layer's deadline; never below 0), or None when it has no timeout: pass it on,
+        e.g. ``requests.get(url, timeout=ctx.time_left)``."""
+        deadline = getattr(_running, "deadline", None)
+        if deadline is None:
+            return None
+        return max(0.0, deadline - clock.real_monotonic())
+
     # For layers -----------------------------------------------------------------------
     def emit(self, event: Event) -> None:
         """Send ``event`` to the worker's ``on_event`` callbacks (a layer reports a
@@ -93,16 +106,47 @@ class WorkerContext:
         if self._emit is not None:
             self._emit(event)
 
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` of real time in the calling thread (a layer holding a task
+        back), returning early once the worker is stopping; True when it is stopping."""
+        deadline = clock.real_monotonic() + seconds
+        with self._cond:  # stop() notifies it; other notifications just loop
+            while not self._stopping:
+                remaining = deadline - clock.real_monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._stopping
+
     @contextlib.contextmanager
-    def cancel_scope(self, cancel: threading.Event) -> Iterator[None]:
+    def cancel_scope(
+        self, cancel: threading.Event, deadline: float | None = None
+    ) -> Iterator[None]:
         """While inside, ``cancelled`` in the calling thread reads ``cancel`` (a layer
-        that runs the handler on a thread of its own binds the task's event there)."""
-        previous = getattr(_running, "cancel", None)
-        _running.cancel = cancel
+        that runs the handler on a thread of its own binds the task's event there), and
+        ``time_left`` counts down to ``deadline`` (``clock.real_monotonic()`` seconds);
+        an ``async def`` handler is cancelled when it passes."""
+        previous = getattr(_running, "cancel", None), getattr(_running, "deadline", None)
+        _running.cancel, _running.deadline = cancel, deadline
         try:
             yield
         finally:
-            _running.cancel = previous
+            _running.cancel, _running.deadline = previous
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once this run has ended and its pool has stopped (a layer
+        closes the threads it keeps for the run); at once if it has already ended."""
+        with self.lock:
+            if self._at_finish is not None:
+                self._at_finish.append(callback)
+                return
+        callback()
+
+    def close_thread_connection(self) -> None:
+        """Call from a thread a layer started for this run, as it ends: the store closes
+        the connection it keeps for that thread, if any."""
+        if self._close_thread_connection is not None:
+            self._close_thread_connection()
 
     # For stores and the worker ----------------------------------------------------------
     def free_slots(self) -> int:
@@ -134,6 +178,16 @@ class WorkerContext:
     def report(self, error: BaseException) -> None:
         """Surface an error (as an ``Error`` event with no task id) and carry on."""
         self._report(error)
+
+    def _finish(self) -> None:
+        """The run has ended: call the ``on_finish`` callbacks (an error is reported)."""
+        with self.lock:
+            callbacks, self._at_finish = self._at_finish or [], None
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                self.report(exc)
 
     def _stop_hard(self) -> None:
         with self._cond:

@@ -11,9 +11,11 @@ TaskpipeError
 ├── BuildError             a worker or backend was assembled wrongly (at build time)
 │   └── CapabilityError    the store cannot do what was asked (it does not declare it)
 ├── PipeError              a piped source failed (its exception is the __cause__)
+├── NotStarted             a layer held a task back and the worker stopped: handed back
 ├── WorkflowError          a workflow is defined wrongly, or one of its runs cannot go on
 │   └── RunNotFound        no workflow run has that id
 ├── TaskNotFound           no task has that id
+├── UnknownTask            a routed task names no function of the worker's Router
 ├── TaskFailed             wait_for(): the task ended Dead; carries its last error
 └── WaitTimeout            wait_for(): the task did not finish in time
 """
@@ -32,8 +34,10 @@ __all__ = [
     "BuildError",
     "CapabilityError",
     "PipeError",
+    "NotStarted",
     "TaskNotFound",
     "TaskFailed",
+    "UnknownTask",
     "WorkflowError",
     "RunNotFound",
     "WaitTimeout",
@@ -88,8 +92,19 @@ class PipeError(TaskpipeError):
     """A piped source raised, or an endless source ended; the cause is attached."""
 
 
+class NotStarted(TaskpipeError):
+    """Raised by a layer that held a task back (a rate limit) when the worker stopped
+    before the task could start: the worker hands the task back to Pending, its attempt
+    not counted. Raised while the worker is not stopping, it is a failed attempt."""
+
+
 class TaskNotFound(TaskpipeError, LookupError):
     """No task with that id exists in the store."""
+
+
+class UnknownTask(TaskpipeError, LookupError):
+    """A task's name (its meta ``"task"``) is none of the functions of the worker's
+    ``Router``: the worker makes it Dead at once, with this message."""
 
 
 class TaskFailed(TaskpipeError):

@@ -6,11 +6,13 @@ SQL and memory stores do; a ``Pipe`` passes them through to its store)::
     list_tasks(queue=None, status=None, limit=50, offset=0)  -> list[TaskInfo], newest first
     fetch_by_id(id)                                          -> TaskInfo, or TaskNotFound
     list_workers(limit=100)                                  -> list[WorkerInfo]
-    list_queues()                                            -> list[QueueInfo]
+    list_queues(done=True)                                   -> list[QueueInfo]
     stats(queue=None)                                        -> dict (see ``Expose.stats``)
     retry(id) / retry_dead(queue=None)                       -> bool / count
     kill(id)                                                 -> bool
     purge(status, older_than, queue=None)                    -> count
+    delete(id)                                               -> bool (finished tasks only)
+    throughput(since, bucket, queue=None)                    -> list[Bucket]
     wait_for(id, timeout=None)                               -> the result, TaskFailed or WaitTimeout
 
 ``queue=None`` means *every queue in the store*, not only the storage's own queue:
@@ -46,6 +48,8 @@ __all__ = [
     "ExposeMixin",
     "MemoryExpose",
     "QueueInfo",
+    "Bucket",
+    "MAX_BUCKETS",
     "WorkerInfo",
     "jsonable",
     "STATS_KEYS",
@@ -57,6 +61,8 @@ FINISHED = (Status.DONE, Status.DEAD)
 RETRYABLE = (Status.FAILED, Status.DEAD)
 KILLABLE = (Status.PENDING, Status.FAILED, Status.RUNNING)
 KILLED = "killed"
+#: The most buckets one ``throughput`` call returns (it stays a bounded read).
+MAX_BUCKETS = 1000
 
 #: The keys of ``stats()``, in display order.
 STATS_KEYS = (
@@ -103,6 +109,16 @@ class QueueInfo:
         return self.pending + self.running + self.done + self.failed + self.dead + self.other
 
 
+@dataclass(frozen=True)
+class Bucket:
+    """One time slice of ``throughput``: from ``start`` (an aware UTC datetime) for the
+    call's ``bucket`` seconds, how many tasks finished Done and how many attempts failed."""
+
+    start: datetime
+    done: int = 0
+    failed: int = 0
+
+
 @runtime_checkable
 class Expose(Protocol):
     """What introspection offers on every store (see the module docstring)."""
@@ -122,8 +138,10 @@ class Expose(Protocol):
         """The worker runs the store knows of, newest first, with the tasks each holds."""
         ...
 
-    def list_queues(self) -> list[QueueInfo]:
-        """Every queue that holds tasks, with its counts per status."""
+    def list_queues(self, *, done: bool = True) -> list[QueueInfo]:
+        """Every queue that holds tasks, with its counts per status; ``done=False`` may
+        leave the Done (and unknown-status) counts at 0 where counting them is a scan
+        of history (SQL), and lists only the queues with unfinished tasks there."""
         ...
 
     def stats(self, queue: str | None = None) -> dict[str, Any]:
@@ -149,6 +167,19 @@ class Expose(Protocol):
     def purge(self, status: Any, older_than: timedelta | float, *, queue: str | None = None) -> int:
         """Delete Done and/or Dead tasks finished at least ``older_than`` ago, in batches
         (each one atomic); other statuses raise ``ValueError``. Returns how many."""
+        ...
+
+    def delete(self, task_id: int) -> bool:
+        """Delete a Done or Dead task (its errors, recoveries and key go with it); False
+        when it is still to run or running (``kill`` it first); ``TaskNotFound`` if unknown."""
+        ...
+
+    def throughput(
+        self, since: datetime | float, bucket: float, queue: str | None = None
+    ) -> list[Bucket]:
+        """Tasks finished Done and attempts failed per ``bucket`` seconds from ``since``
+        (a datetime or epoch seconds) to now, oldest first, for ``queue`` (None: every
+        queue): at most ``MAX_BUCKETS`` buckets, counted on indexes, not by a scan."""
         ...
 
     def wait_for(self, task_id: int, timeout: timedelta | float | None = None) -> Any:
@@ -233,6 +264,39 @@ class ExposeMixin:
         for name, value in (("limit", limit), ("offset", offset)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+    @staticmethod
+    def _buckets(since: Any, bucket: Any) -> tuple[float, float, int]:
+        """``throughput``'s arguments checked: (start, width, count) in epoch seconds,
+        the buckets reaching the current time."""
+        if isinstance(since, datetime):
+            if since.tzinfo is None:
+                raise ValueError("since must be an aware datetime (or epoch seconds)")
+            start = since.timestamp()
+        elif isinstance(since, (int, float)) and not isinstance(since, bool):
+            start = float(since)
+        else:
+            raise TypeError(f"since is a datetime or epoch seconds, got {since!r}")
+        if isinstance(bucket, bool) or not isinstance(bucket, (int, float)) or not bucket > 0:
+            raise ValueError(f"bucket must be a positive number of seconds, got {bucket!r}")
+        now = clock.timestamp()
+        count = max(1, int((now - start) // bucket) + 1)
+        if count > MAX_BUCKETS:
+            raise ValueError(
+                f"throughput() returns at most {MAX_BUCKETS} buckets: {count} asked "
+                "(a later since, or wider buckets)"
+            )
+        return start, float(bucket), count
+
+    @staticmethod
+    def _dense_buckets(
+        start: float, width: float, count: int, done: dict[int, int], failed: dict[int, int]
+    ) -> list[Bucket]:
+        """Dense buckets from sparse counts by bucket index (indexes out of range dropped)."""
+        return [
+            Bucket(clock.from_timestamp(start + i * width), done.get(i, 0), failed.get(i, 0))
+            for i in range(count)
+        ]
 
     @staticmethod
     def _task_id(task_id: Any) -> TaskId:
@@ -343,8 +407,9 @@ class MemoryExpose(ExposeMixin):
                 for ctx in contexts
             ]
 
-    def list_queues(self) -> list[QueueInfo]:
-        """This backend's queue with its counts (nothing when it holds no task)."""
+    def list_queues(self, *, done: bool = True) -> list[QueueInfo]:
+        """This backend's queue with its counts (nothing when it holds no task);
+        ``done`` is ignored (counting is cheap here)."""
         with self._cond:
             counts = {s.value: 0 for s in Status}
             for record in self._all_records():
@@ -448,6 +513,37 @@ class MemoryExpose(ExposeMixin):
             for task_id in doomed:
                 self._forget(self._finished.pop(task_id))
         return len(doomed)
+
+    def delete(self, task_id: int) -> bool:
+        """Delete a Done or Dead task (its key goes with it); False when it is still to
+        run or running; ``TaskNotFound`` if unknown."""
+        task_id = self._task_id(task_id)
+        with self._cond:
+            record = self._find(task_id)
+            if record.status not in FINISHED:
+                return False
+            self._forget(self._finished.pop(task_id))
+        return True
+
+    def throughput(
+        self, since: datetime | float, bucket: float, queue: str | None = None
+    ) -> list[Bucket]:
+        """Done tasks and failed attempts per bucket, from the records kept (the last
+        ``keep_finished`` finished ones, and the unfinished ones' errors)."""
+        start, width, count = self._buckets(since, bucket)
+        done: dict[int, int] = {}
+        failed: dict[int, int] = {}
+        if queue is None or queue == self.queue:
+            with self._cond:
+                for r in self._all_records():
+                    if r.status is Status.DONE and r.done_at is not None and r.done_at >= start:
+                        i = int((r.done_at - start) // width)
+                        done[i] = done.get(i, 0) + 1
+                    for _, _, _, at in r.errors:
+                        if at >= start:
+                            i = int((at - start) // width)
+                            failed[i] = failed.get(i, 0) + 1
+        return self._dense_buckets(start, width, count, done, failed)
 
     def _pause(self, seconds: float) -> None:
         with self._cond:  # woken early by every ack

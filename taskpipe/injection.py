@@ -12,6 +12,9 @@ A handler may be any callable whose signature can be read: a function, a bound
 method, a ``functools.partial`` (its bound parameters keep their values), an object
 with ``__call__``, a staticmethod. The first parameter it still takes positionally
 receives the args. ``Signature.is_async`` says whether calling it returns a coroutine.
+
+A ``Router``'s functions take their own arguments instead (``analyse_call``): every
+parameter whose annotation is injectable is injected, every other one is pushed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .context import WorkerContext
 from .errors import BuildError
 from .task import Attempt, Task, TaskId
 
-__all__ = ["Data", "Iteration", "Signature", "analyse"]
+__all__ = ["CallShape", "Data", "Iteration", "Signature", "analyse", "analyse_call"]
 
 #: The task meta field that holds a workflow step's iteration (``Workflow.repeat_until``).
 ITERATION_META = "n"
@@ -106,22 +109,7 @@ def analyse(handler: Callable[..., Any], data: dict[type, Any]) -> Signature:
 
     Any callable whose signature ``inspect.signature`` can read will do: a function, a
     bound method, a ``functools.partial``, an object with ``__call__``, a staticmethod."""
-    name = _describe(handler)
-    target, bound = _underlying(handler)
-    try:
-        params = list(inspect.signature(handler).parameters.values())
-    except (TypeError, ValueError) as exc:
-        raise BuildError(
-            f"cannot read the signature of handler {name}: {exc}; pass a function, method, "
-            "functools.partial or object with __call__ whose parameters Python can inspect"
-        ) from exc
-    try:
-        hints = _hints(target, params)
-    except Exception as exc:  # NameError, SyntaxError, TypeError from evaluating strings
-        raise BuildError(
-            f"cannot resolve the annotations of handler {name}: {type(exc).__name__}: {exc}; "
-            "every name used in an annotation must be importable from the handler's module"
-        ) from exc
+    name, target, bound, params, hints = _read(handler)
     first = next(
         (p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None
     )
@@ -147,19 +135,107 @@ def analyse(handler: Callable[..., Any], data: dict[type, Any]) -> Signature:
                 "as one of WorkerContext, TaskId, Attempt, Task or Data[T], give it a default, "
                 "or bind it with functools.partial"
             )
-        if param.kind is param.POSITIONAL_ONLY:
-            raise BuildError(
-                f"handler {name}: parameter {param.name!r} is positional-only, but injected "
-                "values are passed by keyword; move it after the '/'"
-            )
-        if kind == "data":
-            value = _find_data(data, value, name, param.name)
-        injections.append((param.name, kind, value))
+        injections.append(_injection(name, param, kind, value, data))
     return Signature(
         args_type=args_type,
         injections=tuple(injections),
         is_async=inspect.iscoroutinefunction(target),
     )
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """A function called with its own arguments (a ``Router`` task), read once: the
+    parameters a caller passes, each with its annotated type (``Any`` when none), and
+    those injected by annotation (``WorkerContext``, ``TaskId``, ``Attempt``, ``Task``,
+    ``Data[T]``), filled in for each worker by ``injections(data)``."""
+
+    name: str
+    signature: inspect.Signature  # every parameter: how to call the function
+    passed: inspect.Signature  # the parameters a caller passes: how to bind a push
+    types: dict[str, Any]  # each passed parameter's annotated type
+    injected: tuple[tuple[inspect.Parameter, str, Any], ...]  # (parameter, kind, Data's type)
+    is_async: bool
+
+    def injections(self, data: dict[type, Any]) -> tuple[tuple[str, str, Any], ...]:
+        """The ``Signature.injections`` for a worker with ``data``; ``BuildError`` when a
+        ``Data[T]`` parameter has no value of its type."""
+        return tuple(
+            _injection(self.name, param, kind, value, data) for param, kind, value in self.injected
+        )
+
+
+def analyse_call(fn: Callable[..., Any]) -> CallShape:
+    """Read ``fn``'s parameters: a parameter annotated with an injectable type is
+    injected; every other one is passed by the caller. ``BuildError`` when the
+    signature or its annotations cannot be read, or an injected parameter is
+    positional-only (injected values are passed by keyword)."""
+    name, target, _bound, params, hints = _read(fn)
+    passed: list[inspect.Parameter] = []
+    types: dict[str, Any] = {}
+    injected: list[tuple[inspect.Parameter, str, Any]] = []
+    for param in params:
+        hint = hints.get(param.name, inspect.Parameter.empty)
+        kind, value = (None, None)
+        if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            kind, value = _kind_of(hint)
+        if kind is None:
+            passed.append(param)
+            types[param.name] = Any if hint is inspect.Parameter.empty else hint
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            raise BuildError(
+                f"{name}: parameter {param.name!r} is positional-only, but injected values "
+                "are passed by keyword; move it after the '/'"
+            )
+        injected.append((param, kind, value))
+    return CallShape(
+        name=name,
+        signature=inspect.Signature(params),
+        passed=inspect.Signature(passed),
+        types=types,
+        injected=tuple(injected),
+        is_async=inspect.iscoroutinefunction(target),
+    )
+
+
+def _read(
+    handler: Callable[..., Any],
+) -> tuple[str, Any, frozenset[str], list[inspect.Parameter], dict[str, Any]]:
+    """``handler``'s name for messages, the function behind it, the names partials bind
+    by keyword, its parameters and their resolved annotations; ``BuildError`` when
+    they cannot be read."""
+    name = _describe(handler)
+    target, bound = _underlying(handler)
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise BuildError(
+            f"cannot read the signature of handler {name}: {exc}; pass a function, method, "
+            "functools.partial or object with __call__ whose parameters Python can inspect"
+        ) from exc
+    try:
+        hints = _hints(target, params)
+    except Exception as exc:  # NameError, SyntaxError, TypeError from evaluating strings
+        raise BuildError(
+            f"cannot resolve the annotations of handler {name}: {type(exc).__name__}: {exc}; "
+            "every name used in an annotation must be importable from the handler's module"
+        ) from exc
+    return name, target, bound, params, hints
+
+
+def _injection(
+    name: str, param: inspect.Parameter, kind: str, value: Any, data: dict[type, Any]
+) -> tuple[str, str, Any]:
+    """One entry of ``Signature.injections`` (``Data[T]``: its value found in ``data``)."""
+    if param.kind is param.POSITIONAL_ONLY:
+        raise BuildError(
+            f"handler {name}: parameter {param.name!r} is positional-only, but injected "
+            "values are passed by keyword; move it after the '/'"
+        )
+    if kind == "data":
+        value = _find_data(data, value, name, param.name)
+    return (param.name, kind, value)
 
 
 def _describe(handler: Any) -> str:

@@ -69,7 +69,7 @@ class MemoryBackend(MemoryExpose, Store):
     """Tasks in heaps in this process: claimed by priority, then due time, then age."""
 
     capabilities = Capabilities(
-        introspection=True, keys=True, follow_ups=True, bounded=True, joins=True
+        introspection=True, keys=True, follow_ups=True, bounded=True, joins=True, rate_limits=True
     )
 
     def __init__(
@@ -100,6 +100,7 @@ class MemoryBackend(MemoryExpose, Store):
         self._unfinished = 0
         self._runs: dict[str, WorkerContext] = {}
         self._joins: dict[str, dict[int, bytes]] = {}  # join key -> parts by slot
+        self._slots: dict[str, float] = {}  # rate limit key -> last reserved start
 
     def __repr__(self) -> str:
         return f"MemoryBackend(queue={self.queue!r}, maxsize={self.maxsize})"
@@ -235,6 +236,7 @@ class MemoryBackend(MemoryExpose, Store):
                         priority=row.priority,
                         max_attempts=row.max_attempts,
                         meta=msgspec.json.decode(row.meta) if row.meta else {},
+                        due_at=run_at,
                     )
                 )
         return out
@@ -317,6 +319,17 @@ class MemoryBackend(MemoryExpose, Store):
         """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
         with self._cond:
             return sorted(self._joins.get(key, {}).items())
+
+    # Rate limits (the ``rate_limits`` capability) ------------------------------------------
+    def take_slot(self, key: str, interval: float) -> float:
+        """Reserve the next start of limit ``key`` (shared by the workers of this
+        store, in this process) under the store's lock; seconds to wait for it."""
+        with self._cond:
+            now = clock.timestamp()
+            last = self._slots.get(key)
+            start = now if last is None else max(last + interval, now)
+            self._slots[key] = start
+        return start - now
 
     def tasks_with_key_prefix(
         self, prefix: str, *, limit: int = 1000, before: str | None = None

@@ -175,6 +175,10 @@ class Pipe(Store):
         """The sink records the outcomes."""
         self.sink.ack(outcomes)
 
+    def take_slot(self, key: str, interval: float) -> float:
+        """The sink's rate limit ``key`` (its ``rate_limits`` capability)."""
+        return self.sink.take_slot(key, interval)
+
     def beat(self, ctx: WorkerContext) -> None:
         """The sink's heartbeat."""
         self.sink.beat(ctx)
@@ -190,6 +194,10 @@ class Pipe(Store):
     def close_thread_connection(self) -> None:
         """The sink's connection for this thread."""
         self.sink.close_thread_connection()
+
+    def for_queue(self, queue: str) -> Store:
+        """The sink's store for ``queue`` (this pipe for its own queue)."""
+        return self if queue == self.queue else self.sink.for_queue(queue)
 
     def encode_result(self, value: Any) -> Any:
         """The sink encodes results."""

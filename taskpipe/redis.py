@@ -55,6 +55,8 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:q:{queue}:errs  :rt  failures of the last day; Done run-time sum and count
     {p}:runs {p}:seen {p}:held:{run} {p}:orphans   worker runs, last beats, held tasks
     {p}:tok:{token}          a write's result for 5 minutes (replays after a reconnect)
+    {p}:limit:{key}          a rate limit's last reserved start (``take_slot``); it
+                             expires a minute after the slot after it is past
     {p}:wake                 pub/sub channel: a push publishes its queue name
 
 Priorities are exact up to 2**53 in magnitude (a zset score is a double). Run times
@@ -131,6 +133,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -143,7 +146,7 @@ from . import clock
 from .config import Config
 from .context import WorkerContext
 from .errors import OutcomeRefused, PushError, SetupError, StorageError, TaskNotFound
-from .expose import DAY, HOUR, ExposeMixin, QueueInfo, WorkerInfo, _empty_stats
+from .expose import DAY, HOUR, Bucket, ExposeMixin, QueueInfo, WorkerInfo, _empty_stats
 from .store import Capabilities, Claim, Outcome, OutcomeKind, Row, Store, safe_text
 from .task import AttemptError, Recovery, Status, TaskId, TaskInfo
 from .wakeups import WakeRegistry
@@ -1090,6 +1093,30 @@ forget_many(ARGV[2], ARGV[3], ids)
 return #ids
 """
 
+# ARGV: P, limit key, now, interval -> the reserved start. Not fenced by a token: a
+# call replayed after a lost reply reserves one more slot, which only makes the
+# limit stricter.
+_TAKE_SLOT = r"""
+local k = P .. ':limit:' .. ARGV[2]
+local now, interval = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = tonumber(redis.call('GET', k))
+local start = now
+if last and last + interval > now then start = last + interval end
+local s = string.format('%%.17g', start)
+redis.call('SET', k, s, 'PX', math.ceil((start + interval - now) * 1000) + 60000)
+return s
+"""
+
+# ARGV: P, id
+_DELETE = r"""
+local id = ARGV[2]
+local st = redis.call('HGET', tk(id), 'st')
+if not st then return -1 end
+if st ~= 'done' and st ~= 'dead' then return 0 end
+forget(id)
+return 1
+"""
+
 _SCRIPTS = {
     "insert": _INSERT,
     "claim": _CLAIM,
@@ -1102,6 +1129,8 @@ _SCRIPTS = {
     "retry": _RETRY,
     "retry_dead": _RETRY_DEAD,
     "purge": _PURGE,
+    "take_slot": _TAKE_SLOT,
+    "delete": _DELETE,
 }
 
 _KINDS = {
@@ -1294,6 +1323,8 @@ class RedisStorage(ExposeMixin, Store):
         outcomes=True,
         recovery=True,
         joins=True,
+        queues=True,
+        rate_limits=True,
     )
 
     def __init__(
@@ -1334,6 +1365,20 @@ class RedisStorage(ExposeMixin, Store):
 
     def __repr__(self) -> str:
         return f"RedisStorage(queue={self.queue!r}, prefix={self.prefix!r})"
+
+    def for_queue(self, queue: str) -> RedisStorage:
+        """A ``RedisStorage`` for ``queue`` on the same client and prefix, with this
+        store's codec, config and retention (this store itself for its own queue)."""
+        if queue == self.queue:
+            return self
+        return RedisStorage(
+            self.client,
+            queue=queue,
+            codec=self.codec,
+            config=self.config,
+            prefix=self.prefix,
+            keep_finished=self.keep_finished,
+        )
 
     # Setup -----------------------------------------------------------------------------
     @classmethod
@@ -1479,6 +1524,14 @@ class RedisStorage(ExposeMixin, Store):
         """The recorded parts of join ``key``, ``[(slot, value)]`` in slot order."""
         found = self._do(self.client.hgetall, f"{self.prefix}:join:{key}:parts")
         return sorted((int(slot), bytes(value)) for slot, value in found.items())
+
+    # Rate limits -----------------------------------------------------------------------
+    def take_slot(self, key: str, interval: float) -> float:
+        """Reserve the next start of rate limit ``key`` (shared by every store under
+        this prefix) in one script; return the seconds to wait for it."""
+        now = self._now()
+        start = float(self._run("take_slot", key, repr(now), repr(interval)))
+        return max(0.0, start - now)
 
     # Worker side -----------------------------------------------------------------------
     def claim(self, ctx: WorkerContext, limit: int) -> list[Claim]:
@@ -1840,8 +1893,9 @@ class RedisStorage(ExposeMixin, Store):
             for i in range(len(queues))
         ]
 
-    def list_queues(self) -> list[QueueInfo]:
-        """Every queue of this prefix that holds tasks, with its counts per status."""
+    def list_queues(self, *, done: bool = True) -> list[QueueInfo]:
+        """Every queue of this prefix that holds tasks, with its counts per status
+        (``done`` is ignored: each count is one ``ZCARD``/``HLEN``)."""
         queues = self._queues(None)
         return [
             QueueInfo(q, **c)
@@ -1920,6 +1974,40 @@ class RedisStorage(ExposeMixin, Store):
         if done == -1:
             raise TaskNotFound(f"no task with id {int(task_id)}")
         return bool(done)
+
+    def delete(self, task_id: int) -> bool:
+        """Delete a Done or Dead task (its errors, recoveries, key and join), in one
+        script; False when it is still to run or running, ``TaskNotFound`` if unknown."""
+        task_id = self._task_id(task_id)
+        done = self._run("delete", str(int(task_id)))
+        if done == -1:
+            raise TaskNotFound(f"no task with id {int(task_id)}")
+        return bool(done)
+
+    def throughput(
+        self, since: datetime | float, bucket: float, queue: str | None = None
+    ) -> list[Bucket]:
+        """Done tasks and failed attempts per bucket: one ``ZCOUNT`` per bucket on each
+        queue's ``fin:done`` and ``errs`` indexes (pipelined). Only what Redis keeps:
+        the last ``keep_finished`` Done tasks, and the failures of the last day."""
+        start, width, count = self._buckets(since, bucket)
+        queues = self._queues(queue)
+        pipe = self.client.pipeline(transaction=False)
+        for q in queues:
+            for name in ("fin:done", "errs"):
+                for i in range(count):
+                    low = start + i * width
+                    pipe.zcount(self._qk(name, q), low, f"({low + width!r}")
+        replies = self._do(pipe.execute)
+        done: dict[int, int] = {}
+        failed: dict[int, int] = {}
+        n = 0
+        for _ in queues:
+            for into in (done, failed):
+                for i in range(count):
+                    into[i] = into.get(i, 0) + int(replies[n])
+                    n += 1
+        return self._dense_buckets(start, width, count, done, failed)
 
     def purge(self, status: Any, older_than: Any, *, queue: str | None = None) -> int:
         """Delete Done and/or Dead tasks finished at least ``older_than`` ago, 500 per

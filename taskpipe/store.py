@@ -35,6 +35,14 @@ With the ``joins`` capability (workflows' fan-in), three more::
                           the tasks whose key starts with ``prefix`` (and is below
                           ``before``), greatest key first: ``[(key, TaskInfo)]``
 
+With the ``rate_limits`` capability (``rate_limit(n, per, key=…)`` across workers)::
+
+    take_slot(key, interval)
+                          reserve the next start of ``key``: the later of now and
+                          the last reserved start plus ``interval``, as one atomic
+                          read-modify-write across threads, processes and hosts;
+                          return the seconds to wait until it (0.0: start now)
+
 Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
 goes up by one); a release (claimed, never started) takes it back; an interruption
 at shutdown keeps it; a recovery after a dead worker takes it back and counts a
@@ -91,7 +99,8 @@ class Capabilities:
     """What a store can do beyond the primitives every store has."""
 
     #: ``list_tasks``, ``fetch_by_id``, ``list_workers``, ``list_queues``, ``stats``,
-    #: ``retry``, ``retry_dead``, ``kill``, ``purge`` and ``wait_for``.
+    #: ``retry``, ``retry_dead``, ``kill``, ``purge``, ``delete``, ``throughput`` and
+    #: ``wait_for``.
     introspection: bool = False
     #: ``Task(key=…)`` pushes are idempotent on the key, and ``last_key(prefix)`` finds
     #: the greatest stored key (cron streams enqueue each tick once).
@@ -109,6 +118,12 @@ class Capabilities:
     #: ``Outcome.join_parts`` are recorded with the ack, and a join completes exactly
     #: once (workflows' fan-in); ``join_parts()`` and ``tasks_with_key_prefix()``.
     joins: bool = False
+    #: ``for_queue(queue)`` gives a store for another queue of the same database (a
+    #: ``Router`` pushes a function declared with ``queue=`` there).
+    queues: bool = False
+    #: ``take_slot()`` spaces task starts per key across every worker of the store
+    #: (``rate_limit(n, per, key=…)``).
+    rate_limits: bool = False
 
 
 def require(store: Any, capability: str, purpose: str) -> None:
@@ -171,10 +186,14 @@ class Claim:
     #: Run this task alone: the worker claims nothing else until it has finished
     #: (it was running beside others when a worker died; see ``Store.beat``).
     isolated: bool = False
+    #: The epoch second the task was due (its ``run_at`` when claimed), if the store
+    #: says; the metrics layer reports the lag behind it.
+    due_at: float | None = None
 
     def to_task(self, args: Any) -> Task[Any]:
-        """The ``Task`` a handler sees: ``args`` decoded, with id, attempt and queue."""
-        return Task(
+        """The ``Task`` a handler sees: ``args`` decoded, with id, attempt, queue and
+        due time."""
+        task = Task(
             args,
             id=self.id,
             priority=self.priority,
@@ -183,6 +202,8 @@ class Claim:
             attempt=self.attempt,
             queue=self.queue,
         )
+        task.due_at = self.due_at
+        return task
 
 
 class OutcomeKind(enum.Enum):
@@ -408,6 +429,16 @@ class Store(TaskSink):
         polling delay."""
         raise NotImplementedError
 
+    def take_slot(self, key: str, interval: float) -> float:
+        """Stores with ``rate_limits``: atomically reserve the next start slot of the
+        limit ``key`` (shared by every worker of the store, whatever its queue) and
+        return how many seconds to wait before starting (0.0: now). The slot is the
+        later of now and the last reserved slot plus ``interval`` seconds; it becomes
+        the last reserved slot. Concurrent calls (threads, processes, hosts) get
+        distinct slots, ``interval`` apart. Times are ``clock.timestamp()``, read by
+        the caller (as for every other time a store records)."""
+        raise NotImplementedError
+
     def beat(self, ctx: WorkerContext) -> None:
         """Record that ``ctx``'s run is alive (renewing its leases) and re-enqueue the
         running tasks of dead runs: silent for ``config.reenqueue_orphaned_after`` (a
@@ -427,6 +458,16 @@ class Store(TaskSink):
 
     def close_run(self, ctx: WorkerContext) -> None:
         """The run has stopped taking tasks (after its last claim, before its last acks)."""
+
+    def for_queue(self, queue: str) -> Store:
+        """A store for ``queue`` in the same database, with this store's codec and
+        config (where a ``Router`` pushes a function declared with ``queue=``); this
+        store itself for its own queue. Needs the ``queues`` capability (without it,
+        a store holds one queue only: memory, pipes, custom backends)."""
+        if queue == self.queue:
+            return self
+        require(self, "queues", f"give a store for queue {queue!r} (it holds one queue)")
+        raise NotImplementedError  # a store that declares ``queues`` overrides this
 
     def middleware(self) -> list[Any]:
         """Layers this store adds around every handler of a worker built on it (inside

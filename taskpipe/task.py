@@ -101,6 +101,12 @@ class Task(Generic[T]):
     # Filled in when the task is handed to a handler: the attempt being run, the queue.
     attempt: int = 0
     queue: str | None = None
+    #: When handed to a handler: the epoch second it was due (its ``run_at``; after a
+    #: failed attempt, the retry's), or None when the store does not say.
+    due_at: float | None = field(default=None, init=False, repr=False, compare=False)
+    #: Set by a ``filter`` layer that skipped the task (its handler did not run), so
+    #: that layers around it (metrics, tracing) can tell a skip from a result.
+    skipped: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.priority, int) or isinstance(self.priority, bool):

@@ -13,6 +13,10 @@ a pytest plugin.
         assert [type(e) for e in ran] == [events.Success]
         assert [c.name for c in store.calls_to("insert")] == ["insert"]
 
+``run_until_idle(router)`` runs the tasks of a ``Router``'s queue. ``eager(router)``
+makes each ``fn.push(...)`` of the router run its task at once, through the store as
+in production (encoded, claimed, decoded, run with layers), and raise what it raised.
+
 ``RecordingStore`` is an in-memory store (a ``MemoryBackend``: same codec behaviour,
 so a value that would not encode in production does not encode here) that records
 every call to a store primitive. ``run_until_idle`` runs a worker until nothing is
@@ -29,15 +33,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from . import events
 from .context import WorkerContext
+from .errors import TaskFailed
 from .layers import RetryPolicy
 from .memory import MemoryBackend
+from .router import RoutedTask, Router
 from .store import Claim, Outcome, Row, Store
-from .task import TaskId
+from .task import Task, TaskId
 from .worker import Worker, WorkerBuilder
 
 try:
@@ -45,7 +52,7 @@ try:
 except ImportError:  # pytest is not installed: no fixtures; the rest works
     pytest = None  # type: ignore[assignment]
 
-__all__ = ["Call", "RecordingStore", "run_until_idle"]
+__all__ = ["Call", "Eager", "RecordingStore", "eager", "run_until_idle"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ class RecordingStore(MemoryBackend):
 
 
 def run_until_idle(
-    worker_or_storage: Worker | Store,
+    worker_or_storage: Worker | Store | Router,
     handler: Callable[..., Any] | None = None,
     *,
     retry: RetryPolicy | None = None,
@@ -159,10 +166,16 @@ def run_until_idle(
     result)``, ``events.Retry(task_id, attempt, run_at)`` or ``events.Dead(task_id,
     error)``.
 
-    Pass a built ``Worker`` (and no handler), or a store and the ``handler`` to run on
-    it: a worker named "taskpipe-testing" is built with ``retry`` (default: none) and
+    Pass a built ``Worker`` (and no handler), a store and the ``handler`` to run on
+    it, or a ``Router`` (its store's queue, each task run by its function): a worker
+    named "taskpipe-testing" is built with ``retry`` (default: none) and
     ``concurrency`` (default 1, so tasks run one by one in claim order).
     """
+    if isinstance(worker_or_storage, Router):
+        if handler is not None:
+            raise TypeError("run_until_idle(router) takes no handler: the router has them")
+        router: Any = worker_or_storage  # WorkerBuilder.build takes a Router too
+        worker_or_storage, handler = router.storage, router
     if isinstance(worker_or_storage, Worker):
         if handler is not None or retry is not None or concurrency != 1:
             raise TypeError(
@@ -176,7 +189,9 @@ def run_until_idle(
         builder = builder.concurrency(concurrency).retry(retry or RetryPolicy())
         worker = builder.build(handler)
     else:
-        raise TypeError(f"run_until_idle() takes a Worker or a store, not {worker_or_storage!r}")
+        raise TypeError(
+            f"run_until_idle() takes a Worker, a store or a Router, not {worker_or_storage!r}"
+        )
 
     ran: list[events.Success | events.Retry | events.Dead] = []
     lock = threading.Lock()
@@ -193,6 +208,127 @@ def run_until_idle(
     finally:
         callbacks.remove(collect)
     return ran
+
+
+#: Builds the worker of an eager router for a store (``Eager(builder=…)``).
+BuilderFactory = Callable[[Store], WorkerBuilder]
+
+
+class Eager:
+    """Eager mode for a ``Router``: each ``fn.push(...)`` runs the task at once and
+    returns when it has run (see ``eager``). ``install()`` switches it on,
+    ``uninstall()`` off; ``eager(router)`` does both around a block."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        builder: BuilderFactory | None = None,
+        raise_errors: bool = True,
+    ):
+        if not isinstance(router, Router):
+            raise TypeError(f"Eager() takes a taskpipe Router, got {router!r}")
+        self.router = router
+        self.raise_errors = raise_errors
+        self._builder = builder or (lambda store: WorkerBuilder("taskpipe-eager").backend(store))
+        self._workers: dict[tuple[str, int], Worker] = {}  # by queue and router size
+        self._lock = threading.Lock()  # guards _pending and _running
+        self._pending: dict[str, Store] = {}
+        self._running = False
+        self._failures: dict[TaskId, BaseException] = {}
+
+    def __repr__(self) -> str:
+        return f"Eager({self.router!r})"
+
+    def install(self) -> None:
+        """Make every push of the router's functions run at once (``RuntimeError`` if the
+        router is eager already)."""
+        if self.router._on_push is not None:
+            raise RuntimeError(f"{self.router!r} is in eager mode already")
+        self.router._on_push = self._pushed
+
+    def uninstall(self) -> None:
+        """Make pushes only write again."""
+        if self.router._on_push == self._pushed:
+            self.router._on_push = None
+
+    def _pushed(self, routed: RoutedTask[Any, Any], _task_id: TaskId) -> None:
+        """After a push: run the queue it went to until idle, unless a run is under way
+        (a task pushing another: that run takes it)."""
+        with self._lock:
+            self._pending[routed.storage.queue] = routed.storage
+            if self._running:
+                return
+            self._running = True
+        ran: list[events.Success | events.Retry | events.Dead] = []
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._running = False
+                        break
+                    queue, store = self._pending.popitem()
+                ran += run_until_idle(self._worker(queue, store))
+        except BaseException:
+            with self._lock:
+                self._running = False
+                self._pending.clear()
+            raise
+        failures, self._failures = self._failures, {}
+        if self.raise_errors:
+            for event in ran:
+                if isinstance(event, events.Retry | events.Dead):
+                    error = failures.get(event.task_id)
+                    if error is not None:
+                        raise error
+                    raise TaskFailed(event.task_id, getattr(event, "error", None))
+
+    def _worker(self, queue: str, store: Store) -> Worker:
+        key = (queue, len(self.router))  # a function registered since: built again
+        worker = self._workers.get(key)
+        if worker is None:
+            builder = self._builder(store).layer(self._capture)
+            router: Any = self.router  # WorkerBuilder.build takes a Router too
+            worker = self._workers[key] = builder.build(router)
+        return worker
+
+    def _capture(self, call_next: Callable[[Task[Any], WorkerContext], Any]) -> Any:
+        """The innermost layer: keeps what a task raised, to raise it from the push."""
+
+        def handle(task: Task[Any], ctx: WorkerContext) -> Any:
+            try:
+                return call_next(task, ctx)
+            except Exception as exc:
+                if task.id is not None:
+                    self._failures.setdefault(task.id, exc)
+                raise
+
+        return handle
+
+
+@contextmanager
+def eager(
+    router: Router, *, builder: BuilderFactory | None = None, raise_errors: bool = True
+) -> Iterator[Eager]:
+    """Within the block, each push of ``router``'s functions runs the task at once,
+    through the store as in production (encoded, written, claimed, decoded, run by a
+    worker, its outcome recorded), and returns when it is done::
+
+        with eager(router):
+            send_email.push("a@example.com", subject="Hi")   # has run when push returns
+
+    A task that fails makes the push raise its exception (``TaskFailed`` when it fails
+    before its function runs, e.g. undecodable args); ``raise_errors=False`` leaves it
+    recorded as a retry or dead task only. A task pushed with a future ``run_after``
+    waits, as in production (``run_until_idle`` after moving a frozen clock). ``builder``:
+    ``store -> WorkerBuilder`` for the worker (default: a plain one, no retries).
+    """
+    mode = Eager(router, builder=builder, raise_errors=raise_errors)
+    mode.install()
+    try:
+        yield mode
+    finally:
+        mode.uninstall()
 
 
 if pytest is not None:

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import clock, events
 from . import layers as _layers
 from .context import WorkerContext
-from .errors import BuildError, OutcomeRefused, PipeError, TaskpipeError, WorkflowError
+from .errors import (
+    BuildError,
+    NotStarted,
+    OutcomeRefused,
+    PipeError,
+    TaskpipeError,
+    UnknownTask,
+    WorkflowError,
+)
 from .injection import Signature, analyse
 from .layers import Handle, Layer, RetryPolicy, compose
 from .signals import graceful_signals
@@ -45,7 +53,7 @@ from .task import Task
 if TYPE_CHECKING:
     from .asyncrun import EventLoopThread
 
-__all__ = ["WorkerBuilder", "Worker", "StepOutcome", "ClaimRunner"]
+__all__ = ["WorkerBuilder", "Worker", "StepOutcome", "ClaimRunner", "Route", "Dispatch"]
 
 log = logging.getLogger("taskpipe.worker")
 
@@ -73,11 +81,30 @@ class StepOutcome(NamedTuple):
 ClaimRunner = Callable[[Claim, Task[Any], WorkerContext], StepOutcome]
 
 
-class WorkerBuilder:
-    """Assemble a worker with chained calls, then ``build(handler)``::
+class Route(NamedTuple):
+    """Where a ``Dispatch`` sends one task: the handler, called as a worker calls its
+    handler (the args decoded into ``signature.args_type`` first, then the injected
+    parameters), and the retry policy of its failures (None: the worker's)."""
 
-    worker = (WorkerBuilder("emails").backend(storage).concurrency(4)
-              .retry(RetryPolicy.retries(3)).on_event(print).build(send))
+    handler: Callable[..., Any]
+    signature: Signature
+    retry: RetryPolicy | None = None
+
+
+#: A handler that serves many functions (a ``Router``): ``dispatch(meta)`` returns the
+#: ``Route`` of a task from its meta, or raises ``UnknownTask`` (the task is Dead at
+#: once, with that message). A handler object provides one through
+#: ``bind_dispatch(store, data)``, called by ``WorkerBuilder.build``.
+Dispatch = Callable[[dict[str, Any]], Route]
+
+
+class WorkerBuilder:
+    """Assemble a worker with chained calls, then ``build(handler)``.
+
+    For example::
+
+        worker = (WorkerBuilder("emails").backend(storage).concurrency(4)
+                  .retry(RetryPolicy.retries(3)).on_event(print).build(send))
     """
 
     def __init__(self, name: str):
@@ -90,7 +117,7 @@ class WorkerBuilder:
         self._retry = RetryPolicy()
         self._callbacks: list[EventCallback] = []
         self._grace = 30.0
-        self._layers: list[Layer | _RateLimit] = []
+        self._layers: list[Layer | _RateLimit | _Metrics] = []
 
     def backend(self, backend: Store) -> WorkerBuilder:
         """The store (or pipe, or custom backend) to take tasks from."""
@@ -163,11 +190,15 @@ class WorkerBuilder:
         return self.layer(_layers.tracing(tracer))
 
     def metrics(self, registry: Any = None) -> WorkerBuilder:
-        """Prometheus metrics of the tasks run (``layers.metrics``)."""
-        return self.layer(_layers.metrics(registry))
+        """Prometheus metrics of the tasks run and of the store's queue (``layers.metrics``)."""
+        _layers.metrics(registry)  # a missing prometheus-client fails here, not at build()
+        self._layers.append(_Metrics(registry))  # made at build(), with the store
+        return self
 
     def build(self, handler: Callable[..., Any]) -> Worker:
-        """Check everything and return the ``Worker``; raises ``BuildError`` on mistakes."""
+        """Check everything and return the ``Worker`` running ``handler`` (a function, a
+        workflow, or a ``Router``: each task then runs the function it names); raises
+        ``BuildError`` on mistakes."""
         if self._backend is None:
             raise BuildError(
                 f"worker {self._name!r} has no backend: call .backend(storage) before .build()"
@@ -184,9 +215,14 @@ class WorkerBuilder:
                 "a retried task due again, or drop .retry()"
             )
         runner: ClaimRunner | None = None
+        dispatch: Dispatch | None = None
         bind = getattr(handler, "bind_worker", None)
+        bind_dispatch = getattr(handler, "bind_dispatch", None)
         if bind is not None:  # a workflow: it runs each claimed task itself
             runner = bind(self._backend, dict(self._data))
+            signature = Signature(args_type=Any, injections=())
+        elif bind_dispatch is not None:  # a router: each task names its function
+            dispatch = bind_dispatch(self._backend, dict(self._data))
             signature = Signature(args_type=Any, injections=())
         elif not callable(handler):
             raise BuildError(f"build() takes the handler function, got {handler!r}")
@@ -196,10 +232,16 @@ class WorkerBuilder:
         layers = [
             _layers.rate_limit(x.n, x.per, key=x.key, store=backend)
             if isinstance(x, _RateLimit)
+            else _layers.metrics(x.registry, store=backend)
+            if isinstance(x, _Metrics)
             else x
             for x in self._layers
         ]
         layers.extend(backend.middleware())
+        try:  # each run composes them again; a layer that makes no handle fails now
+            compose(layers, _not_called)
+        except TypeError as exc:
+            raise BuildError(str(exc)) from exc
         return Worker(
             name=self._name,
             backend=self._backend,
@@ -211,7 +253,13 @@ class WorkerBuilder:
             grace=self._grace,
             runner=runner,
             layers=layers,
+            dispatch=dispatch,
         )
+
+
+def _not_called(task: Task[Any], ctx: WorkerContext) -> Any:
+    """The handle ``build()`` composes the layers over to check them (never called)."""
+    raise RuntimeError("not a real handle")
 
 
 class _RateLimit(NamedTuple):
@@ -220,6 +268,12 @@ class _RateLimit(NamedTuple):
     n: int
     per: timedelta | float
     key: str | None
+
+
+class _Metrics(NamedTuple):
+    """A ``WorkerBuilder.metrics()`` waiting for ``build()`` to know the store."""
+
+    registry: Any
 
 
 class Worker:
@@ -238,6 +292,7 @@ class Worker:
         grace: float,
         runner: ClaimRunner | None = None,
         layers: list[Layer] | None = None,
+        dispatch: Dispatch | None = None,
     ):
         self.name = name
         self.backend = backend
@@ -247,6 +302,7 @@ class Worker:
         self.retry_policy = retry
         self.grace = grace
         self.runner = runner
+        self.dispatch = dispatch
         self.layers: list[Layer] = list(layers or ())
         self._callbacks = callbacks
         config = backend.config
@@ -306,7 +362,11 @@ class Worker:
         except BaseException:
             self._lock.release()
             raise
-        run = _Run(self, until_idle)
+        try:
+            run = _Run(self, until_idle)
+        except BaseException:
+            self._lock.release()
+            raise
         self._ctx = run.ctx
         # A stop asked while the run was being set up is applied now (after the
         # context is published, so none is lost between the two).
@@ -342,6 +402,7 @@ class _Run:
             capacity=worker.capacity,
             report=self._report,
             emit=lambda event: worker._emit(self.ctx, event),
+            close_thread_connection=self.store.close_thread_connection,
         )
         self.ctx.until_idle = until_idle
         self.ctx.beat_interval = self.config.keep_alive_seconds
@@ -363,7 +424,11 @@ class _Run:
         # two claims' worth, so that a busy run writes once for every two claims.
         self.ack_batch = max(self.threshold, 2 * self.config.claim_batch)
         self.loop: EventLoopThread | None = None  # for async handlers, made on first use
-        inner = self._call_handler if worker.runner is None else self._call_runner
+        inner = self._call_handler
+        if worker.runner is not None:
+            inner = self._call_runner
+        elif worker.dispatch is not None:
+            inner = self._call_routed
         self.handle: Handle = compose(worker.layers, inner)
         self.heartbeat_thread: threading.Thread | None = None
 
@@ -401,6 +466,7 @@ class _Run:
             if self.heartbeat_thread is not None:  # a beat stuck on a lock must not hold us
                 self.heartbeat_thread.join(timeout=HEARTBEAT_JOIN)
             self._close_pool()
+            ctx._finish()
             self._call(store.retire, ctx)
             store.close_thread_connection()
             self.worker._emit(ctx, events.Stop())
@@ -596,8 +662,14 @@ class _Run:
         if worker.runner is not None:  # it decodes the args itself
             task = claim.to_task(None)
         else:
+            signature = worker.signature
+            if worker.dispatch is not None:
+                try:
+                    signature = worker.dispatch(claim.meta).signature
+                except UnknownTask as exc:  # no function of this name: retrying cannot help
+                    return Outcome(claim, OutcomeKind.DEAD, error=safe_text(str(exc)))
             try:
-                args = store.codec.decode(claim.payload, worker.signature.args_type)
+                args = store.codec.decode(claim.payload, signature.args_type)
             except Exception as exc:
                 return Outcome(
                     claim,
@@ -607,6 +679,10 @@ class _Run:
             task = claim.to_task(args)
         try:
             result = self.handle(task, self.ctx)
+        except NotStarted as exc:  # a layer held it back (a rate limit) and we are stopping
+            if self.ctx.stopping:
+                return Outcome(claim, OutcomeKind.RELEASE)  # back to Pending, uncounted
+            return self._failure(claim, task, exc)
         except WorkflowError as exc:  # the run cannot go on: retrying cannot help
             return Outcome(claim, OutcomeKind.DEAD, error=safe_text(_describe(exc)), task=task)
         except BaseException as exc:
@@ -633,11 +709,24 @@ class _Run:
 
     def _call_handler(self, task: Task[Any], ctx: WorkerContext) -> Any:
         """The innermost handle: call the handler with its injected parameters."""
-        signature = self.worker.signature
-        result = self.worker.handler(task.args, **signature.kwargs(task, ctx))
+        return self._invoke(self.worker.handler, self.worker.signature, task, ctx)
+
+    def _call_routed(self, task: Task[Any], ctx: WorkerContext) -> Any:
+        """The innermost handle of a router: call the function the task names."""
+        assert self.worker.dispatch is not None
+        route = self.worker.dispatch(task.meta)
+        return self._invoke(route.handler, route.signature, task, ctx)
+
+    def _invoke(
+        self, handler: Callable[..., Any], signature: Signature, task: Task[Any], ctx: WorkerContext
+    ) -> Any:
+        """Call ``handler`` on the task's args with its injected parameters; run a
+        coroutine it returns on the run's event loop."""
+        result = handler(task.args, **signature.kwargs(task, ctx))
         # (None, the usual result, skips isawaitable's slow ABC check)
         if signature.is_async or (result is not None and inspect.isawaitable(result)):
-            result = self._event_loop().run(result)
+            # Under a ``timeout`` layer, cancelled for real at its deadline.
+            result = self._event_loop().run(result, timeout=ctx.time_left)
         return result
 
     def _call_runner(self, task: Task[Any], ctx: WorkerContext) -> StepOutcome:
@@ -659,9 +748,12 @@ class _Run:
             tb = safe_text("".join(traceback.format_exception(exc)))
         except Exception:  # a traceback that cannot be formatted is not worth a task
             tb = None
-        max_attempts = claim.max_attempts or self.worker.retry_policy.max_attempts
+        policy = self.worker.retry_policy
+        if self.worker.dispatch is not None:  # (its name was checked before it ran)
+            policy = self.worker.dispatch(claim.meta).retry or policy
+        max_attempts = claim.max_attempts or policy.max_attempts
         if claim.attempt < max_attempts:
-            delay = self.worker.retry_policy.delay(claim.attempt)
+            delay = policy.delay(claim.attempt)
             return Outcome(
                 claim, OutcomeKind.RETRY, error=error, traceback=tb, delay=delay, task=task
             )

@@ -17,8 +17,10 @@ import taskpipe.testing as testing
 from taskpipe import (
     CodecError,
     RetryPolicy,
+    Router,
     Status,
     Task,
+    TaskFailed,
     TaskId,
     WorkerBuilder,
     WorkerContext,
@@ -27,7 +29,7 @@ from taskpipe import (
 from taskpipe.memory import MemoryBackend
 from taskpipe.sqlite import SqliteStorage
 from taskpipe.store import Outcome, OutcomeKind
-from taskpipe.testing import Call, RecordingStore, run_until_idle
+from taskpipe.testing import Call, Eager, RecordingStore, eager, run_until_idle
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -170,9 +172,123 @@ def test_run_until_idle_refuses_wrong_arguments():
         run_until_idle(store)
     with pytest.raises(TypeError, match="takes no handler"):
         run_until_idle(worker, lambda _x: None)
-    with pytest.raises(TypeError, match="a Worker or a store"):
+    with pytest.raises(TypeError, match="a Worker, a store or a Router"):
         run_until_idle(object(), lambda _x: None)
+    with pytest.raises(TypeError, match="router has them"):
+        run_until_idle(Router(store), lambda _x: None)
     assert store.calls == []
+
+
+def test_run_until_idle_on_a_router_runs_its_queue_by_function_name(taskpipe_storage):
+    router = Router(taskpipe_storage)
+
+    @router.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @router.task(name="later", queue="other")
+    def later() -> None: ...
+
+    first, second = add.push(1, 2), add.push(b=5, a=4)
+    later.push()  # another queue: not this run's
+    assert run_until_idle(router) == [events.Success(first, 3), events.Success(second, 9)]
+    [other] = run_until_idle(router.storage_for("other"), router)
+    assert isinstance(other, events.Success)
+
+
+# Eager mode -------------------------------------------------------------------------------------
+def test_eager_runs_each_push_through_the_store_before_it_returns():
+    store = RecordingStore()
+    router = Router(store)
+    received: list[Mail] = []
+
+    @router.task(name="send")
+    def send(mail: Mail, task_id: TaskId) -> str:
+        received.append(mail)
+        return f"{task_id}: {mail.to}"
+
+    with eager(router) as mode:
+        assert isinstance(mode, Eager)
+        task_id = send.push(Mail("a@example.com", "hi"))
+        assert received == [Mail("a@example.com", "hi")]  # decoded into the annotation
+        assert store.fetch_by_id(task_id).result == f"{task_id}: a@example.com"
+        assert "claim" in store.call_names() and "ack" in store.call_names()
+    later = send.push(Mail("b@example.com", "yo"))  # eager no more: only written
+    assert store.fetch_by_id(later).status is Status.PENDING and len(received) == 1
+
+
+def test_eager_refuses_what_production_refuses():
+    router = Router(RecordingStore())
+
+    @router.task(name="count")
+    def count(n: int) -> int:
+        return n
+
+    with eager(router):
+        with pytest.raises(CodecError):
+            count.push(object())  # cannot be encoded: nothing written, as in production
+        with pytest.raises(TaskFailed, match="is dead"):
+            count.push("three")  # encoded, but not an int once decoded: Dead
+    assert [t.status for t in router.storage.list_tasks()] == [Status.DEAD]
+
+
+def test_eager_raises_the_task_exception_unless_asked_not_to():
+    router = Router(RecordingStore())
+
+    @router.task(name="boom", retries=2)
+    def boom() -> None:
+        raise KeyError("missing")
+
+    with eager(router), pytest.raises(KeyError, match="missing"):
+        boom.push()
+    with eager(router, raise_errors=False):
+        task_id = boom.push()
+    info = router.storage.fetch_by_id(task_id)
+    assert (info.status, info.attempts) == (Status.FAILED, 1)  # its retry waits for its backoff
+
+
+def test_a_task_pushed_by_an_eager_task_runs_in_the_same_push_even_on_another_queue(
+    taskpipe_storage,
+):
+    router = Router(taskpipe_storage)
+    order: list[str] = []
+
+    @router.task(name="child", queue="children")
+    def child(n: int) -> None:
+        order.append(f"child {n}")
+
+    @router.task(name="parent")
+    def parent(n: int) -> None:
+        order.append(f"parent {n}")
+        child.push(n)
+        order.append("parent done")
+
+    with eager(router):
+        parent.push(1)
+        assert order == ["parent 1", "parent done", "child 1"]
+
+
+def test_a_delayed_push_waits_for_its_time_in_eager_mode_too():
+    router = Router(RecordingStore())
+
+    @router.task(name="remind")
+    def remind() -> str:
+        return "reminded"
+
+    with freeze_time(T0) as frozen, eager(router):
+        task_id = remind.using(run_after=timedelta(hours=1)).push()
+        assert router.storage.fetch_by_id(task_id).status is Status.PENDING
+        frozen.tick(timedelta(hours=1))
+        assert run_until_idle(router) == [events.Success(task_id, "reminded")]
+
+
+def test_eager_takes_one_mode_per_router_and_a_router_only():
+    router = Router(RecordingStore())
+    with eager(router), pytest.raises(RuntimeError, match="eager mode already"):
+        Eager(router).install()
+    assert router._on_push is None
+    with pytest.raises(TypeError, match="Router"):
+        Eager(RecordingStore())  # type: ignore[arg-type]
 
 
 # The pytest plugin --------------------------------------------------------------------------------
@@ -224,7 +340,7 @@ def test_importing_the_module_does_not_need_pytest():
         sys.modules["pytest"] = None  # any "import pytest" now fails
         import taskpipe.testing as t
         assert not hasattr(t, "taskpipe_db") and not hasattr(t, "taskpipe_storage")
-        assert t.__all__ == ["Call", "RecordingStore", "run_until_idle"]
+        assert t.__all__ == ["Call", "Eager", "RecordingStore", "eager", "run_until_idle"]
         store = t.RecordingStore()
         store.push(1)
         print(t.run_until_idle(store, lambda n: n * 10))

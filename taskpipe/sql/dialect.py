@@ -15,7 +15,8 @@
 - ``wakeups(db)``: the ``WakeRegistry`` for this database, whose probe (if any) is
   the engine's cross-process waker;
 - ``last_key(db, prefix)``: the greatest stored key with a prefix, without string
-  ranges whose order depends on a collation.
+  ranges whose order depends on a collation;
+- ``take_slot(db, key, now, interval)``: a rate limit's next start, one upsert.
 """
 
 from __future__ import annotations
@@ -167,6 +168,12 @@ class Dialect:
         return (arrived, slots) as this transaction sees them after counting."""
         arrived, slots = self.execute(db, self.queries.join_count, params).fetchone()
         return int(arrived), int(slots)
+
+    def take_slot(self, db: pw.Database, key: str, now: float, interval: float) -> float:
+        """Reserve the next start of rate limit ``key`` (``queries.take_slot``: the later
+        of ``now`` and the last start plus ``interval``) inside the caller's write
+        transaction, under the key's row lock; return the reserved start."""
+        return float(self.execute(db, self.queries.take_slot, (key, now, interval)).fetchone()[0])
 
     def keys_with_prefix(
         self, db: pw.Database, prefix: str, before: str | None, limit: int

@@ -38,6 +38,7 @@ from ..expose import (
     HOUR,
     KILLED,
     RETRYABLE,
+    Bucket,
     ExposeMixin,
     QueueInfo,
     WorkerInfo,
@@ -255,9 +256,14 @@ class SqlExpose(ExposeMixin):
             for row in rows
         ]
 
-    def list_queues(self) -> list[QueueInfo]:
+    def list_queues(self, *, done: bool = True) -> list[QueueInfo]:
         """Every queue that holds tasks, by name, with its counts per status (one
-        ``GROUP BY``). Tasks whose status taskpipe does not know are in no count."""
+        ``GROUP BY``). Tasks whose status taskpipe does not know are in no count.
+
+        ``done=False``: the unfinished and Dead counts only, read on the partial indexes
+        (no scan of the Done history); queues holding only Done tasks are left out."""
+        if not done:
+            return self._run(self._read, self._live_queues)
         Job = self.models.Job
         query = (
             Job.select(Job.queue, Job.status, pw.fn.COUNT(Job.id))
@@ -277,6 +283,32 @@ class SqlExpose(ExposeMixin):
             )
             for name, by_status in sorted(counts.items())
         ]
+
+    def _live_queues(self) -> list[QueueInfo]:
+        from .queries import WAITING, sql_in
+
+        attention = sql_in(Status.RUNNING, Status.FAILED, Status.DEAD)
+        Job = self.models.Job
+        counts: dict[str, dict[str, int]] = {}
+        # the literal predicates let the planner use the partial indexes (schema.py)
+        rows = (
+            Job.select(Job.status, Job.queue, pw.fn.COUNT(Job.id))
+            .where(pw.SQL(f"status IN {attention}"))
+            .group_by(Job.status, Job.queue)
+            .tuples()
+        )
+        for status, queue, count in rows:
+            counts.setdefault(_text(queue), {})[_text(status)] = count
+        waiting = (
+            Job.select(Job.queue, pw.fn.COUNT(Job.id))
+            .where(pw.SQL(f"status IN {WAITING}"))
+            .group_by(Job.queue)
+            .tuples()
+        )
+        for queue, count in waiting:
+            by_status = counts.setdefault(_text(queue), {})
+            by_status["pending"] = count - by_status.get("failed", 0)
+        return [QueueInfo(name, **by_status) for name, by_status in sorted(counts.items())]
 
     def stats(self, queue: str | None = None) -> dict[str, Any]:
         """Counts and rates, computed in SQL, of ``queue`` (None: every queue):
@@ -431,6 +463,72 @@ class SqlExpose(ExposeMixin):
                 Error.insert(
                     job_id=task_id, attempt=attempts, error=KILLED, traceback=None, at=now
                 ).execute()
+                return True
+
+        return self._run(self._read, once)
+
+    def throughput(
+        self, since: datetime | float, bucket: float, queue: str | None = None
+    ) -> list[Bucket]:
+        """Done tasks (by ``done_at``) and failed attempts (by their error's time) per
+        ``bucket`` seconds since ``since``: two ``GROUP BY``s on the indexes of finish
+        and error times (``taskpipe_jobs_done``, ``taskpipe_errors_at``)."""
+        start, width, count = self._buckets(since, bucket)
+        return self._run(self._read, self._throughput, start, width, count, queue)
+
+    def _throughput(
+        self, start: float, width: float, count: int, queue: str | None
+    ) -> list[Bucket]:
+        Job, Error = self.models.Job, self.models.Error
+
+        def slot(column: Any) -> Any:
+            offset = (column - start) / width
+            if isinstance(self.db, pw.SqliteDatabase):  # no FLOOR before SQLite 3.35
+                return pw.Cast(offset, "INTEGER")  # truncates: offset >= 0 here
+            return pw.fn.FLOOR(offset)  # a cast rounds on PostgreSQL and MySQL
+
+        done_slot = slot(Job.done_at)
+        done_q = (
+            Job.select(done_slot, pw.fn.COUNT(Job.id))
+            .where(pw.SQL(f"status = '{Status.DONE.value}'") & (Job.done_at >= start))
+            .group_by(pw.SQL("1"))  # by position: PostgreSQL would not match a bound copy
+        )
+        if queue is not None:
+            done_q = done_q.where(Job.queue == queue)
+        failed_slot = slot(Error.at)
+        failed_q = (
+            Error.select(failed_slot, pw.fn.COUNT(Error.id))
+            .where(Error.at >= start)
+            .group_by(pw.SQL("1"))
+        )
+        if queue is not None:
+            failed_q = failed_q.join(Job, on=(Job.id == Error.job_id)).where(Job.queue == queue)
+        done = {int(i): int(n) for i, n in done_q.tuples()}
+        failed = {int(i): int(n) for i, n in failed_q.tuples()}
+        return self._dense_buckets(start, width, count, done, failed)
+
+    def delete(self, task_id: int) -> bool:
+        """Delete a Done or Dead task, its error and recovery rows, and the join that
+        inserted it under its key. Returns False when the task is still to run or
+        running (``kill`` it first); raises ``TaskNotFound`` for an unknown id. Atomic."""
+        task_id = self._task_id(task_id)
+        Job, Error, Recovery = self.models.Job, self.models.Error, self.models.Recovery
+
+        def once() -> bool:
+            with self._write_tx():
+                row = Job.select(Job.status, Job.key).where(Job.id == task_id).tuples().first()
+                if row is None:
+                    raise TaskNotFound(f"no task with id {int(task_id)}")
+                status, key = row
+                if _status(status) not in FINISHED:
+                    return False
+                Error.delete().where(Error.job_id == task_id).execute()
+                Recovery.delete().where(Recovery.job_id == task_id).execute()
+                Job.delete().where(Job.id == task_id).execute()
+                if key is not None:
+                    Join, JoinPart = self.models.Join, self.models.JoinPart
+                    JoinPart.delete().where(JoinPart.join_key == key).execute()
+                    Join.delete().where(Join.join_key == key).execute()
                 return True
 
         return self._run(self._read, once)

@@ -61,7 +61,7 @@ from ..wakeups import WakeRegistry
 from . import schema
 from .dialect import Dialect, ErrorKind
 from .queries import DONE, PENDING, RUNNING, WAITING, Queries
-from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, META, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, LIMITS, META, RECOVERIES, WORKERS
 from .store import SqlStorage
 
 __all__ = [
@@ -165,6 +165,11 @@ def _mysql_queries() -> Queries:
             f"INSERT INTO {JOINS} (join_key, slots, arrived, created_at) VALUES (%s, %s, 1, %s) "
             "ON DUPLICATE KEY UPDATE arrived = arrived + 1"
         ),
+        # (limit_key, now, interval, now); ``MysqlDialect.take_slot`` reads the start back
+        take_slot=(
+            f"INSERT INTO {LIMITS} (limit_key, last_start) VALUES (%s, %s) "
+            "ON DUPLICATE KEY UPDATE last_start = GREATEST(last_start + %s, %s)"
+        ),
         recover=base.recover.replace("worker IS %s", "worker <=> %s"),
         isolate=base.isolate.replace("worker IS %s", "worker <=> %s"),
     )
@@ -173,6 +178,8 @@ def _mysql_queries() -> Queries:
 #: A join key (workflows: ``wf:<run>:<node>``) with its slot must fit InnoDB's
 #: 3,072-byte index limit at 4 bytes a character.
 JOIN_KEY_CHARS = 512
+#: A rate limit's key (``rate_limit(…, key=…)`` takes up to 200 characters).
+LIMIT_KEY_CHARS = 255
 
 
 def _ddl(collation: str) -> list[str]:
@@ -247,6 +254,10 @@ def _ddl(collation: str) -> list[str]:
             value LONGBLOB NULL,
             at DOUBLE NOT NULL,
             PRIMARY KEY (join_key, slot)
+        ) {table}""",
+        f"""CREATE TABLE IF NOT EXISTS {LIMITS} (
+            limit_key VARCHAR({LIMIT_KEY_CHARS}) NOT NULL PRIMARY KEY,
+            last_start DOUBLE NOT NULL
         ) {table}""",
         f"""CREATE TABLE IF NOT EXISTS {META} (
             id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -603,6 +614,15 @@ class MysqlDialect(Dialect):
             db, f"SELECT arrived, slots FROM {JOINS} WHERE join_key = %s", (params[0],)
         ).fetchone()
         return int(row[0]), int(row[1])
+
+    def take_slot(self, db: pw.Database, key: str, now: float, interval: float) -> float:
+        # No RETURNING in MySQL: the upsert holds the key's row lock until commit, so
+        # reading it back in the same transaction sees this reservation.
+        self.execute(db, self.queries.take_slot, (key, now, interval, now))
+        row = self.execute(
+            db, f"SELECT last_start FROM {LIMITS} WHERE limit_key = %s", (key,)
+        ).fetchone()
+        return float(row[0])
 
     def keys_with_prefix(
         self, db: pw.Database, prefix: str, before: str | None, limit: int

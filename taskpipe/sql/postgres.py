@@ -141,6 +141,8 @@ def _postgres_queries() -> Queries:
         # ``worker IS ?`` is SQLite's null-safe equality
         recover=base.recover.replace("worker IS %s", "worker IS NOT DISTINCT FROM %s"),
         isolate=base.isolate.replace("worker IS %s", "worker IS NOT DISTINCT FROM %s"),
+        # MAX() is an aggregate in PostgreSQL; the two-argument one is GREATEST()
+        take_slot=base.take_slot.replace("MAX(", "GREATEST("),
     )
 
 

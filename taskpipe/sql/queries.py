@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..task import Status
-from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, LIMITS, RECOVERIES, WORKERS
 
 __all__ = ["Queries", "sql_in", "WAITING", "FINISHED"]
 
@@ -165,6 +165,13 @@ class Queries:
     )
     # (join_key,)
     join_parts: str = f"SELECT slot, value FROM {JOIN_PARTS} WHERE join_key = ? ORDER BY slot"
+    # Rate limits: reserve the next start of a key, one upsert under the key's row lock.
+    # (limit_key, now, interval) -> the reserved start
+    take_slot: str = (
+        f"INSERT INTO {LIMITS} (limit_key, last_start) VALUES (?, ?) "
+        f"ON CONFLICT (limit_key) DO UPDATE SET last_start = "
+        f"MAX({LIMITS}.last_start + ?, excluded.last_start) RETURNING last_start"
+    )
 
     def with_paramstyle(self, placeholder: str) -> Queries:
         """The same statements with ``?`` replaced by ``placeholder`` (e.g. ``%s``)."""

@@ -32,12 +32,14 @@ __all__ = [
     "RECOVERIES",
     "JOINS",
     "JOIN_PARTS",
+    "LIMITS",
 ]
 
 #: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
 #: 3: the workers' ``host_id`` (where their pid means something).
 #: 4: joins (workflows' fan-in): ``taskpipe_joins`` and ``taskpipe_join_parts``.
-SCHEMA_VERSION = 4
+#: 5: rate limits across workers: ``taskpipe_limits``.
+SCHEMA_VERSION = 5
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
@@ -45,6 +47,7 @@ RECOVERIES = "taskpipe_recoveries"
 META = "taskpipe_schema"
 JOINS = "taskpipe_joins"
 JOIN_PARTS = "taskpipe_join_parts"
+LIMITS = "taskpipe_limits"
 M = TypeVar("M", bound=pw.Model)
 
 
@@ -139,6 +142,14 @@ class JoinPartModel(_Base):
         primary_key = pw.CompositeKey("join_key", "slot")
 
 
+class LimitModel(_Base):
+    """One rate limit shared by workers (``rate_limit(…, key=…)``): the last task start
+    it reserved. Its row lock serializes the reservations."""
+
+    limit_key = pw.TextField(primary_key=True)
+    last_start = pw.DoubleField()
+
+
 class SchemaModel(_Base):
     """The schema version this database is at."""
 
@@ -156,10 +167,11 @@ class Models:
     Recovery: type[RecoveryModel]
     Join: type[JoinModel]
     JoinPart: type[JoinPartModel]
+    Limit: type[LimitModel]
 
     def all(self) -> list[type[pw.Model]]:
         """Every model (jobs, errors, workers, schema version, recoveries, joins and
-        their parts): what ``setup`` creates."""
+        their parts, rate limits): what ``setup`` creates."""
         return [
             self.Job,
             self.Error,
@@ -168,6 +180,7 @@ class Models:
             self.Recovery,
             self.Join,
             self.JoinPart,
+            self.Limit,
         ]
 
 
@@ -194,6 +207,7 @@ def models_for(db: pw.Database) -> Models:
                 Recovery=bind(RecoveryModel, RECOVERIES),
                 Join=bind(JoinModel, JOINS),
                 JoinPart=bind(JoinPartModel, JOIN_PARTS),
+                Limit=bind(LimitModel, LIMITS),
             )
             _bound[db] = models
         return models
@@ -221,6 +235,12 @@ def _index_sql() -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {JOBS}_attention ON {JOBS} (status, queue, id) "
         f"WHERE status IN {attention}",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {JOBS}_key ON {JOBS} (key) WHERE key IS NOT NULL",
+        # throughput() and Done counts (the board): finished Done rows by finish time,
+        # written once per Done ack. Created by every setup (no schema version needed:
+        # a database set up before it works, only more slowly, until setup runs again).
+        f"CREATE INDEX IF NOT EXISTS {JOBS}_done ON {JOBS} (done_at, queue) "
+        f"WHERE status = '{Status.DONE.value}'",
+        f"CREATE INDEX IF NOT EXISTS {ERRORS}_at ON {ERRORS} (at)",
     ]
 
 
@@ -233,6 +253,8 @@ def _migrate(db: pw.Database, models: Models, version: int) -> None:
     if version < 3 and "host_id" not in {c.name for c in db.get_columns(WORKERS)}:
         db.execute_sql(f"ALTER TABLE {WORKERS} ADD COLUMN host_id TEXT")
     # 3 -> 4: the join tables are new (made whole above)
+    if version < 5 and not db.table_exists(LIMITS):  # 4 -> 5: rate limits (idempotent)
+        models.Limit.create_table()
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 

@@ -194,6 +194,15 @@ class SharedQueueStorage(SqliteStorage):
     def __repr__(self) -> str:
         return f"SharedQueueStorage({self.db.database!r}, queue={self.queue!r})"
 
+    def for_queue(self, queue: str) -> SqliteStorage:
+        """A ``SqliteStorage`` for ``queue`` on the same database (pushes there wake
+        that queue's shared worker as usual); this store itself for its own queue."""
+        if queue == self.queue:
+            return self
+        other = SqliteStorage(self.db, queue=queue, codec=self.codec, config=self.config)
+        other.capabilities = self.capabilities
+        return other
+
     def open_run(self, ctx: WorkerContext) -> None:
         """Join the shared round (not under ``run_until_idle``: it claims alone)."""
         if not ctx.until_idle:

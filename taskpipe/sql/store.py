@@ -52,7 +52,14 @@ class SqlStorage(SqlExpose, Store):
     config=Config())``. Engines subclass it with their ``dialect``."""
 
     capabilities = Capabilities(
-        introspection=True, keys=True, follow_ups=True, outcomes=True, recovery=True, joins=True
+        introspection=True,
+        keys=True,
+        follow_ups=True,
+        outcomes=True,
+        recovery=True,
+        joins=True,
+        queues=True,
+        rate_limits=True,
     )
     dialect: Dialect = Dialect()
 
@@ -251,6 +258,7 @@ class SqlStorage(SqlExpose, Store):
             attempt=_int_or(row["attempts"], 1),
             lease=lease,
             isolated=bool(row["isolate"]),
+            due_at=_float_or_none(row["run_at"]),
         )
         try:
             claim.priority = _field_int(row["priority"], "priority")
@@ -483,6 +491,20 @@ class SqlStorage(SqlExpose, Store):
         rows = self._run(lambda: self._execute(self.dialect.queries.join_parts, (key,)).fetchall())
         return [(int(slot), bytes(value)) for slot, value in rows]
 
+    # Rate limits ----------------------------------------------------------------------
+    def take_slot(self, key: str, interval: float) -> float:
+        """Reserve the next start of rate limit ``key`` (shared by every store on this
+        database) in one write transaction, under the key's row lock; return the
+        seconds to wait for it. Times are the caller's ``clock.timestamp()``."""
+
+        def reserve() -> float:
+            with self._write_tx():  # (SQLite: the write lock is held from here)
+                now = clock.timestamp()
+                start = self.dialect.take_slot(self.db, key, now, interval)
+            return max(0.0, start - now)
+
+        return self._run(reserve)
+
     def tasks_with_key_prefix(
         self, prefix: str, *, limit: int = 1000, before: str | None = None
     ) -> list[tuple[str, Any]]:
@@ -506,6 +528,15 @@ class SqlStorage(SqlExpose, Store):
             return  # one shared connection (":memory:"): it lives as long as the database
         if not self.db.is_closed() and not self.db.in_transaction():
             self.db.close()
+
+    def for_queue(self, queue: str) -> SqlStorage:
+        """A store of this class for ``queue`` on the same database, with this store's
+        codec, config and capabilities (this store itself for its own queue)."""
+        if queue == self.queue:
+            return self
+        other = type(self)(self.db, queue=queue, codec=self.codec, config=self.config)
+        other.capabilities = self.capabilities  # (with_hook's wake-ups too)
+        return other
 
     def with_capabilities(self, **changes: bool) -> SqlStorage:
         """This store, declaring other capabilities (``with_hook`` adds ``wakeups``)."""
@@ -567,6 +598,14 @@ def _retry_busy(dialect: Dialect, fn: Callable[[], T], db: pw.Database | None = 
             log.debug("database busy, retrying in %.3fs: %s", delay, exc)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A stored number as a float; None when it is not one (a claim does not fail on it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _int_or(value: Any, default: int) -> int:

@@ -65,14 +65,16 @@ class Node:
 
 
 class DagFlow:
-    """A DAG of functions run durably (see the module docstring)::
+    """A DAG of functions run durably (see the module docstring).
 
-    dag = DagFlow("user-etl")
-    name, age = dag.node(get_name), dag.node(get_age)
-    dag.node(collect).depends_on(name, age)   # collect((name, age))
-    dag.validate()
-    storage.start_fan_out([42, 42])          # one input per start node
-    WorkerBuilder("etl").backend(storage).build(dag).run()
+    For example::
+
+        dag = DagFlow("user-etl")
+        name, age = dag.node(get_name), dag.node(get_age)
+        dag.node(collect).depends_on(name, age)   # collect((name, age))
+        dag.validate()
+        storage.start_fan_out([42, 42])          # one input per start node
+        WorkerBuilder("etl").backend(storage).build(dag).run()
     """
 
     def __init__(self, name: str):

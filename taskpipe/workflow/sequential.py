@@ -75,11 +75,13 @@ class _Delay:
 
 
 class Workflow:
-    """Steps run one after another, durably (see the module docstring)::
+    """Steps run one after another, durably (see the module docstring).
 
-    flow = Workflow("order").and_then(charge).delay_for(timedelta(seconds=1)).and_then(ship)
-    run_id = storage.push_start(order)
-    WorkerBuilder("w").backend(storage).build(flow).run()
+    For example::
+
+        flow = Workflow("order").and_then(charge).delay_for(timedelta(seconds=1)).and_then(ship)
+        run_id = storage.push_start(order)
+        WorkerBuilder("w").backend(storage).build(flow).run()
     """
 
     def __init__(self, name: str):

@@ -100,6 +100,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Sto
                 cleanups.append(close)
             drop = getattr(store, "drop", None)
             if kind == "redis" and drop is not None:
+                cleanups.append(store.close)  # after drop: its client's pooled sockets
                 cleanups.append(drop)
             return store
 

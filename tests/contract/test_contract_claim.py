@@ -152,3 +152,20 @@ def test_every_task_is_claimed_exactly_once_by_racing_workers(store):
         for j in range(i + 1, threads_n):
             assert not leases[i] & leases[j]
     assert store.claim(ctx(), 10) == []
+
+
+# Stores that do not say when a claimed task was due (``Claim.due_at`` None).
+NO_DUE_AT = {"redis"}
+
+
+def test_a_claim_says_when_its_task_was_due(store, request):
+    with freeze_time(T0):
+        late = store.push_task(Task("late", run_after=at(-10)))
+        store.push_task(Task("later", run_after=at(30)))
+        [claim] = store.claim(ctx(), 10)
+    assert claim.id == late
+    if request.node.callspec.params["store_factory"] in NO_DUE_AT:
+        assert claim.due_at is None
+    else:
+        assert claim.due_at == T0_TS - 10
+        assert claim.to_task(None).due_at == T0_TS - 10

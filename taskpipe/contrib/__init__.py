@@ -1,0 +1,1 @@
+"""Integrations with web frameworks: ``taskpipe.contrib.flask`` (and Django's, beside it)."""
