@@ -793,6 +793,16 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"worker {ctx.name} resumed")
 
 
+#: ``--log-level`` of the commands that run workers (taskpipe's and the integrations').
+LOG_LEVEL = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="What taskpipe logs to stderr while the worker runs.",
+)
+
+
 @cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option(
@@ -830,13 +840,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
 )
 @click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="What taskpipe logs to stderr while the worker runs.",
-)
+@LOG_LEVEL
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
