@@ -5,7 +5,11 @@ an OpenTelemetry SDK tracer provider with no exporter (spans made, sent nowhere)
 each on a fresh database, and the table gives each one's median drain rate and its
 ratio to the run with no layers.
 
-    python benchmarks/layers_bench.py --tasks 20000 --reps 5
+    python benchmarks/layers_bench.py --tasks 20000 --reps 5 [--against REV]
+
+With ``--against REV`` (a git revision from before the layers, such as ``f81a917``) two
+more rows drain with no layers in a child process each: one on this tree, one on
+``git archive REV`` — whether the layer machinery changed the plain drain.
 
 (needs ``pip install -e '.[test]'``: opentelemetry-sdk and prometheus-client)
 """
@@ -13,7 +17,12 @@ ratio to the run with no layers.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,26 +98,87 @@ def drain(tasks: int, concurrency: int, variant: Callable[[WorkerBuilder], Worke
     return tasks / elapsed
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: A drain with no layers through the API every revision has, run in a child whose
+#: PYTHONPATH picks the taskpipe to measure.
+CHILD = """
+import os, sys, tempfile, time
+from taskpipe import WorkerBuilder
+from taskpipe.sqlite import SqliteStorage, connect
+tasks, concurrency = int(sys.argv[1]), int(sys.argv[2])
+def noop(n: int) -> None:
+    return None
+with tempfile.TemporaryDirectory() as directory:
+    db = connect(os.path.join(directory, "jobs.db"))
+    SqliteStorage.setup(db)
+    storage = SqliteStorage(db)
+    storage.push_bulk(range(tasks))
+    worker = WorkerBuilder("bench").backend(storage).concurrency(concurrency).build(noop)
+    start = time.perf_counter()
+    handled = worker.run_until_idle()
+    elapsed = time.perf_counter() - start
+    assert handled == tasks, handled
+    print(tasks / elapsed)
+"""
+
+
+def drain_in_child(root: str, tasks: int, concurrency: int) -> float:
+    """Tasks/s of a no-layer drain by the taskpipe found in ``root``."""
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tasks), str(concurrency)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
+    return float(out.stdout.strip())
+
+
+def checkout(revision: str, into: str) -> str:
+    """``git archive`` the package at ``revision`` into ``into``; returns that root."""
+    archive = os.path.join(into, "rev.tar")
+    subprocess.run(["git", "-C", ROOT, "archive", "-o", archive, revision, "taskpipe"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--against", help="a git revision to compare the plain drain with")
     args = parser.parse_args()
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    runs: dict[str, Callable[[], float]] = {
+        name: (lambda v=variant: drain(args.tasks, args.concurrency, v))
+        for name, variant in VARIANTS.items()
+    }
+    scratch = tempfile.TemporaryDirectory()
+    if args.against:
+        old = checkout(args.against, scratch.name)
+        runs["no layers, child"] = lambda: drain_in_child(ROOT, args.tasks, args.concurrency)
+        runs[f"no layers, child, {args.against}"] = lambda: drain_in_child(
+            old, args.tasks, args.concurrency
+        )
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(args.reps):
-        order = list(VARIANTS.items())
+        order = list(runs.items())
         if rep % 2:  # interleaved, and alternately reversed: no variant always goes first
             order.reverse()
-        for name, variant in order:
-            rates[name].append(drain(args.tasks, args.concurrency, variant))
+        for name, run in order:
+            rates[name].append(run())
+    scratch.cleanup()
     base = statistics.median(rates["no layers"])
     print(f"{args.tasks} no-op tasks, SQLite, concurrency {args.concurrency}, {args.reps} reps")
-    print(f"{'variant':<22} {'median tasks/s':>15} {'min':>9} {'max':>9} {'ratio':>7}")
+    print(f"{'variant':<30} {'median tasks/s':>15} {'min':>9} {'max':>9} {'ratio':>7}")
     for name, found in rates.items():
         median = statistics.median(found)
         print(
-            f"{name:<22} {median:>15,.0f} {min(found):>9,.0f} {max(found):>9,.0f} "
+            f"{name:<30} {median:>15,.0f} {min(found):>9,.0f} {max(found):>9,.0f} "
             f"{median / base:>7.2f}"
         )
 

@@ -60,7 +60,7 @@ from .errors import (
     TaskNotFound,
     TaskpipeError,
 )
-from .expose import STATS_KEYS, jsonable
+from .expose import STATS_KEYS, QueueInfo, jsonable
 from .layers import RetryPolicy
 from .monitor import Monitor
 from .processes import Supervisor
@@ -295,6 +295,7 @@ class _Name(click.ParamType):
 DURATION = _Duration()
 QUEUE = _Name("a queue name", "leave out --queue for the default queue")
 QUEUE_FILTER = _Name("a queue name", "leave out --queue for every queue")
+QUEUE_ARGUMENT = _Name("a queue name", "name the queue, e.g. default")
 WORKER_NAME = _Name("a worker name", "leave out --name for the handler's name")
 
 
@@ -786,6 +787,20 @@ def _print_events(ctx: Any, event: events.Event) -> None:
             click.echo(f"task {int(task_id)} {click.style('dead', fg='red')}: {error}")
         case events.Error(task_id=None, error=error):
             click.echo(f"{click.style('error', fg='red')}: {error}", err=True)
+        case events.Paused():
+            click.echo(f"worker {ctx.name} {click.style('paused', fg='yellow')}: it takes no task")
+        case events.Resumed():
+            click.echo(f"worker {ctx.name} resumed")
+
+
+#: ``--log-level`` of the commands that run workers (taskpipe's and the integrations').
+LOG_LEVEL = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="What taskpipe logs to stderr while the worker runs.",
+)
 
 
 @cli.command(short_help="Run a Worker, a Monitor, a Router or a handler function.")
@@ -825,13 +840,7 @@ def _print_events(ctx: Any, event: events.Event) -> None:
 )
 @click.option("--name", type=WORKER_NAME, help="The worker's name (default: the handler's name).")
 @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="What taskpipe logs to stderr while the worker runs.",
-)
+@LOG_LEVEL
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
@@ -1483,16 +1492,64 @@ def workers(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of queues with their counts.")
 @_db_option
 def queues(as_json: bool) -> None:
-    """List the queues that hold tasks, with their counts per status."""
-    found = _state().storage().list_queues()
+    """List the queues that hold tasks or are paused, with their counts per status."""
+    storage = _state().storage()
+    found = storage.list_queues()
+    paused = storage.paused_queues() if storage.capabilities.pausing else set()
+    listed = {q.name for q in found}
+    found += [QueueInfo(name) for name in sorted(paused - listed)]  # paused, no task yet
     if as_json:
-        _echo_json([{**jsonable(q), "total": q.total} for q in found])
+        _echo_json([{**jsonable(q), "total": q.total, "paused": q.name in paused} for q in found])
         return
     if not found:
         click.echo("no queues (no tasks yet)")
         return
-    rows = [[q.name, *(str(getattr(q, s)) for s in STATUS_NAMES), str(q.total)] for q in found]
-    click.echo(_table(["QUEUE", *(s.upper() for s in STATUS_NAMES), "TOTAL"], rows))
+    rows = [
+        [
+            q.name,
+            *(str(getattr(q, s)) for s in STATUS_NAMES),
+            str(q.total),
+            "yes" if q.name in paused else "no",
+        ]
+        for q in found
+    ]
+    click.echo(_table(["QUEUE", *(s.upper() for s in STATUS_NAMES), "TOTAL", "PAUSED"], rows))
+
+
+# pause, resume ----------------------------------------------------------------------------------
+def _pausing_storage() -> Any:
+    """The store, if it can record a queue's pause (else a one-line error, exit 2)."""
+    storage = _state().storage()
+    try:
+        require(storage, "pausing", "pause or resume queues")
+    except CapabilityError as exc:
+        raise BadInput(str(exc)) from exc
+    return storage
+
+
+@cli.command(short_help="Pause a queue: its workers take no new tasks.")
+@click.argument("queue", type=QUEUE_ARGUMENT)
+@_db_option
+def pause(queue: str) -> None:
+    """Pause QUEUE: its workers, wherever they run, take none of its tasks from their
+    next heartbeat until `taskpipe resume QUEUE`. Running tasks finish; pushes are
+    kept."""
+    storage = _pausing_storage()
+    already = queue in storage.paused_queues()
+    storage.pause_queue(queue)
+    click.echo(f"queue {_shown(queue)} {'was already paused' if already else 'paused'}")
+
+
+@cli.command(short_help="Resume a paused queue.")
+@click.argument("queue", type=QUEUE_ARGUMENT)
+@_db_option
+def resume(queue: str) -> None:
+    """Resume QUEUE after `taskpipe pause`: its workers take its tasks again from
+    their next heartbeat."""
+    storage = _pausing_storage()
+    was_paused = queue in storage.paused_queues()
+    storage.resume_queue(queue)
+    click.echo(f"queue {_shown(queue)} {'resumed' if was_paused else 'was not paused'}")
 
 
 _STAT_LABELS = {

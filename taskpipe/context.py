@@ -64,6 +64,10 @@ class WorkerContext:
         self.beat_interval = 5.0
         #: How many heartbeats this run has made.
         self.beats = 0
+        #: True while the worker takes no new tasks (``Worker.pause()``, or its queue
+        #: paused in the store): a store that claims for several runs at once (a shared
+        #: round) gives a paused run nothing.
+        self.paused = False
         self.finished = threading.Event()
         self.stopped_at = 0.0  # real monotonic time of the first stop request
 

@@ -69,7 +69,13 @@ class MemoryBackend(MemoryExpose, Store):
     """Tasks in heaps in this process: claimed by priority, then due time, then age."""
 
     capabilities = Capabilities(
-        introspection=True, keys=True, follow_ups=True, bounded=True, joins=True, rate_limits=True
+        introspection=True,
+        keys=True,
+        follow_ups=True,
+        bounded=True,
+        joins=True,
+        rate_limits=True,
+        pausing=True,
     )
 
     def __init__(
@@ -101,6 +107,7 @@ class MemoryBackend(MemoryExpose, Store):
         self._runs: dict[str, WorkerContext] = {}
         self._joins: dict[str, dict[int, bytes]] = {}  # join key -> parts by slot
         self._slots: dict[str, float] = {}  # rate limit key -> last reserved start
+        self._paused: set[str] = set()  # queues paused (``pause_queue``), in this process
 
     def __repr__(self) -> str:
         return f"MemoryBackend(queue={self.queue!r}, maxsize={self.maxsize})"
@@ -304,6 +311,20 @@ class MemoryBackend(MemoryExpose, Store):
         while len(self._finished) > self.keep_finished:
             self._forget(self._finished.popitem(last=False)[1])
         self._cond.notify_all()
+
+    # Pausing (the ``pausing`` capability) -------------------------------------------------
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Record that ``queue`` is paused or not (in this object: memory is not shared)."""
+        with self._cond:
+            if paused:
+                self._paused.add(queue)
+            else:
+                self._paused.discard(queue)
+
+    def paused_queues(self) -> set[str]:
+        """The queues paused in this store."""
+        with self._cond:
+            return set(self._paused)
 
     # Joins (the ``joins`` capability) ------------------------------------------------------
     def _join(self, part: JoinPart) -> None:

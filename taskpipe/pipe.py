@@ -203,6 +203,14 @@ class Pipe(Store):
         """The sink encodes results."""
         return self.sink.encode_result(value)
 
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """The sink records the pause (``pause_queue``, ``resume_queue``)."""
+        self.sink.set_paused(queue, paused)
+
+    def paused_queues(self) -> set[str]:
+        """The sink's paused queues."""
+        return self.sink.paused_queues()
+
     def open_run(self, ctx: WorkerContext) -> None:
         """Under ``run()``, start the feeder thread."""
         self.sink.open_run(ctx)

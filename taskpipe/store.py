@@ -43,6 +43,15 @@ With the ``rate_limits`` capability (``rate_limit(n, per, key=…)`` across work
                           read-modify-write across threads, processes and hosts;
                           return the seconds to wait until it (0.0: start now)
 
+With the ``pausing`` capability (``pause_queue``/``resume_queue``, written once here
+on them), two more::
+
+    set_paused(queue, paused)
+                          record durably, for every process sharing the store, that
+                          ``queue`` is paused (True) or not (False); idempotent
+    paused_queues()       the set of queues recorded paused: one cheap read (every
+                          worker calls it at each heartbeat)
+
 Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
 goes up by one); a release (claimed, never started) takes it back; an interruption
 at shutdown keeps it; a recovery after a dead worker takes it back and counts a
@@ -124,6 +133,11 @@ class Capabilities:
     #: ``take_slot()`` spaces task starts per key across every worker of the store
     #: (``rate_limit(n, per, key=…)``).
     rate_limits: bool = False
+    #: ``pause_queue``/``resume_queue``/``paused_queues``: a queue's pause is recorded
+    #: in the store, so every worker of that queue (any process, any host) sees it at
+    #: its next heartbeat, and then claims nothing from it until it is resumed; the
+    #: tasks it runs finish. A resume in this process wakes its idle workers at once.
+    pausing: bool = False
 
 
 def require(store: Any, capability: str, purpose: str) -> None:
@@ -359,6 +373,15 @@ class TaskSink:
         raise NotImplementedError
 
 
+def _queue_name(queue: str | None, default: str) -> str:
+    """``queue``, or ``default`` when None; a clear error for anything but a name."""
+    if queue is None:
+        return default
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"a queue name is a non-empty string, got {queue!r}")
+    return queue
+
+
 class Store(TaskSink):
     """The base of every store (see the module docstring for the contract).
 
@@ -367,7 +390,8 @@ class Store(TaskSink):
     may override ``beat``, ``retire``, ``check_setup``, ``open_run``/``close_run``,
     ``idle`` and ``close_thread_connection``. Introspection (``list_tasks``,
     ``fetch_by_id``, ``stats``…, see ``taskpipe.expose.Expose``) is a capability of
-    its own: a store that declares ``introspection`` implements those methods too.
+    its own: a store that declares ``introspection`` implements those methods too;
+    one that declares ``pausing`` implements ``set_paused`` and ``paused_queues``.
     """
 
     capabilities: Capabilities = Capabilities()
@@ -480,6 +504,36 @@ class Store(TaskSink):
 
     def close_thread_connection(self) -> None:
         """Close the calling thread's connection, if the store keeps one per thread."""
+
+    # Pausing (stores with ``pausing``) --------------------------------------------------
+    def pause_queue(self, queue: str | None = None) -> None:
+        """Pause ``queue`` (default: this store's): its workers, in every process, claim
+        none of its tasks from their next heartbeat until ``resume_queue``; what they
+        run finishes, pushes are kept. Idempotent. ``CapabilityError`` without
+        ``pausing``."""
+        require(self, "pausing", "pause a queue")
+        self.set_paused(_queue_name(queue, self.queue), True)
+
+    def resume_queue(self, queue: str | None = None) -> None:
+        """Undo ``pause_queue``: the queue's workers claim again from their next
+        heartbeat, at once in this process. Idempotent. ``CapabilityError`` without
+        ``pausing``."""
+        require(self, "pausing", "resume a queue")
+        name = _queue_name(queue, self.queue)
+        self.set_paused(name, False)
+        self.wakeups.notify(name)  # this process's idle workers of it look again now
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Record, durably and for every process sharing the store, that ``queue`` is
+        paused or not (stores with ``pausing``); idempotent."""
+        require(self, "pausing", "pause or resume a queue")
+        raise NotImplementedError
+
+    def paused_queues(self) -> set[str]:
+        """The names of the queues recorded paused (stores with ``pausing``): one cheap
+        read, made by every worker at each heartbeat."""
+        require(self, "pausing", "tell which queues are paused")
+        raise NotImplementedError
 
     # Workflows (``taskpipe.workflow``) -----------------------------------------------------
     def push_start(self, args: Any, *, flow: Any = None) -> str:

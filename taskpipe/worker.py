@@ -13,7 +13,12 @@ of ``taskpipe.store``). One worker run has three kinds of threads:
   the handler with its injected parameters (an ``async def`` handler runs on an
   event loop the run keeps in a thread of its own), and turns the return or the
   exception into an outcome (done, retry after a backoff, or dead);
-- the **heartbeat** thread: ``Store.beat`` every ``keep_alive`` seconds.
+- the **heartbeat** thread: ``Store.beat`` every ``keep_alive`` seconds (and, for a
+  store with ``pausing``, a look at whether the queue is paused: ``taskpipe.pausing``).
+
+While paused (``Worker.pause()``, or the queue paused in the store) the fetch loop
+claims nothing: it hands back the tasks claimed and not started, lets running ones
+finish and writes their outcomes; heartbeats and ``stop()`` go on as usual.
 
 ``run_until_idle()`` does the same but never sleeps and returns when nothing is due
 and nothing is running; it beats from the calling thread, so a frozen clock governs
@@ -46,6 +51,7 @@ from .errors import (
 )
 from .injection import Signature, analyse
 from .layers import Handle, Layer, RetryPolicy, compose
+from .pausing import PauseSwitch
 from .signals import graceful_signals
 from .store import Claim, JoinPart, Outcome, OutcomeKind, Row, Store, safe_text
 from .task import Task
@@ -335,6 +341,8 @@ class Worker:
         self._ctx: WorkerContext | None = None
         self._lock = threading.Lock()
         self._stop_requested = 0  # 1: graceful, 2: skip the grace; read when a run starts
+        self._paused = False  # pause() asked; read when a run starts
+        self._switch: PauseSwitch | None = None  # the current run's
 
     def __repr__(self) -> str:
         return f"Worker({self.name!r}, backend={self.backend!r}, concurrency={self.concurrency})"
@@ -370,6 +378,32 @@ class Worker:
         if ctx is not None:
             ctx._stop_hard()
 
+    def pause(self) -> None:
+        """Take no new tasks (from any thread; before a run too) until ``resume()``:
+        once it returns, the run starts no task; those claimed and not started go back
+        to the store, running ones finish and their outcomes are written; heartbeats
+        and ``stop()`` go on. A paused ``run_until_idle()`` returns once nothing runs.
+        Emits ``events.Paused``."""
+        self._paused = True
+        switch = self._switch
+        if switch is not None:
+            switch.set_by_worker(True)
+
+    def resume(self) -> None:
+        """Undo ``pause()``: the run claims again at once (unless its queue is paused in
+        the store: ``Store.resume_queue``). Emits ``events.Resumed``."""
+        self._paused = False
+        switch = self._switch
+        if switch is not None:
+            switch.set_by_worker(False)
+
+    @property
+    def paused(self) -> bool:
+        """True while the worker takes no new tasks: after ``pause()``, or while its
+        run sees its queue paused in the store (checked at each heartbeat)."""
+        switch = self._switch
+        return self._paused or (switch is not None and switch.active)
+
     @property
     def context(self) -> WorkerContext | None:
         """The current run's context (None when not running)."""
@@ -390,6 +424,8 @@ class Worker:
             self._lock.release()
             raise
         self._ctx = run.ctx
+        self._switch = run.pause
+        run.pause.set_by_worker(self._paused)  # after publishing: no pause() is lost
         # A stop asked while the run was being set up is applied now (after the
         # context is published, so none is lost between the two).
         if self._stop_requested == 2:
@@ -399,7 +435,7 @@ class Worker:
         try:
             return run.execute()
         finally:
-            self._ctx = None
+            self._ctx = self._switch = None
             self._stop_requested = 0
             self._lock.release()
 
@@ -453,6 +489,9 @@ class _Run:
             inner = self._call_routed
         self.handle: Handle = compose(worker.layers, inner)
         self.heartbeat_thread: threading.Thread | None = None
+        self.pause = PauseSwitch(
+            self.store, self.ctx, self.ctx.emit, self._report, hold=self._release_unstarted
+        )
 
     def _report(self, error: BaseException) -> None:
         if isinstance(error, PipeError) and self.pipe_error is None:
@@ -464,6 +503,7 @@ class _Run:
     def execute(self) -> int:
         ctx, store = self.ctx, self.store
         self.worker._emit(ctx, events.Start())  # first: a HeartBeat or Error never precedes Start
+        self.pause.start()  # Paused now if pause() came first
         cross_process = store.capabilities.wakeups and not self.until_idle
         # Registered for the whole run, not just while waiting: a push between an empty
         # claim and the wait sets the context's pending flag, so the wait returns at once.
@@ -512,6 +552,7 @@ class _Run:
             return
         self.ctx.beats += 1
         self.worker._emit(self.ctx, events.HeartBeat())
+        self.pause.look()  # is the queue paused in the store?
 
     def _heartbeat_loop(self) -> None:
         try:
@@ -541,6 +582,12 @@ class _Run:
             if self.until_idle and clock.real_monotonic() >= next_beat:
                 self._beat()
                 next_beat = clock.real_monotonic() + ctx.beat_interval
+            # Paused: no claims; outcomes, beats and stop go on (see _wait_while_paused).
+            if self.pause.active:
+                if self._wait_while_paused():
+                    break
+                busy = False
+                continue
             if not self._has_room():
                 self._wait_for_room()
                 continue
@@ -626,6 +673,22 @@ class _Run:
                 self.cond.wait(timeout)
             self.ctx._woken = False
 
+    def _wait_while_paused(self) -> bool:
+        """One step of a paused run (its unstarted tasks were handed back on pausing):
+        write what finished, then wait for a finished task, a stop, a resume or (under
+        ``run_until_idle``) the next beat. True when ``run_until_idle`` should return:
+        nothing runs any more."""
+        self._flush()
+        with self.cond:
+            if self.until_idle and self.ctx.in_flight == 0 and not self.outcomes:
+                return True
+            timeout = self.ctx.beat_interval if self.until_idle else None
+            if self.outcomes:  # the store was unavailable: try again after the pause
+                timeout = max(0.0, self.ack_retry_at - clock.real_monotonic())
+        if self.ctx.wait(timeout) and self.pause.by_store and not self.ctx.stopping:
+            self.pause.look()  # perhaps woken by a resume in this process: look again
+        return False
+
     # Pool side --------------------------------------------------------------------------
     # Tasks wait in ``queued``; up to ``concurrency`` daemon threads take them one after
     # another, so a task costs one lock round trip, and an unstarted task is simply still
@@ -633,6 +696,11 @@ class _Run:
     # lease is handed back when the shutdown grace ends).
     def _submit(self, claim: Claim) -> None:
         with self.cond:
+            if self.pause.active:  # paused while it was being claimed: back, never started
+                if not self.outcomes:
+                    self.first_outcome_at = clock.real_monotonic()
+                self.outcomes.append(Outcome(claim, OutcomeKind.RELEASE))
+                return
             self.ctx.in_flight += 1
             if claim.isolated:
                 self.ctx.isolated += 1
@@ -791,7 +859,8 @@ class _Run:
         if not self.outcomes:
             self.first_outcome_at = clock.real_monotonic()
         self.outcomes.append(outcome)
-        if self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold:
+        # (paused: the fetch loop writes each outcome at once, having nothing else to do)
+        if self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold or self.pause.active:
             self.ctx._woken = True
             self.cond.notify_all()
 

@@ -997,10 +997,19 @@ def test_queues(invoke, dbfile, storage):
     storage.push_bulk([1, 2])
     SqliteStorage(storage.db, queue="maps").kill(SqliteStorage(storage.db, queue="maps").push(4))
     header, *rows = invoke("queues", "--db", dbfile).stdout.splitlines()
-    assert header.split() == ["QUEUE", "PENDING", "RUNNING", "DONE", "FAILED", "DEAD", "TOTAL"]
+    assert header.split() == [
+        "QUEUE",
+        "PENDING",
+        "RUNNING",
+        "DONE",
+        "FAILED",
+        "DEAD",
+        "TOTAL",
+        "PAUSED",
+    ]
     assert [r.split() for r in rows] == [
-        ["default", "2", "0", "0", "0", "0", "2"],
-        ["maps", "0", "0", "0", "0", "1", "1"],
+        ["default", "2", "0", "0", "0", "0", "2", "no"],
+        ["maps", "0", "0", "0", "0", "1", "1", "no"],
     ]
     data = json.loads(invoke("queues", "--json", "--db", dbfile).stdout)
     assert data[1] == {
@@ -1012,6 +1021,7 @@ def test_queues(invoke, dbfile, storage):
         "dead": 1,
         "other": 0,
         "total": 1,
+        "paused": False,
     }
 
 

@@ -165,6 +165,28 @@ def test_worker_retry_kill_purge(place: str, run: Run, tmp_path, monkeypatch) ->
     assert ok(run(place, "tasks", "-q", queue)).strip() == "no tasks"
 
 
+def test_pause_and_resume(place: str, run: Run) -> None:
+    """A queue paused from the command line holds back a worker in this process (its
+    own store object, as another machine's would be), until resumed."""
+    ok(run(place, "setup"))
+    queue = _queue()
+    assert ok(run(place, "pause", queue)).strip() == f"queue {queue} paused"
+    assert ok(run(place, "pause", queue)).strip() == f"queue {queue} was already paused"
+    listed = {q["name"]: q for q in json.loads(ok(run(place, "queues", "--json")))}
+    assert listed[queue]["paused"] is True and listed[queue]["total"] == 0
+    store = taskpipe.open_storage(place, queue=queue)
+    try:
+        store.push("held")
+        worker = taskpipe.WorkerBuilder("held").backend(store).build(lambda args: args)
+        assert worker.run_until_idle() == 0
+        assert ok(run(place, "resume", queue)).strip() == f"queue {queue} resumed"
+        assert ok(run(place, "resume", queue)).strip() == f"queue {queue} was not paused"
+        assert worker.run_until_idle() == 1
+    finally:
+        store.close_thread_connection()
+        getattr(store, "close", lambda: None)()
+
+
 # Errors -----------------------------------------------------------------------------------
 def test_a_place_never_set_up_says_to_run_setup(place: str, run: Run) -> None:
     for args in (["tasks"], ["push", "1"], ["stats"], ["workers"]):

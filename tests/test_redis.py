@@ -428,7 +428,7 @@ def test_bulk_ids_step_over_explicit_ids_ahead_of_the_counter(env):
     ahead = [first[-1] + 2, first[-1] + 4]
     for tid in ahead:
         store.push_task(taskpipe.Task(f"explicit {tid}", id=tid))
-    ids = store.push_bulk([f"plain {i}" for i in range(6)])
+    ids = store.push_bulk([f"plain {i}" for i in range(5)]) + [store.push("plain 5")]
     assert not set(ids) & set(ahead) and len(set(ids)) == 6
     for tid, n in zip(ids, range(6), strict=True):
         assert store.fetch_by_id(tid).args == f"plain {n}"
@@ -476,6 +476,85 @@ def test_a_batch_of_mixed_outcomes_and_leases_is_fenced_per_outcome(env):
     assert store.stats(queue=env.queue)["running"] == 0
     assert env.acct.hlen(f"{env.prefix}:q:{env.queue}:running") == 0
     assert env.acct.scard(f"{env.prefix}:held:{run.run_id}") == 0
+
+
+def test_ack_and_claim_writes_outcomes_and_takes_tasks_in_one_script(env):
+    from taskpipe.store import Outcome, OutcomeKind, Row
+
+    store = env.store()
+    ids = store.push_bulk(list(range(5)))
+    run = WorkerContext("both", capacity=10, report=pytest.fail)
+    store.beat(run)
+    first = store.claim(run, 3)
+    assert store.kill(first[2].id)  # its lease is gone: that outcome is refused
+    batch = [
+        Outcome(first[0], OutcomeKind.DONE),
+        Outcome(first[1], OutcomeKind.RETRY, error="boom", delay=60),
+        Outcome(first[2], OutcomeKind.DONE),
+    ]
+    calls: list[str] = []
+    run_script = store._run
+    store._run = lambda name, *args: calls.append(name) or run_script(name, *args)
+    claims = store.ack_and_claim(batch, run, 10)
+    assert calls == ["ack_claim"]  # one round trip
+    assert [o.accepted for o in batch] == [True, True, False]
+    assert sorted(c.id for c in claims) == ids[3:]  # the failed one waits 60 s
+    assert {c.lease for c in claims} != {first[0].lease}  # a fresh lease
+    statuses = [store.fetch_by_id(t).status for t in ids]
+    assert statuses == [Status.DONE, Status.FAILED, Status.DEAD, Status.RUNNING, Status.RUNNING]
+    assert [e.error for e in store.fetch_by_id(ids[1]).errors] == ["boom"]
+
+    # outcomes the store may refuse (follow-ups, join parts) go through ack(): nothing done
+    row = Row(None, env.queue, b"1", 0, time.time(), None, None, None, time.time())
+    follow = [Outcome(claims[0], OutcomeKind.DONE, follow_ups=(row,))]
+    assert store.ack_and_claim(follow, run, 10) is None
+    assert store.fetch_by_id(claims[0].id).status is Status.RUNNING
+    assert calls == ["ack_claim"]
+    # acks alone when nothing more is due
+    assert store.ack_and_claim([Outcome(c, OutcomeKind.DONE) for c in claims], run, 10) == []
+    assert store.stats(queue=env.queue)["done"] == 3
+
+
+def test_a_replayed_ack_and_claim_is_answered_from_its_tokens(env):
+    from taskpipe.store import Outcome, OutcomeKind
+
+    store = env.store()
+    ids = store.push_bulk(["a", "b", "c"])
+    run = WorkerContext("replay", capacity=4, report=pytest.fail)
+    store.beat(run)
+    [claim] = store.claim(run, 1)
+    claim_args = store._claim_args(run, 5)
+    ack_args, _, _ = store._ack_args([Outcome(claim, OutcomeKind.DONE)])
+    args = [store.prefix, *claim_args, *ack_args]
+    first = store._scripts["ack_claim"](keys=[], args=args)
+    assert store._scripts["ack_claim"](keys=[], args=args) == first  # the reply was lost
+    assert first[0] == b"1" and first[1].count(b";") == 2
+    infos = [store.fetch_by_id(t) for t in ids]
+    assert [(i.status, i.attempts) for i in infos] == [
+        (Status.DONE, 1),
+        (Status.RUNNING, 1),  # claimed once, not twice
+        (Status.RUNNING, 1),
+    ]
+    assert store.stats(queue=env.queue)["done"] == 1
+
+
+def test_a_replayed_push_is_answered_from_its_token_and_odd_payloads_travel(env):
+    class TextCodec:  # a codec that returns str, not bytes
+        def encode(self, value: Any) -> str:
+            return f"<{value}>"
+
+        def decode(self, data: bytes, type: Any = Any) -> Any:
+            return data.decode()
+
+    store = env.store()
+    store.codec = TextCodec()
+    ids = store.push_bulk(["é", "", "x,y;z"])
+    assert [store.fetch_by_id(t).args for t in ids] == ["<é>", "<>", "<x,y;z>"]
+    args = [store.prefix, "token-1", repr(time.time()), env.queue, 300, "3,1", b"abcd"]
+    first = store._scripts["plain_rows"](keys=[], args=args)
+    assert store._scripts["plain_rows"](keys=[], args=args) == first
+    assert [store.fetch_by_id(int(t)).args for t in first.split(b",")] == ["abc", "d"]
+    assert store.stats(queue=env.queue)["pending"] == 5
 
 
 def test_a_replayed_claim_does_not_return_a_task_finished_since(env):

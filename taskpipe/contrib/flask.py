@@ -367,13 +367,7 @@ def _worker_command(tp_cli: Any) -> click.Command:
     @click.option("--until-idle", is_flag=True, help="Run what is due now, then exit.")
     @click.option("--name", type=tp_cli.WORKER_NAME, help="The worker's name (default: the queue).")
     @click.option("--quiet", is_flag=True, help="Do not print a line per finished task.")
-    @click.option(
-        "--log-level",
-        type=click.Choice(["debug", "info", "warning", "error"]),
-        default="info",
-        show_default=True,
-        help="What taskpipe logs to stderr while the worker runs.",
-    )
+    @tp_cli.LOG_LEVEL
     def worker(
         queue: str | None,
         concurrency: int,

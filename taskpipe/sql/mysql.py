@@ -61,7 +61,7 @@ from ..wakeups import WakeRegistry
 from . import schema
 from .dialect import Dialect, ErrorKind
 from .queries import DONE, PENDING, RUNNING, WAITING, Queries
-from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, LIMITS, META, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, LIMITS, META, QUEUES, RECOVERIES, WORKERS
 from .store import SqlStorage
 
 __all__ = [
@@ -258,6 +258,11 @@ def _ddl(collation: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {LIMITS} (
             limit_key VARCHAR({LIMIT_KEY_CHARS}) NOT NULL PRIMARY KEY,
             last_start DOUBLE NOT NULL
+        ) {table}""",
+        f"""CREATE TABLE IF NOT EXISTS {QUEUES} (
+            queue VARCHAR({QUEUE_CHARS}) NOT NULL PRIMARY KEY,
+            paused INT NOT NULL DEFAULT 0,
+            paused_at DOUBLE NULL
         ) {table}""",
         f"""CREATE TABLE IF NOT EXISTS {META} (
             id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,

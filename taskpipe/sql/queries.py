@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..task import Status
-from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, LIMITS, RECOVERIES, WORKERS
+from .schema import ERRORS, JOBS, JOIN_PARTS, JOINS, LIMITS, QUEUES, RECOVERIES, WORKERS
 
 __all__ = ["Queries", "sql_in", "WAITING", "FINISHED"]
 
@@ -172,6 +172,8 @@ class Queries:
         f"ON CONFLICT (limit_key) DO UPDATE SET last_start = "
         f"MAX({LIMITS}.last_start + ?, excluded.last_start) RETURNING last_start"
     )
+    # Every worker reads this at each heartbeat (a handful of rows at most).
+    paused_queues: str = f"SELECT queue FROM {QUEUES} WHERE paused = 1"
 
     def with_paramstyle(self, placeholder: str) -> Queries:
         """The same statements with ``?`` replaced by ``placeholder`` (e.g. ``%s``)."""

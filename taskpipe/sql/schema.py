@@ -33,13 +33,15 @@ __all__ = [
     "JOINS",
     "JOIN_PARTS",
     "LIMITS",
+    "QUEUES",
 ]
 
 #: 1: taskpipe 0.1.0. 2: recovery records, the ``isolate`` flag, the next-due index.
 #: 3: the workers' ``host_id`` (where their pid means something).
 #: 4: joins (workflows' fan-in): ``taskpipe_joins`` and ``taskpipe_join_parts``.
 #: 5: rate limits across workers: ``taskpipe_limits``.
-SCHEMA_VERSION = 5
+#: 6: paused queues: ``taskpipe_queues``.
+SCHEMA_VERSION = 6
 JOBS = "taskpipe_jobs"
 ERRORS = "taskpipe_errors"
 WORKERS = "taskpipe_workers"
@@ -48,6 +50,7 @@ META = "taskpipe_schema"
 JOINS = "taskpipe_joins"
 JOIN_PARTS = "taskpipe_join_parts"
 LIMITS = "taskpipe_limits"
+QUEUES = "taskpipe_queues"
 M = TypeVar("M", bound=pw.Model)
 
 
@@ -150,6 +153,15 @@ class LimitModel(_Base):
     last_start = pw.DoubleField()
 
 
+class QueueModel(_Base):
+    """A queue's settings (a row once one is set): whether it is paused, and since
+    when (``Store.pause_queue``)."""
+
+    queue = pw.TextField(primary_key=True)
+    paused = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
+    paused_at = pw.DoubleField(null=True)
+
+
 class SchemaModel(_Base):
     """The schema version this database is at."""
 
@@ -168,10 +180,11 @@ class Models:
     Join: type[JoinModel]
     JoinPart: type[JoinPartModel]
     Limit: type[LimitModel]
+    Queue: type[QueueModel]
 
     def all(self) -> list[type[pw.Model]]:
         """Every model (jobs, errors, workers, schema version, recoveries, joins and
-        their parts, rate limits): what ``setup`` creates."""
+        their parts, rate limits, queues): what ``setup`` creates."""
         return [
             self.Job,
             self.Error,
@@ -181,6 +194,7 @@ class Models:
             self.Join,
             self.JoinPart,
             self.Limit,
+            self.Queue,
         ]
 
 
@@ -208,6 +222,7 @@ def models_for(db: pw.Database) -> Models:
                 Join=bind(JoinModel, JOINS),
                 JoinPart=bind(JoinPartModel, JOIN_PARTS),
                 Limit=bind(LimitModel, LIMITS),
+                Queue=bind(QueueModel, QUEUES),
             )
             _bound[db] = models
         return models
@@ -255,6 +270,8 @@ def _migrate(db: pw.Database, models: Models, version: int) -> None:
     # 3 -> 4: the join tables are new (made whole above)
     if version < 5 and not db.table_exists(LIMITS):  # 4 -> 5: rate limits (idempotent)
         models.Limit.create_table()
+    if version < 6 and not db.table_exists(QUEUES):  # 5 -> 6: paused queues (idempotent)
+        models.Queue.create_table()
     models.Schema.update(version=SCHEMA_VERSION).execute()
 
 

@@ -144,7 +144,7 @@ class SharedSqliteStorage:
                         room = 0
                     else:
                         room = lane.room()
-                    if room <= 0 or lane.ctx.stopping:
+                    if room <= 0 or lane.ctx.stopping or lane.ctx.paused:
                         continue
                     claims = lane.storage._claim_alone(
                         lane.ctx, min(room, lane.storage.config.claim_batch)

@@ -60,6 +60,7 @@ class SqlStorage(SqlExpose, Store):
         joins=True,
         queues=True,
         rate_limits=True,
+        pausing=True,
     )
     dialect: Dialect = Dialect()
 
@@ -521,6 +522,29 @@ class SqlStorage(SqlExpose, Store):
         query = Job.select().where(Job.id.in_([task_id for task_id, _ in pairs]))
         infos = {int(info.id): info for info in self._run(self._read, self._infos, query)}
         return [(key, infos[task_id]) for task_id, key in pairs if task_id in infos]
+
+    # Pausing -----------------------------------------------------------------------------
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Record ``queue``'s pause in ``taskpipe_queues`` in one transaction (its row is
+        made the first time; ``paused_at`` keeps the time of the first pause)."""
+        Queue = self.models.Queue
+
+        def once() -> None:
+            with self._write_tx():
+                if paused:
+                    Queue.insert(queue=queue, paused=0).on_conflict_ignore().execute()
+                    Queue.update(paused=1, paused_at=clock.timestamp()).where(
+                        (Queue.queue == queue) & (Queue.paused == 0)
+                    ).execute()
+                else:
+                    Queue.update(paused=0, paused_at=None).where(Queue.queue == queue).execute()
+
+        self._run(once)
+
+    def paused_queues(self) -> set[str]:
+        """The queues recorded paused: one small read."""
+        sql = self.dialect.queries.paused_queues
+        return self._run(lambda: {row[0] for row in self._execute(sql).fetchall()})
 
     def close_thread_connection(self) -> None:
         """Close this thread's connection (each thread opens its own)."""
