@@ -617,3 +617,18 @@ def test_a_missing_run_is_a_404_that_does_not_tell_where_the_database_is(storage
     answer = call(make_app(storage), "GET", "/api/runs/0123456789abcdef0000")
     assert answer.status == 404 and "0123456789abcdef0000" in answer.json["error"]
     assert str(db_path) not in answer.text and "SqliteStorage" not in answer.text
+
+
+def test_two_boards_on_one_host_keep_their_own_cookies(storage):
+    # a browser keeps cookies by host name, not port: boards on :8000 and :8001 with
+    # cookies of one name would log each other out
+    first = make_app(storage, token="first-token")
+    second = make_app(storage, token="second-token")
+    cookies = [
+        call(app, "GET", "/", query=f"token={token}").headers["Set-Cookie"].split(";")[0]
+        for app, token in ((first, "first-token"), (second, "second-token"))
+    ]
+    assert cookies[0].split("=")[0] != cookies[1].split("=")[0]
+    both = "; ".join(cookies)
+    assert call(first, "GET", "/api/overview", headers={"Cookie": both}).status == 200
+    assert call(second, "GET", "/api/overview", headers={"Cookie": both}).status == 200

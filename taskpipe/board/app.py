@@ -196,13 +196,20 @@ class BoardApp:
         given = _query(environ).get("token")
         if given is None or not self._same(given):
             return None
-        cookie = f"{COOKIE}={self._cookie_value()}; HttpOnly; SameSite=Strict; Path=/"
+        cookie = f"{self._cookie_name()}={self._cookie_value()}; HttpOnly; SameSite=Strict; Path=/"
         location = environ.get("SCRIPT_NAME", "") + "/"
         start_response(
             _STATUS_TEXT[302],
             [("Location", location), ("Set-Cookie", cookie), *_headers("text/plain", cache=False)],
         )
         return [b""]
+
+    def _cookie_name(self) -> str:
+        # one name per token: a browser keeps cookies by host, not port, and two boards
+        # on one machine must not overwrite each other's
+        assert self.token is not None
+        tag = hashlib.sha256(("taskpipe-board-cookie:" + self.token).encode()).hexdigest()
+        return f"{COOKIE}_{tag[:12]}"
 
     def _cookie_value(self) -> str:
         # the cookie holds a digest of the token, not the token itself
@@ -228,7 +235,7 @@ class BoardApp:
             return True
         for part in environ.get("HTTP_COOKIE", "").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE and hmac.compare_digest(
+            if name == self._cookie_name() and hmac.compare_digest(
                 value.encode(), self._cookie_value().encode()
             ):
                 return True
