@@ -73,6 +73,7 @@ class RawStatus(str):
 
 
 _INT64 = 2**63
+MAX_DELAY = 100 * 365.25 * 86400  # the longest run_after given in seconds
 
 
 def _check_range(name: str, value: int) -> None:
@@ -123,7 +124,13 @@ class Task(Generic[T]):
         if self.max_attempts is not None:
             _check_range("max_attempts", self.max_attempts)
         if isinstance(self.run_after, (int, float)) and not isinstance(self.run_after, bool):
-            self.run_after = timedelta(seconds=clock.seconds(self.run_after, name="run_after"))
+            delay = clock.seconds(self.run_after, name="run_after")
+            if not delay <= MAX_DELAY:  # (NaN too) a timedelta cannot hold it, nor a store
+                raise ValueError(
+                    f"run_after must be at most {MAX_DELAY:.0f} seconds (about 100 years), "
+                    f"got {self.run_after!r}"
+                )
+            self.run_after = timedelta(seconds=delay)
         if self.run_after is not None and not isinstance(self.run_after, (timedelta, datetime)):
             raise TypeError(
                 "run_after must be a timedelta, seconds or an aware datetime, "

@@ -356,3 +356,10 @@ def test_task_ids_and_attempts_encode_as_plain_ints(storage):
         "SELECT result FROM taskpipe_jobs WHERE id = ?", (second,)
     ).fetchone()
     assert JsonCodec().decode(row[0]) == {"id": int(second), "attempt": 1}
+
+
+@pytest.mark.parametrize("delay", [1e20, float("nan"), float("inf"), 4e9])
+def test_a_run_after_past_a_century_is_a_clear_value_error(delay):
+    with pytest.raises(ValueError, match="run_after must be at most"):
+        Task(1, run_after=delay)
+    assert Task(1, run_after=3e9).run_after.total_seconds() == 3e9  # about 95 years: fine
