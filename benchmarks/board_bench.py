@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from board_support import call  # noqa: E402
 from common import scratch_dir, taskpipe_db  # noqa: E402
+from report import save_row  # noqa: E402
 
 from taskpipe.board import make_app  # noqa: E402
 from taskpipe.sqlite import SqliteStorage  # noqa: E402
@@ -135,13 +136,7 @@ def main() -> None:
     }
     print(json.dumps(row, indent=2))
     if options.write:
-        path = os.path.join(HERE, "results", "latest.json")
-        with open(path) as f:
-            results = json.load(f)
-        results = [r for r in results if r.get("scenario") != SCENARIO] + [row]
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        save_row(row)
 
 
 if __name__ == "__main__":

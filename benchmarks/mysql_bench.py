@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import pymysql
+import report
 
 from taskpipe import WorkerBuilder
 from taskpipe.context import WorkerContext
@@ -354,14 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, unit, f"{t:,.0f}", f"{r:,.0f}", f"{t / r:.2f}×"])
         print(f"  {name}: taskpipe {t:,.0f}, raw {r:,.0f} {unit}", file=sys.stderr)
     header = ["scenario", "unit", "taskpipe", "raw PyMySQL", "vs raw"]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    rule = "  ".join("=" * w for w in widths)
-    print(rule)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print(rule)
-    for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(rule)
+    print(report.rst_table(header, rows))
     return 0
 
 

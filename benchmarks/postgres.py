@@ -54,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import pg_depth  # noqa: E402
+import report  # noqa: E402
 from pg_contenders import (  # noqa: E402
     CONTENDERS,
     PgQueuer,
@@ -409,12 +410,7 @@ def table(rows: list[Row]) -> str:
             {True: "yes", False: "NO", None: "—"}[r.check(r) if r.check else None],
         ]
         body.append(cells)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
-    lines.append(rule)
-    return "\n".join(line.rstrip() for line in lines)
+    return report.rst_table(header, body)
 
 
 def versions() -> str:
@@ -447,18 +443,7 @@ tasks with its next claim (one statement, one commit), so it can pass the ceilin
 
 def update_readme(text: str) -> None:
     """Replace the block between README.rst's pg-perf-table markers with ``text``."""
-    path = os.path.join(HERE, "..", "README.rst")
-    with open(path, encoding="utf-8") as fh:
-        readme = fh.read()
-    start, end = ".. pg-perf-table-start\n", ".. pg-perf-table-end\n"
-    if start not in readme or end not in readme:
-        raise SystemExit("README.rst has no pg-perf-table markers")
-    head, rest = readme.split(start, 1)
-    _, tail = rest.split(end, 1)
-    block = "\n".join(("    " + line).rstrip() for line in text.splitlines())
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"{head}{start}\n{README_INTRO}\n::\n\n{block}\n\n{end}{tail}")
-    print(f"updated {os.path.normpath(path)}")
+    report.update_readme("pg-perf-table", text, README_INTRO)
 
 
 def _base_url() -> str:

@@ -25,7 +25,6 @@ With ``--write`` the row replaces its namesake in ``benchmarks/results/latest.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import signal
@@ -41,6 +40,7 @@ BIN = os.path.dirname(sys.executable)
 
 import processes_tasks as tasks  # noqa: E402
 from common import median, scratch_dir  # noqa: E402
+from report import save_row  # noqa: E402
 
 import taskpipe  # noqa: E402
 from taskpipe.sqlite import SqliteStorage  # noqa: E402
@@ -324,13 +324,7 @@ def main() -> None:
         "target": ">= 1.7x one process on 2 cores, ahead of huey and Celery process pools",
     }
     if options.write:
-        path = os.path.join(HERE, "results", "latest.json")
-        with open(path) as f:
-            rows = json.load(f)
-        rows = [r for r in rows if r.get("scenario") != SCENARIO] + [row]
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=2)
-            f.write("\n")
+        save_row(row)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ sys.path.insert(0, HERE)
 
 import msgspec  # noqa: E402
 import redis  # noqa: E402
+import report  # noqa: E402
 from redis_peer_tasks import Recorder  # noqa: E402
 from redis_raw import RawQueue  # noqa: E402
 
@@ -610,28 +611,12 @@ def table(results: dict[str, dict[str, list[float]]], reps: int) -> str:
             v = med[n].get(m)
             cells.append("—" if v is None else f"{v:.2f}" if lower else f"{v:,.0f}")
         rows.append([LABELS[m], *cells, ratio(raw), ratio(best), TARGETS[m]])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.append(rule)
-    return "\n".join(lines)
+    return report.rst_table(header, rows)
 
 
 def update_readme(text: str) -> None:
     """Replace the block between README.rst's redis-perf-table markers with ``text``."""
-    path = os.path.join(HERE, "..", "README.rst")
-    with open(path, encoding="utf-8") as fh:
-        readme = fh.read()
-    start, end = ".. redis-perf-table-start\n", ".. redis-perf-table-end\n"
-    if start not in readme or end not in readme:
-        raise SystemExit("README.rst has no redis-perf-table markers")
-    head, rest = readme.split(start, 1)
-    _, tail = rest.split(end, 1)
-    block = "\n".join("    " + line.rstrip() for line in text.splitlines())
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"{head}{start}\n::\n\n{block}\n\n{end}{tail}")
-    print(f"updated {os.path.normpath(path)}")
+    report.update_readme("redis-perf-table", text)
 
 
 def memory(url: str, n: int) -> None:

@@ -28,6 +28,7 @@ import ceiling  # noqa: E402
 import contender_huey as huey  # noqa: E402
 import contender_taskpipe as tp  # noqa: E402
 import latency  # noqa: E402
+import report  # noqa: E402
 from common import QueueDepths, median, scratch_dir  # noqa: E402
 
 
@@ -246,14 +247,7 @@ def table(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule]
-    lines += [
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in body
-    ]
-    lines.append(rule)
-    return "\n".join(lines)
+    return report.rst_table(header, body)
 
 
 def derived(rows: list[dict]) -> list[dict]:
@@ -331,19 +325,8 @@ def chart(rows: list[dict], path: str) -> None:
 
 
 def update_readme(text: str) -> None:
-    """Replace the table between README.rst's perf-table markers with ``text``."""
-    path = os.path.join(HERE, "..", "README.rst")
-    with open(path, encoding="utf-8") as fh:
-        readme = fh.read()
-    start, end = ".. perf-table-start\n", ".. perf-table-end\n"
-    if start not in readme or end not in readme:
-        raise SystemExit("README.rst has no perf-table markers")
-    head, rest = readme.split(start, 1)
-    _, tail = rest.split(end, 1)
-    block = "\n".join("    " + line.rstrip() for line in text.splitlines())
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"{head}{start}\n::\n\n{block}\n\n{end}{tail}")
-    print(f"updated {os.path.normpath(path)}")
+    """Replace the block between README.rst's perf-table markers with ``text``."""
+    report.update_readme("perf-table", text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from common import median, scratch_dir, taskpipe_db  # noqa: E402
+from report import save_row  # noqa: E402
 
 from taskpipe import WorkerBuilder  # noqa: E402
 from taskpipe.sqlite import SqliteStorage  # noqa: E402
@@ -98,13 +99,7 @@ def main() -> None:
     }
     print(json.dumps(row, indent=2))
     if options.write:
-        path = os.path.join(HERE, "results", "latest.json")
-        with open(path) as f:
-            rows = json.load(f)
-        rows = [r for r in rows if r.get("scenario") != SCENARIO] + [row]
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=2)
-            f.write("\n")
+        save_row(row)
 
 
 if __name__ == "__main__":
