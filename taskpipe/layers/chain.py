@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..errors import BuildError
 
 if TYPE_CHECKING:
     from ..context import WorkerContext
     from ..task import Task
 
-__all__ = ["Handle", "Layer", "compose"]
+__all__ = ["Handle", "Layer", "compose", "positive_duration"]
 
 #: ``handle(task, ctx)``: run the task (``task.args`` already decoded) and return its
 #: result, or raise (a failed attempt).
@@ -29,3 +33,15 @@ def compose(layers: Sequence[Layer], handle: Handle) -> Handle:
             )
         handle = wrapped
     return handle
+
+
+def positive_duration(value: Any, what: str) -> float:
+    """``value`` (a timedelta or a number of seconds) in seconds; a ``BuildError``
+    naming ``what`` unless it is positive and finite (a layer's setting)."""
+    try:
+        seconds = clock.seconds(value, name=what)
+    except (TypeError, ValueError) as exc:
+        raise BuildError(str(exc)) from None
+    if seconds is None or not (seconds > 0 and math.isfinite(seconds)):
+        raise BuildError(f"{what} must be a positive finite duration, got {value!r}")
+    return seconds

@@ -23,7 +23,6 @@ the strict side. Waiting is real time, under ``run_until_idle()`` too.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .. import clock
 from ..errors import BuildError, CapabilityError, NotStarted
 from ..store import require
-from .chain import Handle, Layer
+from .chain import Handle, Layer, positive_duration
 
 if TYPE_CHECKING:
     from ..context import WorkerContext
@@ -53,12 +52,7 @@ def rate_limit(
     passes the worker's store. Bad values are a ``BuildError``."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise BuildError(f"rate_limit() needs n, a positive int of starts, got {n!r}")
-    try:
-        seconds = clock.seconds(per, name="per")
-    except (TypeError, ValueError) as exc:
-        raise BuildError(f"rate_limit(): {exc}") from None
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise BuildError(f"rate_limit() needs per, a positive finite duration, got {per!r}")
+    seconds = positive_duration(per, "rate_limit() per")
     interval = seconds / n
     reserve: Callable[[], float]
     if key is None:

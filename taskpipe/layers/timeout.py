@@ -19,14 +19,13 @@ the run (abandoned ones when their handler returns).
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import clock, events
-from ..errors import BuildError, TaskTimeout
-from .chain import Handle, Layer
+from ..errors import TaskTimeout
+from .chain import Handle, Layer, positive_duration
 
 if TYPE_CHECKING:
     from ..context import WorkerContext
@@ -41,26 +40,12 @@ CANCEL_GRACE = 0.1
 
 def timeout(seconds: timedelta | float) -> Layer:
     """Fail an attempt that runs longer than ``seconds`` (a timedelta or a number > 0)."""
-    limit = _positive_seconds(seconds)
+    limit = positive_duration(seconds, "timeout")
 
     def layer(call_next: Handle) -> Handle:
         return _TimeoutHandle(call_next, limit)
 
     return layer
-
-
-def _positive_seconds(value: Any) -> float:
-    if isinstance(value, timedelta):
-        result = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        result = float(value)
-    else:
-        raise BuildError(
-            f"timeout takes a timedelta or a number of seconds, not {type(value).__name__}"
-        )
-    if not (result > 0 and math.isfinite(result)):
-        raise BuildError(f"timeout must be a positive, finite duration, got {value!r}")
-    return result
 
 
 class _Job:

@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import peewee as pw
@@ -109,6 +109,27 @@ class Dialect:
         """Run a claim statement (``queries.claim`` or ``claim_isolated``) atomically;
         return the claimed rows by column name."""
         return self.fetch_named(db, sql, params)
+
+    def claim_or_recover(
+        self,
+        db: pw.Database,
+        attempt: Callable[[], list[dict[str, Any]]],
+        params: Sequence[Any],
+        claimed_sql: str,
+    ) -> list[dict[str, Any]]:
+        """Run a server's claim (``attempt()``). When the connection is lost meanwhile
+        the claim may have committed: after reconnecting, the rows under its lease
+        (``params[0]``, of queue ``params[3]``; ``claimed_sql`` selects them by queue
+        and lease) are returned, so that none is left running under a lease nobody
+        holds; the claim runs again only when there are none."""
+        try:
+            return attempt()
+        except self.errors as exc:
+            if self.classify(exc) is not ErrorKind.GONE or db.in_transaction():
+                raise
+            self.reset_connection(db)
+        lease, queue = params[0], params[3]
+        return self.fetch_named(db, claimed_sql, (queue, lease)) or attempt()
 
     def insert_rows(self, db: pw.Database, rows: Sequence[Any]) -> list[TaskId]:
         """Insert ``rows`` (``store.Row``) inside the caller's write transaction and

@@ -118,6 +118,10 @@ _SET_RUNNING = (
     f"UPDATE {JOBS} SET status = {RUNNING}, attempts = attempts + 1, lease = %s, worker = %s, "
     "started_at = %s WHERE id IN ({ids})"
 )
+# The rows a claim took, by queue and lease (read after a lost connection).
+_CLAIMED_BY_LEASE = (
+    f"SELECT {_CLAIMED} FROM {JOBS} WHERE status = {RUNNING} AND queue = %s AND lease = %s"
+)
 
 
 def _mysql_queries() -> Queries:
@@ -406,34 +410,18 @@ class MysqlDialect(Dialect):
         cursor.execute(sql, params if params else None)
         return cursor
 
-    def fetch_named(
-        self, db: pw.Database, sql: str, params: Sequence[Any] = ()
-    ) -> list[dict[str, Any]]:
-        cursor = self.execute(db, sql, params)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
     # Claiming -----------------------------------------------------------------------------
     def claim(self, db: pw.Database, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """Pick with ``sql`` (``FOR UPDATE SKIP LOCKED``), then mark the picked rows
         Running, in one READ COMMITTED transaction. ``params`` are the core's (lease,
-        worker, started_at, queue, now[, limit]). When the connection is lost meanwhile
-        the transaction may have committed: after reconnecting, the rows under this
-        claim's lease are returned, so that none is left running under a lease nobody
-        holds; the claim runs again only when there are none."""
-        try:
-            return self._claim_once(db, sql, params)
-        except self.errors as exc:
-            if self.classify(exc) is not ErrorKind.GONE or db.in_transaction():
-                raise
-            self.reset_connection(db)
-        lease, queue = params[0], params[3]
-        claimed = self.fetch_named(
+        worker, started_at, queue, now[, limit]); safe across a lost connection
+        (``Dialect.claim_or_recover``)."""
+        return self.claim_or_recover(
             db,
-            f"SELECT {_CLAIMED} FROM {JOBS} WHERE status = {RUNNING} AND queue = %s AND lease = %s",
-            (queue, lease),
+            lambda: self._claim_once(db, sql, params),
+            params,
+            _CLAIMED_BY_LEASE,
         )
-        return claimed or self._claim_once(db, sql, params)
 
     def _claim_once(self, db: pw.Database, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         lease, worker, started_at, *pick = params

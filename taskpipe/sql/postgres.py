@@ -84,6 +84,10 @@ _SET_RUNNING = (
     f"UPDATE {JOBS} j SET status = {RUNNING}, attempts = j.attempts + 1, lease = %s, worker = %s, "
     "started_at = %s WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) "
 )
+# The rows a claim took, by queue and lease (read after a lost connection).
+_CLAIMED_BY_LEASE = (
+    f"SELECT {_CLAIMED} FROM {JOBS} j WHERE j.status = {RUNNING} AND j.queue = %s AND j.lease = %s"
+)
 
 #: A batch of Done outcomes in one statement (autocommit: one round trip, one commit):
 #: (done_at, ids, leases, results); fenced like every ack (see the module docstring),
@@ -276,24 +280,15 @@ class PostgresDialect(Dialect):
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def claim(self, db: pw.Database, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        """The CTE claim, in autocommit (one statement: atomic). When the connection is
-        lost meanwhile, the claim may have committed: after reconnecting, the rows
-        under this claim's lease (``params[0]``) are returned, so that none is left
-        running under a lease nobody holds; the statement runs again only when there
-        are none."""
-        try:
-            return self.fetch_named(db, sql, _reorder_claim_params(params))
-        except self.errors as exc:
-            if self.classify(exc) is not ErrorKind.GONE or db.in_transaction():
-                raise
-            self.reset_connection(db)
-        lease, queue = params[0], params[3]
-        claimed = self.fetch_named(
+        """The CTE claim, in autocommit (one statement: atomic), safe across a lost
+        connection (``Dialect.claim_or_recover``)."""
+        reordered = _reorder_claim_params(params)
+        return self.claim_or_recover(
             db,
-            f"SELECT {_CLAIMED} FROM {JOBS} j WHERE j.status = {RUNNING} AND j.queue = %s AND j.lease = %s",
-            (queue, lease),
+            lambda: self.fetch_named(db, sql, reordered),
+            params,
+            _CLAIMED_BY_LEASE,
         )
-        return claimed or self.fetch_named(db, sql, _reorder_claim_params(params))
 
     def ack_done(
         self, db: pw.Database, rows: Sequence[Sequence[Any]]
