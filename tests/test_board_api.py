@@ -357,10 +357,6 @@ def test_a_short_token_is_refused(storage):
 # Pausing, schedules, workflows -------------------------------------------------------------------
 def test_pause_and_resume_a_queue(storage):
     app = make_app(storage)
-    if not getattr(storage.capabilities, "pausing", False):
-        answer = post(app, "/api/queues/default/pause")
-        assert answer.status == 409 and "pausing" in answer.json["error"]
-        pytest.skip("this taskpipe's stores have no 'pausing' capability yet")
     assert post(app, "/api/queues/default/pause").json == {"queue": "default", "paused": True}
     queues = {q["name"]: q for q in call(app, "GET", "/api/overview").json["queues"]}
     assert queues["default"]["paused"] is True

@@ -132,8 +132,6 @@ def test_retry_a_dead_task_and_see_it_pending(browser, board):
 
 def test_pause_a_queue(browser, board):
     store, url = board
-    if not getattr(store.capabilities, "pausing", False):
-        pytest.skip("this taskpipe's stores have no 'pausing' capability yet")
     store.push("x")
     open_page(browser, url + "#overview")
     wait_for(browser, '[data-queue="default"] button[data-action="pause"]').click()

@@ -46,7 +46,6 @@ SERVER_URLS = {
 OPTIONAL_MODULES = {
     "flask": "Flask is not installed (pip install 'taskpipe[flask]')",
     "werkzeug": "Flask is not installed (pip install 'taskpipe[flask]')",
-    "taskpipe.board": "taskpipe.board not merged yet",
 }
 
 _HEADING = re.compile(r"^(-{3,}|={3,})$")

@@ -264,11 +264,9 @@ def test_every_public_name_has_a_docstring():
 
 
 def test_the_board_mounts_under_a_prefix(tmp_path):
-    try:
-        from taskpipe.board import make_app
-    except ImportError:
-        pytest.skip("taskpipe.board not merged yet")
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from taskpipe.board import make_app
 
     app = make_app_with_home(tmp_path)
     tp = Taskpipe(app)

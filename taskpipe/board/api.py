@@ -106,9 +106,8 @@ class BoardApi:
 
     # Capabilities --------------------------------------------------------------------------
     def can(self, capability: str) -> bool:
-        """Whether the store declares ``capability`` (False for one this taskpipe does
-        not know yet, such as ``pausing`` before it exists)."""
-        return bool(getattr(self.store.capabilities, capability, False))
+        """Whether the store declares ``capability`` (a field of ``Capabilities``)."""
+        return bool(getattr(self.store.capabilities, capability))
 
     def store_for(self, queue: str) -> Any:
         """A store on ``queue`` sharing this store's database or client."""
