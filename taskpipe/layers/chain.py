@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..context import WorkerContext
     from ..task import Task
 
-__all__ = ["Handle", "Layer", "compose", "positive_duration"]
+__all__ = ["Handle", "Layer", "compose"]
 
 #: ``handle(task, ctx)``: run the task (``task.args`` already decoded) and return its
 #: result, or raise (a failed attempt).
