@@ -1327,6 +1327,7 @@ class RedisStorage(ExposeMixin, Store):
         queues=True,
         rate_limits=True,
         pausing=True,
+        overlapping_claims=True,
     )
 
     def __init__(

@@ -138,6 +138,10 @@ class Capabilities:
     #: its next heartbeat, and then claims nothing from it until it is resumed; the
     #: tasks it runs finish. A resume in this process wakes its idle workers at once.
     pausing: bool = False
+    #: Claims (and acks) of one run may be in flight at once from several threads,
+    #: each on its own connection: the worker claims ahead from a second thread while
+    #: it is busy, so that the store's time and the worker's overlap (a network store).
+    overlapping_claims: bool = False
 
 
 def require(store: Any, capability: str, purpose: str) -> None:

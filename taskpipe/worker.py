@@ -65,6 +65,7 @@ log = logging.getLogger("taskpipe.worker")
 
 EventCallback = Callable[[WorkerContext, events.Event], Any]
 INTERRUPTED_RETRY_DELAY = 1.0
+CLAIM_AHEAD_JOIN = 60.0  # the longest the shutdown waits for a claim in flight
 ACK_DELAY = 0.05  # the longest a finished task waits for its outcome to be written
 ACK_RETRY_MIN, ACK_RETRY_MAX = 0.05, 2.0  # pauses between tries while the store is unavailable
 HEARTBEAT_JOIN = 1.0  # how long a stopping run waits for its heartbeat thread
@@ -337,6 +338,8 @@ class Worker:
         buffer = config.buffer_size
         if buffer is None:  # enough prefetch to claim and ack in full batches
             buffer = max(concurrency, config.claim_batch)
+            if backend.capabilities.overlapping_claims:  # two claims in flight at once
+                buffer *= 2
         self.capacity = concurrency + buffer
         self._ctx: WorkerContext | None = None
         self._lock = threading.Lock()
@@ -489,6 +492,16 @@ class _Run:
             inner = self._call_routed
         self.handle: Handle = compose(worker.layers, inner)
         self.heartbeat_thread: threading.Thread | None = None
+        # A second claiming thread (stores declaring ``overlapping_claims``): see
+        # _claim_ahead_loop. ``reserved``: the room of the fetch loop's claim in flight;
+        # ``reserved_busy``: that claim was made while tasks ran (so it takes no task
+        # that must run alone); ``full_claims``: how many of the fetch loop's claims got
+        # all they asked for; ``ahead_stop``: the claiming-ahead thread must end.
+        self.claim_ahead_thread: threading.Thread | None = None
+        self.reserved = 0
+        self.reserved_busy = False
+        self.full_claims = 0
+        self.ahead_stop = False
         self.pause = PauseSwitch(
             self.store, self.ctx, self.ctx.emit, self._report, hold=self._release_unstarted
         )
@@ -518,9 +531,17 @@ class _Run:
                     daemon=True,
                 )
                 self.heartbeat_thread.start()
+            if store.capabilities.overlapping_claims:
+                self.claim_ahead_thread = threading.Thread(
+                    target=self._claim_ahead_loop,
+                    name=f"taskpipe-{self.worker.name}-claims",
+                    daemon=True,
+                )
+                self.claim_ahead_thread.start()
             try:
                 self._fetch_loop()
             finally:
+                self._stop_claiming_ahead()
                 self._shutdown()
         finally:
             store.wakeups.unregister(store.queue, ctx)
@@ -601,23 +622,26 @@ class _Run:
                 may_claim = True
             if may_claim:
                 with self.cond:
-                    room = min(ctx.free_slots(), self.config.claim_batch)
+                    room = self.reserved = min(ctx.free_slots(), self.config.claim_batch)
+                    self.reserved_busy = ctx.in_flight > 0
                 try:
                     claims = self._claim_with_outcomes(room)
                 except Exception as exc:
                     self._report(exc)
                     claims = []
+                self._submit_all(claims or [], room)
                 if claims is None:
                     break  # a finite store ran dry: finish what it gave
             check_first = False
             if claims:
                 strategy.reset()
+                was_idle = not busy
                 idle_sent, busy = False, True
-                for claim in claims:
-                    self._submit(claim)
-                # Let a woken pool thread take the GIL now rather than when this
-                # thread next waits on the database: ~0.1-0.2 ms off push→start.
-                time.sleep(0)
+                if was_idle:
+                    # Let a woken pool thread take the GIL now rather than when this
+                    # thread next waits on the database: ~0.1-0.2 ms off push→start.
+                    # (Not when busy: the pool has work already.)
+                    time.sleep(0)
                 continue
             busy = False
             if self._ack_due(busy):
@@ -694,28 +718,104 @@ class _Run:
     # another, so a task costs one lock round trip, and an unstarted task is simply still
     # in the deque. Daemon threads: a hung handler never holds the process open (its
     # lease is handed back when the shutdown grace ends).
-    def _submit(self, claim: Claim) -> None:
+    def _submit_all(self, claims: list[Claim], room: int, *, ahead: bool = False) -> None:
+        """Hand what a claim of ``room`` tasks got to the pool, and give up the room
+        it reserved (the fetch loop's ``reserved``, or, ``ahead``, the claiming-ahead
+        thread's share of ``in_flight``), in one hold of the lock: the other claiming
+        thread never sees the room free before the tasks take it."""
+        start: list[int] = []  # the numbers of the pool threads to start
         with self.cond:
-            if self.pause.active:  # paused while it was being claimed: back, never started
-                if not self.outcomes:
-                    self.first_outcome_at = clock.real_monotonic()
-                self.outcomes.append(Outcome(claim, OutcomeKind.RELEASE))
-                return
-            self.ctx.in_flight += 1
-            if claim.isolated:
-                self.ctx.isolated += 1
-            self.queued.append(claim)
-            if self.idle_threads:
-                self.work.notify()
-            start = len(self.queued) > self.idle_threads and self.threads < self.worker.concurrency
-            if start:
-                self.threads += 1
-        if start:
+            if ahead:
+                self.ctx.in_flight -= room
+                self.ctx._woken = True  # room for the fetch loop
+            else:
+                self.reserved = 0
+                if claims and len(claims) >= room:  # full: there may be more (claim ahead)
+                    self.full_claims += 1
+            self.cond.notify_all()
+            for claim in claims:
+                if self._submit_locked(claim):
+                    start.append(self.threads)
+        for number in start:
             threading.Thread(
                 target=self._pool_thread,
-                name=f"taskpipe-{self.worker.name}-{self.threads}",
+                name=f"taskpipe-{self.worker.name}-{number}",
                 daemon=True,
             ).start()
+
+    def _submit_locked(self, claim: Claim) -> bool:
+        """Queue one claim for the pool (the caller holds ``self.cond``); True when a
+        new pool thread (number ``self.threads``) should start for it."""
+        if self.pause.active:  # paused while it was being claimed: back, never started
+            if not self.outcomes:
+                self.first_outcome_at = clock.real_monotonic()
+            self.outcomes.append(Outcome(claim, OutcomeKind.RELEASE))
+            return False
+        self.ctx.in_flight += 1
+        if claim.isolated:
+            self.ctx.isolated += 1
+        self.queued.append(claim)
+        if self.idle_threads:
+            self.work.notify()
+        if len(self.queued) > self.idle_threads and self.threads < self.worker.concurrency:
+            self.threads += 1
+            return True
+        return False
+
+    # Claiming ahead ------------------------------------------------------------------------
+    # On a store whose round trips can overlap (``Capabilities.overlapping_claims``: a
+    # network store, each thread on its own connection), one claim at a time leaves the
+    # store idle while the worker handles a reply and the pool idle while it waits for
+    # the next one. While the run is busy, this second thread claims when room frees,
+    # so that two claims are in flight at once. It reserves its room in ``in_flight``
+    # for the length of its claim: the fetch loop and the store see tasks may arrive
+    # (so neither takes a task that must run alone meanwhile). It never makes the first
+    # claim, and after a claim that is not full (the queue is running dry) it waits
+    # until a claim of the fetch loop is full again.
+    def _claim_ahead_loop(self) -> None:
+        ctx = self.ctx
+        seen = self.full_claims
+        try:
+            while True:
+                with self.cond:
+                    while not self._may_claim_ahead(seen):
+                        if ctx.stopping or self.ahead_stop:
+                            return
+                        self.cond.wait()
+                    room = min(ctx.free_slots() - self.reserved, self.config.claim_batch)
+                    ctx.in_flight += room
+                    full_claims = self.full_claims
+                claims: list[Claim] | None = []
+                try:
+                    claims = self._claim_with_outcomes(room)
+                except Exception as exc:
+                    self._report(exc)
+                self._submit_all(claims or [], room, ahead=True)
+                if claims is None or len(claims) < room:  # running dry, or an error
+                    seen = full_claims
+        finally:
+            self.store.close_thread_connection()
+
+    def _may_claim_ahead(self, seen: int) -> bool:
+        """The run is busy, not paused, and has room for a claim besides the fetch
+        loop's (the caller holds ``self.cond``)."""
+        ctx = self.ctx
+        if ctx.stopping or self.ahead_stop or self.pause.active or self.full_claims == seen:
+            return False
+        if ctx.in_flight < 1 and not self.reserved_busy:
+            return False  # (the first claim is the fetch loop's; it may take a task that must run alone)
+        return ctx.free_slots() - self.reserved >= self.threshold
+
+    def _stop_claiming_ahead(self) -> None:
+        thread = self.claim_ahead_thread
+        if thread is None:
+            return
+        with self.cond:
+            self.ahead_stop = True
+            self.cond.notify_all()
+        thread.join(CLAIM_AHEAD_JOIN)
+        if thread.is_alive():
+            log.warning("worker %s: a claim is still in flight at shutdown", self.worker.name)
 
     def _pool_thread(self) -> None:
         claim: Claim | None = None
