@@ -629,7 +629,8 @@ return reply
 """
 
 # ARGV: P, token, now, queue, token ttl, payload sizes ("3,5,…"), payloads; returns the ids,
-# comma-separated. The push fast path (``push``, ``push_bulk``): plain rows (no id, meta,
+# comma-separated, or "first+n" when they are first, first+1, …, first+n (the usual case:
+# no explicit id was in the way; see _ids). The push fast path (``push``, ``push_bulk``): plain rows (no id, meta,
 # key or max_attempts; priority 0; due at ``now``) written as ``insert_row`` writes them,
 # without its row parsing and batching; standalone (no prelude: a single push pays only for
 # what it uses).
@@ -646,13 +647,14 @@ n = n + 1
 local T, Q = P .. ':t:', P .. ':q:' .. q .. ':'
 local ids, pending, ready = {}, {}, {}
 local next_id = redis.call('INCRBY', P .. ':ids', n) - n + 1
-local i, pos = 0, 1
+local i, pos, gap = 0, 1, false
 for size in string.gmatch(sizes, '%d+') do
   i = i + 1
   local id = next_id
   next_id = next_id + 1
   while id <= maxid and redis.call('EXISTS', T .. string.format('%d', id)) == 1 do
     id = redis.call('INCR', P .. ':ids')
+    gap = true
   end
   local text = string.format('%d', id)
   local m
@@ -674,7 +676,8 @@ for j = 1, 2 * i, 1000 do
   redis.call('ZADD', Q .. 'ready', unpack(ready, j, k))
 end
 redis.call('SADD', P .. ':queues', q)
-local reply = table.concat(ids, ',')
+local reply
+if gap or i == 1 then reply = table.concat(ids, ',') else reply = ids[1] .. '+' .. (i - 1) end
 redis.call('SET', tok, reply, 'EX', ttl)
 redis.call('PUBLISH', P .. ':wake', q)
 return reply
@@ -1264,6 +1267,16 @@ def _bytes(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
+def _ids(reply: bytes) -> list[TaskId]:
+    """The ids of a push script's reply: comma-separated, or ``first+n`` for the
+    ``n + 1`` ids from ``first`` on."""
+    first, plus, extra = reply.partition(b"+")
+    if plus:
+        start = int(first)
+        return [TaskId(i) for i in range(start, start + int(extra) + 1)]
+    return [TaskId(int(i)) for i in reply.split(b",")]
+
+
 def _encode_rows(rows: Sequence[Row]) -> tuple[bytes, bytes]:
     """Rows as the scripts read them: a head of one record per row, "id,priority,
     run_at,max_attempts,created_at,len(queue),len(payload),len(meta),len(key);"
@@ -1455,8 +1468,7 @@ class RedisStorage(ExposeMixin, Store):
             return []
         if any(type(p) is not bytes for p in payloads):
             payloads = [p if type(p) is bytes else _bytes(p) for p in payloads]
-        ids = self._plain_rows(",".join([str(len(p)) for p in payloads]), b"".join(payloads))
-        return [TaskId(int(i)) for i in ids.split(b",")]
+        return _ids(self._plain_rows(",".join([str(len(p)) for p in payloads]), b"".join(payloads)))
 
     def _plain_rows(self, sizes: str, blob: bytes) -> bytes:
         """Write plain rows (what ``plain_row`` makes) with the lean ``_PLAIN_ROWS`` script:

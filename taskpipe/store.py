@@ -52,6 +52,12 @@ on them), two more::
     paused_queues()       the set of queues recorded paused: one cheap read (every
                           worker calls it at each heartbeat)
 
+With the ``overlapping_claims`` capability (a network store: Redis), the worker calls
+``claim``/``ack_and_claim``/``ack`` of one run from two threads at once while it is
+busy, each thread on its own connection, so that one claim's round trip overlaps the
+next (a claim made while another is in flight sees that claim's room counted in
+``ctx.in_flight``, so it never takes a task that must run alone).
+
 Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
 goes up by one); a release (claimed, never started) takes it back; an interruption
 at shutdown keeps it; a recovery after a dead worker takes it back and counts a

@@ -74,7 +74,9 @@ def test_a_busy_worker_keeps_two_claims_in_flight_within_its_capacity():
         WorkerBuilder("ahead")
         .backend(store)
         .concurrency(4)
-        .on_event(lambda ctx, event: errors.append(event) if isinstance(event, events.Error) else None)
+        .on_event(
+            lambda ctx, event: errors.append(event) if isinstance(event, events.Error) else None
+        )
         .build(handle)
     )
     assert worker.capacity == 4 + 2 * 32  # two claims' worth of buffer
@@ -90,7 +92,9 @@ def test_without_the_capability_one_claim_at_a_time():
     store = Overlapping()
     store.capabilities = MemoryBackend.capabilities
     store.push_bulk(range(300))
-    worker = WorkerBuilder("one").backend(store).concurrency(4).build(lambda n: store.finished_one())
+    worker = (
+        WorkerBuilder("one").backend(store).concurrency(4).build(lambda n: store.finished_one())
+    )
     assert worker.capacity == 4 + 32
     assert worker.run_until_idle() == 300
     assert store.most_in_flight == 1
@@ -198,7 +202,9 @@ def test_redis_declares_overlapping_claims_and_keeps_two_in_flight():
             WorkerBuilder("ahead")
             .backend(store)
             .concurrency(4)
-            .on_event(lambda ctx, event: errors.append(event) if isinstance(event, events.Error) else None)
+            .on_event(
+                lambda ctx, event: errors.append(event) if isinstance(event, events.Error) else None
+            )
             .build(handle)
         )
         assert worker.run_until_idle() == 3000

@@ -546,6 +546,8 @@ def test_a_replayed_push_is_answered_from_its_token_and_odd_payloads_travel(env)
         def decode(self, data: bytes, type: Any = Any) -> Any:
             return data.decode()
 
+    from taskpipe.redis import _ids
+
     store = env.store()
     store.codec = TextCodec()
     ids = store.push_bulk(["é", "", "x,y;z"])
@@ -553,7 +555,7 @@ def test_a_replayed_push_is_answered_from_its_token_and_odd_payloads_travel(env)
     args = [store.prefix, "token-1", repr(time.time()), env.queue, 300, "3,1", b"abcd"]
     first = store._scripts["plain_rows"](keys=[], args=args)
     assert store._scripts["plain_rows"](keys=[], args=args) == first
-    assert [store.fetch_by_id(int(t)).args for t in first.split(b",")] == ["abc", "d"]
+    assert [store.fetch_by_id(t).args for t in _ids(first)] == ["abc", "d"]
     assert store.stats(queue=env.queue)["pending"] == 5
 
 
@@ -698,3 +700,19 @@ def test_a_join_row_with_a_taken_id_refuses_the_whole_ack(env):
     assert store.join_parts("j") == []
     assert store.fetch_by_id(a.id).status is Status.RUNNING
     store.close()
+
+
+def test_push_bulk_skips_an_explicit_id_in_its_way_and_returns_every_id(env):
+    from taskpipe import Task
+
+    store = env.store()
+    first = store.push("a")
+    taken = store.push_task(Task("explicit", id=first + 3))
+    ids = store.push_bulk(range(5))  # would take first+1 … first+5 but for the taken one
+    assert len(set(ids)) == 5 and taken not in ids
+    assert ids[:2] == [first + 1, first + 2]
+    assert [store.fetch_by_id(i).args for i in ids] == [0, 1, 2, 3, 4]
+    assert store.fetch_by_id(taken).args == "explicit"
+    later = store.push_bulk(["x", "y"])  # contiguous again: the reply is a range
+    assert later[1] == later[0] + 1 and later[0] > max(ids)
+    assert [store.fetch_by_id(i).args for i in later] == ["x", "y"]
