@@ -34,9 +34,9 @@ process (``--pushes`` pushes spaced ``--spacing`` s ±40 %, time from just befor
 push to the handler's start; taskpipe's worker polls every 30 s, so only the wake-up
 can wake it), p50 and p99.
 
-One more row drains with ``Config(claim_batch=128)`` (so up to 132 tasks held by the
-4-thread worker, as the raw ceiling's 4 threads hold up to 4 × 32): what the default
-prefetch of 36 costs on a network store.
+One more row drains with ``Config(claim_batch=128)`` (so up to 4 + 2 × 128 tasks held
+by the 4-thread worker, which keeps two claims in flight on Redis): what the default
+prefetch of 4 + 2 × 32 costs on a network store.
 
 Ratios: taskpipe ÷ raw and taskpipe ÷ best peer ("times as fast"; for latency, "times
 as quick": raw_ms ÷ taskpipe_ms). The machine is noisy: compare ratios within a run.

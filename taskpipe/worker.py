@@ -790,7 +790,8 @@ class _Run:
                     claims = self._claim_with_outcomes(room)
                 except Exception as exc:
                     self._report(exc)
-                self._submit_all(claims or [], room, ahead=True)
+                finally:  # the reservation ends whatever happened
+                    self._submit_all(claims or [], room, ahead=True)
                 if claims is None or len(claims) < room:  # running dry, or an error
                     seen = full_claims
         finally:

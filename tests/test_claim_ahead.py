@@ -56,6 +56,17 @@ class Overlapping(MemoryBackend):
             self.held -= 1
 
 
+def recording_errors(store, handle, errors: list[object]):
+    """A 4-thread worker on ``store`` that appends its ``Error`` events to ``errors``."""
+    return (
+        WorkerBuilder("ahead")
+        .backend(store)
+        .concurrency(4)
+        .on_event(lambda ctx, e: errors.append(e) if isinstance(e, events.Error) else None)
+        .build(handle)
+    )
+
+
 def test_a_busy_worker_keeps_two_claims_in_flight_within_its_capacity():
     store = Overlapping()
     store.gate = threading.Barrier(2, timeout=10)
@@ -70,15 +81,7 @@ def test_a_busy_worker_keeps_two_claims_in_flight_within_its_capacity():
         seen.append(n)
         store.finished_one()
 
-    worker = (
-        WorkerBuilder("ahead")
-        .backend(store)
-        .concurrency(4)
-        .on_event(
-            lambda ctx, event: errors.append(event) if isinstance(event, events.Error) else None
-        )
-        .build(handle)
-    )
+    worker = recording_errors(store, handle, errors)
     assert worker.capacity == 4 + 2 * 32  # two claims' worth of buffer
     assert worker.run_until_idle() == 500
     assert errors == []  # the barrier held: claims 2 and 3 were in flight together
@@ -198,15 +201,7 @@ def test_redis_declares_overlapping_claims_and_keeps_two_in_flight():
             with lock:
                 counts[n] = counts.get(n, 0) + 1
 
-        worker = (
-            WorkerBuilder("ahead")
-            .backend(store)
-            .concurrency(4)
-            .on_event(
-                lambda ctx, event: errors.append(event) if isinstance(event, events.Error) else None
-            )
-            .build(handle)
-        )
+        worker = recording_errors(store, handle, errors)
         assert worker.run_until_idle() == 3000
         assert errors == [] and most == 2
         assert set(counts) == set(range(3000)) and set(counts.values()) == {1}
