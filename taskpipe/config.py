@@ -25,9 +25,10 @@ class Config:
       strategy's maximum (1 s by default), or within milliseconds with
       ``SqliteStorage.with_hook``. Delayed tasks and retries are found by polling.
     - ``buffer_size``: tasks claimed ahead of free threads, so that claims and acks
-      go in batches; None means ``max(concurrency, claim_batch)``, twice that on a
-      store whose claims overlap (Redis: a busy worker keeps two claims in flight,
-      ``Capabilities.overlapping_claims``). Lower it (even to 0)
+      go in batches; None means ``max(concurrency, claim_batch)``. On a store whose
+      claims overlap (Redis, ``Capabilities.overlapping_claims``), a busy worker whose
+      threads are about to run out of work claims one ``claim_batch`` more while its
+      last claim travels. Lower it (even to 0)
       when tasks are long and several workers share a queue, so that one worker does
       not hold tasks another could start.
     - ``keep_alive``: the heartbeat interval (default 5 s).

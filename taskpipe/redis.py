@@ -647,7 +647,7 @@ n = n + 1
 local T, Q = P .. ':t:', P .. ':q:' .. q .. ':'
 local ids, pending, ready = {}, {}, {}
 local next_id = redis.call('INCRBY', P .. ':ids', n) - n + 1
-local i, pos, gap = 0, 1, false
+local i, pos, gap, heads = 0, 1, false, {}
 for size in string.gmatch(sizes, '%d+') do
   i = i + 1
   local id = next_id
@@ -657,9 +657,12 @@ for size in string.gmatch(sizes, '%d+') do
     gap = true
   end
   local text = string.format('%d', id)
-  local m
-  if #text <= 15 then m = string.format('%017d:%020d', us, id)
-  else m = string.format('%017d', us) .. ':' .. string.rep('0', 20 - #text) .. text end
+  local head = heads[#text]  -- member(id, now): '<now µs, 17 digits>:<id, 20 digits>'
+  if not head then
+    head = string.format('%017d:', us) .. string.rep('0', 20 - #text)
+    heads[#text] = head
+  end
+  local m = head .. text
   local e = pos + tonumber(size)
   redis.call('HSET', T .. text, 'q', q, 'p', string.sub(blob, pos, e - 1), 'pr', '0', 'ra', now,
     'ca', now, 'st', 'pending', 'm', m)

@@ -338,8 +338,6 @@ class Worker:
         buffer = config.buffer_size
         if buffer is None:  # enough prefetch to claim and ack in full batches
             buffer = max(concurrency, config.claim_batch)
-            if backend.capabilities.overlapping_claims:  # two claims in flight at once
-                buffer *= 2
         self.capacity = concurrency + buffer
         self._ctx: WorkerContext | None = None
         self._lock = threading.Lock()
@@ -494,12 +492,12 @@ class _Run:
         self.heartbeat_thread: threading.Thread | None = None
         # A second claiming thread (stores declaring ``overlapping_claims``): see
         # _claim_ahead_loop. ``reserved``: the room of the fetch loop's claim in flight;
-        # ``reserved_busy``: that claim was made while tasks ran (so it takes no task
-        # that must run alone); ``full_claims``: how many of the fetch loop's claims got
-        # all they asked for; ``ahead_stop``: the claiming-ahead thread must end.
+        # ``ahead``: the room of the claim ahead in flight;
+        # ``full_claims``: how many of the fetch loop's claims got all they asked for;
+        # ``ahead_stop``: the claiming-ahead thread must end.
         self.claim_ahead_thread: threading.Thread | None = None
         self.reserved = 0
-        self.reserved_busy = False
+        self.ahead = 0
         self.full_claims = 0
         self.ahead_stop = False
         self.pause = PauseSwitch(
@@ -622,8 +620,7 @@ class _Run:
                 may_claim = True
             if may_claim:
                 with self.cond:
-                    room = self.reserved = min(ctx.free_slots(), self.config.claim_batch)
-                    self.reserved_busy = ctx.in_flight > 0
+                    room = self.reserved = min(self._free(), self.config.claim_batch)
                 try:
                     claims = self._claim_with_outcomes(room)
                 except Exception as exc:
@@ -684,7 +681,7 @@ class _Run:
 
     def _has_room(self) -> bool:
         with self.cond:  # (no free slots while a task that must run alone is held)
-            return self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold
+            return self.ctx.in_flight == self.ahead or self._free() >= self.threshold
 
     def _wait_for_room(self) -> None:
         with self.cond:
@@ -727,7 +724,8 @@ class _Run:
         with self.cond:
             if ahead:
                 self.ctx.in_flight -= room
-                self.ctx._woken = True  # room for the fetch loop
+                self.ahead = 0
+                self.ctx._woken = True  # the fetch loop may go on
             else:
                 self.reserved = 0
                 if claims and len(claims) >= room:  # full: there may be more (claim ahead)
@@ -746,7 +744,10 @@ class _Run:
     def _submit_locked(self, claim: Claim) -> bool:
         """Queue one claim for the pool (the caller holds ``self.cond``); True when a
         new pool thread (number ``self.threads``) should start for it."""
-        if self.pause.active:  # paused while it was being claimed: back, never started
+        # Back, never started: paused while it was being claimed; or it must run alone
+        # and the other claiming thread holds tasks, or a task that must run alone is
+        # held (two claims in flight at once: see _claim_ahead_loop).
+        if self.pause.active or self.ctx.isolated or (claim.isolated and self.ctx.in_flight):
             if not self.outcomes:
                 self.first_outcome_at = clock.real_monotonic()
             self.outcomes.append(Outcome(claim, OutcomeKind.RELEASE))
@@ -766,12 +767,16 @@ class _Run:
     # On a store whose round trips can overlap (``Capabilities.overlapping_claims``: a
     # network store, each thread on its own connection), one claim at a time leaves the
     # store idle while the worker handles a reply and the pool idle while it waits for
-    # the next one. While the run is busy, this second thread claims when room frees,
-    # so that two claims are in flight at once. It reserves its room in ``in_flight``
-    # for the length of its claim: the fetch loop and the store see tasks may arrive
-    # (so neither takes a task that must run alone meanwhile). It never makes the first
-    # claim, and after a claim that is not full (the queue is running dry) it waits
-    # until a claim of the fetch loop is full again.
+    # the next one. While the run is busy and its pool is about to run dry, this second
+    # thread claims one batch more (so a worker holds at most ``capacity`` plus one
+    # ``claim_batch``; with slow tasks work waits in the pool and it does not claim), so
+    # that two claims are in flight at once. It reserves its room in ``in_flight`` for
+    # the length of its claim (the store sees tasks may arrive: it gives no task that
+    # must run alone); the fetch loop's own room leaves that reservation out. A task
+    # that must run alone that comes while the other thread's tasks are held, or tasks
+    # that come while one is held, go straight back, never started (_submit_locked).
+    # After a claim that is not full (the queue is running dry) it waits until a claim
+    # of the fetch loop is full again.
     def _claim_ahead_loop(self) -> None:
         ctx = self.ctx
         seen = self.full_claims
@@ -782,7 +787,7 @@ class _Run:
                         if ctx.stopping or self.ahead_stop:
                             return
                         self.cond.wait()
-                    room = min(ctx.free_slots() - self.reserved, self.config.claim_batch)
+                    room = self.ahead = self.config.claim_batch
                     ctx.in_flight += room
                     full_claims = self.full_claims
                 claims: list[Claim] | None = []
@@ -798,14 +803,25 @@ class _Run:
             self.store.close_thread_connection()
 
     def _may_claim_ahead(self, seen: int) -> bool:
-        """The run is busy, not paused, and has room for a claim besides the fetch
-        loop's (the caller holds ``self.cond``)."""
+        """The run is busy, not paused, its pool is about to run dry, and it holds no
+        more than its capacity counting the fetch loop's claim in flight (the caller
+        holds ``self.cond``)."""
         ctx = self.ctx
-        if ctx.stopping or self.ahead_stop or self.pause.active or self.full_claims == seen:
+        if ctx.stopping or self.ahead_stop or self.pause.active or ctx.isolated:
             return False
-        if ctx.in_flight < 1 and not self.reserved_busy:
-            return False  # (the first claim is the fetch loop's; it may take a task that must run alone)
-        return ctx.free_slots() - self.reserved >= self.threshold
+        if self.full_claims == seen:  # not busy (or running dry) since the last look
+            return False
+        if len(self.queued) >= self.worker.concurrency:  # work still waits for the pool
+            return False
+        return ctx.in_flight + self.reserved <= ctx.capacity
+
+    def _free(self) -> int:
+        """Room for the fetch loop's next claim (the caller holds ``self.cond``): the
+        capacity less the tasks held, a claim ahead still in flight not counted (its
+        tasks count once they come); none while a task that must run alone is held."""
+        if self.ctx.isolated:
+            return 0
+        return max(0, self.ctx.capacity - (self.ctx.in_flight - self.ahead))
 
     def _stop_claiming_ahead(self) -> None:
         thread = self.claim_ahead_thread
@@ -961,7 +977,7 @@ class _Run:
             self.first_outcome_at = clock.real_monotonic()
         self.outcomes.append(outcome)
         # (paused: the fetch loop writes each outcome at once, having nothing else to do)
-        if self.ctx.in_flight == 0 or self.ctx.free_slots() >= self.threshold or self.pause.active:
+        if self.ctx.in_flight == 0 or self._free() >= self.threshold or self.pause.active:
             self.ctx._woken = True
             self.cond.notify_all()
 

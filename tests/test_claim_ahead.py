@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 
 from helpers import engine_url, run_with_safety
 
-from taskpipe import Status, WorkerBuilder, WorkerContext, events
+from taskpipe import Status, TaskId, WorkerBuilder, WorkerContext, events
 from taskpipe.memory import MemoryBackend
 
 
@@ -75,18 +76,17 @@ def test_a_busy_worker_keeps_two_claims_in_flight_within_its_capacity():
     errors: list[object] = []
 
     def handle(n: int) -> None:
-        # The first tasks still run when the fetch loop claims again (so that claim
-        # may overlap another: it takes no task that must run alone).
-        store.second.wait(10)
+        if n == 0:  # still runs when the next claim starts (a claim made while tasks
+            store.second.wait(10)  # run may overlap another: it takes no lone task)
         seen.append(n)
         store.finished_one()
 
     worker = recording_errors(store, handle, errors)
-    assert worker.capacity == 4 + 2 * 32  # two claims' worth of buffer
+    assert worker.capacity == 4 + 32
     assert worker.run_until_idle() == 500
     assert errors == []  # the barrier held: claims 2 and 3 were in flight together
     assert store.most_in_flight == 2
-    assert 0 < store.most_held <= worker.capacity
+    assert 0 < store.most_held <= worker.capacity + 32  # one claim ahead at most
     assert sorted(seen) == list(range(500))
     assert {store.fetch_by_id(i).status for i in ids} == {Status.DONE}
 
@@ -101,6 +101,74 @@ def test_without_the_capability_one_claim_at_a_time():
     assert worker.capacity == 4 + 32
     assert worker.run_until_idle() == 300
     assert store.most_in_flight == 1
+
+
+def test_slow_tasks_are_not_claimed_ahead():
+    store = Overlapping()
+    store.push_bulk(range(200))
+    running = threading.Semaphore(0)
+    release = threading.Event()
+
+    def handle(n: int) -> None:
+        running.release()
+        release.wait(10)
+        store.finished_one()
+
+    worker = WorkerBuilder("slow").backend(store).concurrency(4).build(handle)
+    thread = threading.Thread(target=worker.run_until_idle)
+    thread.start()
+    try:
+        for _ in range(4):  # every thread busy, the rest of the first claim queued
+            assert running.acquire(timeout=10)
+        time.sleep(0.3)  # room for a wrong claim to happen
+        with store.lock:
+            assert store.calls == 1 and store.held == 32  # the buffer, no claim ahead
+    finally:
+        release.set()
+        thread.join(30)
+    assert store.most_held <= worker.capacity
+
+
+class WithALoneTask(Overlapping):
+    """Its claims of task ``alone`` are marked to run alone (as a store marks a task
+    recovered from a dead run that held several)."""
+
+    alone = -1
+
+    def claim(self, ctx, limit):
+        claims = super().claim(ctx, limit)
+        for claim in claims:
+            claim.isolated = claim.id == self.alone
+        return claims
+
+
+def test_a_task_that_must_run_alone_runs_alone_beside_claims_ahead():
+    store = WithALoneTask()
+    ids = store.push_bulk(range(1000))
+    store.alone = ids[100]
+    lock = threading.Lock()
+    active = 0
+    beside_alone: list[int] = []
+    counts: dict[int, int] = {}
+
+    def handle(n: int, task_id: TaskId) -> None:
+        nonlocal active
+        with lock:
+            active += 1
+            counts[n] = counts.get(n, 0) + 1
+            if task_id == store.alone:
+                beside_alone.append(active - 1)
+        time.sleep(0.0005 if task_id == store.alone else 0)
+        with lock:
+            active -= 1
+        store.finished_one()
+
+    worker = WorkerBuilder("alone").backend(store).concurrency(4).build(handle)
+    assert worker.run_until_idle() == 1000
+    assert beside_alone == [0]  # it ran once, and nothing ran beside it
+    assert set(counts) == set(range(1000)) and set(counts.values()) == {1}
+    assert store.fetch_by_id(store.alone).attempts == 1  # hand-backs are not attempts
+    assert {store.fetch_by_id(i).status for i in ids} == {Status.DONE}
 
 
 def test_a_stop_mid_drain_loses_nothing_and_runs_nothing_twice():
@@ -197,7 +265,8 @@ def test_redis_declares_overlapping_claims_and_keeps_two_in_flight():
         errors: list[object] = []
 
         def handle(n: int) -> None:
-            second.wait(10)  # the first tasks still run when the fetch loop claims again
+            if n == 0:  # still runs when the next claim starts
+                second.wait(10)
             with lock:
                 counts[n] = counts.get(n, 0) + 1
 
