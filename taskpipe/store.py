@@ -55,8 +55,8 @@ on them), two more::
 With the ``overlapping_claims`` capability (a network store: Redis), the worker calls
 ``claim``/``ack_and_claim``/``ack`` of one run from two threads at once while it is
 busy, each thread on its own connection, so that one claim's round trip overlaps the
-next (a claim made while another is in flight sees that claim's room counted in
-``ctx.in_flight``, so it never takes a task that must run alone).
+next. ``ctx.in_flight`` then counts the other claim's room too; a task that must run
+alone that still comes beside other tasks is handed back by the worker, never started.
 
 Attempt accounting, the same in every store: a claim starts attempt n (``attempts``
 goes up by one); a release (claimed, never started) takes it back; an interruption
