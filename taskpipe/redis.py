@@ -136,7 +136,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
 import redis
@@ -144,6 +144,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from . import clock
+from .codec import encode_many
 from .config import Config
 from .context import WorkerContext
 from .errors import OutcomeRefused, PushError, SetupError, StorageError, TaskNotFound
@@ -196,6 +197,29 @@ end
 
 local function id_of(m)
   return (string.match(m, ':0*(%d+)$'))
+end
+
+-- A task pushed by push/push_bulk (a plain row: pending, priority 0, due when made)
+-- waits as one field of {p}:new, id -> "<created_at> <len(queue)>:<queue><payload>",
+-- until it is claimed or touched; its hash is made then (see _PLAIN_ROWS).
+local NEW = P .. ':new'
+local function parse_new(v)  -- created_at, queue, payload
+  local s = string.find(v, ' ', 1, true)
+  local c = string.find(v, ':', s + 1, true)
+  local n = tonumber(string.sub(v, s + 1, c - 1))
+  return string.sub(v, 1, s - 1), string.sub(v, c + 1, c + n), string.sub(v, c + n + 1)
+end
+-- the hash of a task still in {p}:new is made, as insert_row makes a pending task's
+local function materialize(id)
+  local v = redis.call('HGET', NEW, id)
+  if not v then return end
+  local ca, q, p = parse_new(v)
+  redis.call('HSET', tk(id), 'q', q, 'p', p, 'pr', '0', 'ra', ca, 'ca', ca, 'st', 'pending',
+    'm', member(id, ca))
+  redis.call('HDEL', NEW, id)
+end
+local function task_exists(id)
+  return redis.call('EXISTS', tk(id)) == 1 or redis.call('HEXISTS', NEW, id) == 1
 end
 
 -- the zset score of a priority: its negation, exact as text
@@ -467,7 +491,7 @@ local function taken_id(head, seen)
   if not (string.find(head, '^%d') or string.find(head, ';%d')) then return nil end
   for id in string.gmatch(head, '([^,;]*)[^;]*;') do
     if id ~= '' then
-      if seen[id] or redis.call('EXISTS', tk(id)) == 1 then return id end
+      if seen[id] or task_exists(id) then return id end
       seen[id] = true
     end
   end
@@ -644,8 +668,9 @@ local us = math.floor(tonumber(now) * 1000000)
 if us < 0 then us = 0 end
 local _, n = string.gsub(sizes, ',', ',')
 n = n + 1
-local T, Q = P .. ':t:', P .. ':q:' .. q .. ':'
-local ids, pending, ready = {}, {}, {}
+local T, Q, NEW = P .. ':t:', P .. ':q:' .. q .. ':', P .. ':new'
+local pre = now .. ' ' .. #q .. ':' .. q  -- each value: pre .. payload (see parse_new)
+local ids, pending, ready, new = {}, {}, {}, {}
 local next_id = redis.call('INCRBY', P .. ':ids', n) - n + 1
 local i, pos, gap, heads = 0, 1, false, {}
 for size in string.gmatch(sizes, '%d+') do
@@ -664,8 +689,8 @@ for size in string.gmatch(sizes, '%d+') do
   end
   local m = head .. text
   local e = pos + tonumber(size)
-  redis.call('HSET', T .. text, 'q', q, 'p', string.sub(blob, pos, e - 1), 'pr', '0', 'ra', now,
-    'ca', now, 'st', 'pending', 'm', m)
+  new[2 * i - 1] = text
+  new[2 * i] = pre .. string.sub(blob, pos, e - 1)
   pos = e
   ids[i] = text
   pending[2 * i - 1] = text
@@ -675,6 +700,7 @@ for size in string.gmatch(sizes, '%d+') do
 end
 for j = 1, 2 * i, 1000 do
   local k = math.min(j + 999, 2 * i)
+  redis.call('HSET', NEW, unpack(new, j, k))
   redis.call('ZADD', Q .. 's:pending', unpack(pending, j, k))
   redis.call('ZADD', Q .. 'ready', unpack(ready, j, k))
 end
@@ -719,20 +745,38 @@ else
     popped = redis.call('ZPOPMIN', qk(q, 'ready'), limit)
   end
   local B = new_batch()
-  for j = 1, #popped, 2 do
-    local id = id_of(popped[j])
-    local h = tk(id)
-    local v = redis.call('HMGET', h, 'st', 'p', 'at', 'pr', 'ma', 'me', 'iso')
-    local st = v[1]
-    if st == 'pending' or st == 'failed' then
-      local at = (tonumber(v[3]) or 0) + 1
-      redis.call('HSET', h, 'w', run, 'sa', now, 'st', 'running', 'at', at, 'm', '')
-      defer(B, 'ZREM', qk(q, 's:' .. st), id)
-      if v[4] ~= '0' then defer(B, 'ZREM', qk(q, 'wait'), id) end
-      ids[#ids + 1] = id
-      out[#out + 1] = {id, v[2], tostring(at), v[4], v[5], v[6], v[7]}
+  local popped_ids, made = {}, {}
+  for j = 1, #popped, 2 do popped_ids[#popped_ids + 1] = id_of(popped[j]) end
+  local fresh = {}  -- the {p}:new value of each popped task still there, else false
+  for i = 1, #popped_ids, 1000 do
+    for _, v in ipairs(redis.call('HMGET', NEW, unpack(popped_ids, i, math.min(i + 999, #popped_ids)))) do
+      fresh[#fresh + 1] = v
     end
   end
+  for j, id in ipairs(popped_ids) do
+    local h = tk(id)
+    if fresh[j] then  -- its hash is made Running: one HSET
+      local ca, _, p = parse_new(fresh[j])
+      redis.call('HSET', h, 'q', q, 'p', p, 'pr', '0', 'ra', ca, 'ca', ca, 'st', 'running',
+        'w', run, 'sa', now, 'at', 1)
+      defer(B, 'ZREM', qk(q, 's:pending'), id)
+      made[#made + 1] = id
+      ids[#ids + 1] = id
+      out[#out + 1] = {id, p, '1', '0'}
+    else
+      local v = redis.call('HMGET', h, 'st', 'p', 'at', 'pr', 'ma', 'me', 'iso')
+      local st = v[1]
+      if st == 'pending' or st == 'failed' then
+        local at = (tonumber(v[3]) or 0) + 1
+        redis.call('HSET', h, 'w', run, 'sa', now, 'st', 'running', 'at', at, 'm', '')
+        defer(B, 'ZREM', qk(q, 's:' .. st), id)
+        if v[4] ~= '0' then defer(B, 'ZREM', qk(q, 'wait'), id) end
+        ids[#ids + 1] = id
+        out[#out + 1] = {id, v[2], tostring(at), v[4], v[5], v[6], v[7]}
+      end
+    end
+  end
+  if #made > 0 then many('HDEL', NEW, made) end
   if #ids > 0 then
     apply(B)
     local running, held = {}, held_value(now, run, lease)
@@ -834,7 +878,7 @@ for i, o in ipairs(outcomes) do
     for r = o.fi, o.fi + o.nf - 1 do
       local rid = rows[r].id
       if rid ~= '' then
-        if seen[rid] or redis.call('EXISTS', tk(rid)) == 1 then
+        if seen[rid] or task_exists(rid) then
           return redis.error_reply('DUPLICATE follow-up id ' .. rid .. ' is taken by another task')
         end
         seen[rid] = true
@@ -871,7 +915,7 @@ for _, part in ipairs(accepted) do
     fresh[#fresh + 1] = part
     local rid = part.row.id
     if part.completes and rid ~= '' then
-      if seen[rid] or redis.call('EXISTS', tk(rid)) == 1 then
+      if seen[rid] or task_exists(rid) then
         return redis.error_reply('DUPLICATE join row id ' .. rid .. ' is taken by another task')
       end
       seen[rid] = true
@@ -1042,7 +1086,12 @@ if head[1] then best, best_ra = tonumber(head[2]), head[2] end
 for _, name in ipairs({'ready', 'iso'}) do
   local first = redis.call('ZRANGEBYSCORE', qk(q, name), 0, 0, 'LIMIT', 0, 1)
   if first[1] then
-    local ra = redis.call('HGET', tk(id_of(first[1])), 'ra')
+    local id = id_of(first[1])
+    local ra = redis.call('HGET', tk(id), 'ra')
+    if not ra then
+      local v = redis.call('HGET', NEW, id)
+      if v then ra = parse_new(v) end
+    end
     if ra and (best == nil or tonumber(ra) < best) then best, best_ra = tonumber(ra), ra end
   end
 end
@@ -1061,6 +1110,7 @@ return 1
 # ARGV: P, id, now, keep
 _KILL = r"""
 local id, now = ARGV[2], ARGV[3]
+materialize(id)
 local h = tk(id)
 local v = redis.call('HMGET', h, 'st', 'q', 'w', 'at')
 local st, q = v[1], v[2]
@@ -1077,7 +1127,7 @@ return 1
 _RETRY = r"""
 local id, now = ARGV[2], ARGV[3]
 local v = redis.call('HMGET', tk(id), 'st', 'q')
-if not v[1] then return -1 end
+if not v[1] then return task_exists(id) and 0 or -1 end
 local done = requeue(id, v[2], v[1], now)
 if done == 1 then publish({[v[2]] = true}) end
 return done
@@ -1118,7 +1168,7 @@ return s
 _DELETE = r"""
 local id = ARGV[2]
 local st = redis.call('HGET', tk(id), 'st')
-if not st then return -1 end
+if not st then return task_exists(id) and 0 or -1 end
 if st ~= 'done' and st ~= 'dead' then return 0 end
 forget(id)
 return 1
@@ -1150,6 +1200,21 @@ _KINDS = {
 
 
 # Connecting ------------------------------------------------------------------------------
+#: TCP options of every connection (Linux names; those the platform lacks are left out):
+#: probes after 10 s idle, every 5 s, and a connection whose data or probes go
+#: unacknowledged for 30 s fails (then the command is retried on a new connection).
+_KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (
+        ("TCP_KEEPIDLE", 10),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", 30_000),
+    )
+    if hasattr(socket, name)
+}
+
+
 def _retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 12)
 
@@ -1158,6 +1223,11 @@ def connect(url: str, **options: Any) -> redis.Redis:
     """A ``redis.Redis`` client for ``url`` (``redis://``, ``rediss://`` or
     ``unix://``), returning bytes, that retries a command after a connection error or
     a timeout (reconnecting first, with jittered backoff, about 15 s in all).
+
+    A connection attempt gives up after 10 s. A command waits for its reply however long
+    Redis takes (no read timeout: a 100,000-task ``push_bulk`` is one script call); a
+    TCP peer that is gone is found by keepalive probes and by ``TCP_USER_TIMEOUT``
+    (30 s; on Linux). Pass ``socket_timeout=`` for a hard bound on every command.
 
     Two query parameters of taskpipe's own: ``prefix`` (the key prefix of the stores
     opened on this client, default ``taskpipe``) and ``client_name`` (the name given to
@@ -1170,13 +1240,22 @@ def connect(url: str, **options: Any) -> redis.Redis:
     prefix = query.pop("prefix", None) or DEFAULT_PREFIX
     _check_prefix(prefix)
     name = query.pop("client_name", None) or f"taskpipe:{prefix}"
-    clean = urlunsplit(parts._replace(query=urlencode(query)))
+    # (not urlunsplit: it writes unix:///path as unix:/path, which redis-py refuses)
+    clean = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if query:
+        clean += f"?{urlencode(query)}"
     options.setdefault("decode_responses", False)
     options.setdefault("retry", _retry())
     options.setdefault("retry_on_error", list(_ERRORS))
     options.setdefault("client_name", name.replace(" ", "_"))
-    options.setdefault("socket_keepalive", True)
-    options.setdefault("socket_timeout", 30.0)  # a 100k-task push_bulk is one script call
+    options.setdefault("socket_connect_timeout", 10.0)
+    # No read timeout: with one, every send and receive waits in poll() first (about 3 %
+    # of a push), and a big push_bulk is one long script call. A peer that is gone is
+    # found by TCP instead (keepalive probes, unacknowledged data given up after 30 s).
+    options.setdefault("socket_timeout", None)
+    if parts.scheme != "unix":  # (a Unix socket has no TCP options)
+        options.setdefault("socket_keepalive", True)
+        options.setdefault("socket_keepalive_options", _KEEPALIVE)
     client = redis.Redis.from_url(clean, **options)
     client.taskpipe_prefix = prefix  # type: ignore[attr-defined]
     return client
@@ -1276,8 +1355,23 @@ def _ids(reply: bytes) -> list[TaskId]:
     first, plus, extra = reply.partition(b"+")
     if plus:
         start = int(first)
-        return [TaskId(i) for i in range(start, start + int(extra) + 1)]
+        return list(map(TaskId, range(start, start + int(extra) + 1)))
     return [TaskId(int(i)) for i in reply.split(b",")]
+
+
+def _new_fields(value: bytes) -> dict[bytes, bytes]:
+    """The hash fields of a task still in ``{p}:new`` (see ``parse_new`` in the Lua)."""
+    created_at, _, rest = value.partition(b" ")
+    size, _, rest = rest.partition(b":")
+    n = int(size)
+    return {
+        b"q": rest[:n],
+        b"p": rest[n:],
+        b"pr": b"0",
+        b"ra": created_at,
+        b"ca": created_at,
+        b"st": b"pending",
+    }
 
 
 def _encode_rows(rows: Sequence[Row]) -> tuple[bytes, bytes]:
@@ -1465,8 +1559,7 @@ class RedisStorage(ExposeMixin, Store):
 
     def push_bulk(self, items: Iterable[Any]) -> list[TaskId]:
         """Enqueue many values in one script call: all or nothing. Returns their ids."""
-        encode = self.codec.encode
-        payloads = [encode(args) for args in items]
+        payloads = encode_many(self.codec, items)
         if not payloads:
             return []
         if any(type(p) is not bytes for p in payloads):
@@ -1805,13 +1898,17 @@ class RedisStorage(ExposeMixin, Store):
     def _infos(self, ids: Sequence[int]) -> list[TaskInfo]:
         pipe = self.client.pipeline(transaction=False)
         for task_id in ids:
+            # {p}:new before the hash: a claim moving the task between them is seen
+            pipe.hget(f"{self.prefix}:new", task_id)
             pipe.hgetall(f"{self.prefix}:t:{task_id}")
             pipe.lrange(f"{self.prefix}:e:{task_id}", 0, -1)
             pipe.lrange(f"{self.prefix}:r:{task_id}", 0, -1)
         replies = self._do(pipe.execute)
         out = []
         for n, task_id in enumerate(ids):
-            fields, errors, recoveries = replies[3 * n : 3 * n + 3]
+            new, fields, errors, recoveries = replies[4 * n : 4 * n + 4]
+            if not fields and new is not None:
+                fields = _new_fields(new)
             if fields:
                 out.append(self._info(task_id, fields, errors, recoveries))
         return out

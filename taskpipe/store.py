@@ -81,7 +81,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import clock
-from .codec import Codec, JsonCodec, resolve_codec
+from .codec import Codec, JsonCodec, encode_many, resolve_codec
 from .config import Config
 from .errors import CapabilityError, CodecError
 from .task import Task, TaskId
@@ -305,8 +305,11 @@ class TaskSink:
 
     def push_bulk(self, items: Iterable[Any]) -> list[TaskId]:
         """Enqueue many values in one transaction: all or nothing. Returns their ids."""
-        now = self._now()
-        rows = [self.plain_row(args, now) for args in items]
+        now, queue = self._now(), self.queue
+        rows = [
+            Row(None, queue, payload, 0, now, None, None, None, now)
+            for payload in encode_many(self.codec, items)
+        ]
         return self._insert_rows(rows) if rows else []
 
     def push_stream(self, items: Iterable[Any], *, batch_size: int = DEFAULT_STREAM_BATCH) -> int:

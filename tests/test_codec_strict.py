@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from taskpipe import CodecError, JsonCodec, MsgPackCodec, PickleCodec, Task
+from taskpipe.codec import encode_many
 from taskpipe.sqlite import SqliteStorage
 
 NAN, INF = float("nan"), float("inf")
@@ -118,6 +119,36 @@ def test_pushing_a_nan_writes_nothing(storage, db):
     store = SqliteStorage(db, queue="mp", codec=MsgPackCodec)
     store.push({"reading": NAN})  # MessagePack can hold it
     assert row_count(db) == 1
+
+
+@pytest.mark.parametrize("codec", [JsonCodec(), MsgPackCodec(), PickleCodec()], ids=repr)
+def test_encode_many_gives_what_encode_gives_and_refuses_what_it_refuses(codec):
+    values = [1, None, "null", {"a": [1.5, None]}, Point(2.0), (None, "x")]
+    assert encode_many(codec, iter(values)) == [codec.encode(v) for v in values]
+    bad = [
+        None,
+        {"v": 1.0},
+        object() if isinstance(codec, JsonCodec | MsgPackCodec) else _Unpicklable(),
+    ]
+    with pytest.raises(CodecError) as many:
+        encode_many(codec, bad)
+    with pytest.raises(CodecError) as one:
+        codec.encode(bad[-1])
+    assert str(many.value) == str(one.value)
+
+
+def test_encode_many_refuses_a_nan_among_many_values_and_names_where():
+    values = [{"v": float(i)} for i in range(1000)] + [{"v": None}, {"w": [None, NAN]}]
+    with pytest.raises(
+        CodecError, match=r"JSON has no NaN or infinity \(found nan at \['w'\]\[1\]\)"
+    ):
+        encode_many(JsonCodec(), values)
+    assert len(encode_many(JsonCodec(), values[:-1])) == 1001
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise TypeError("not today")
 
 
 # Every failure is a CodecError ----------------------------------------------------------

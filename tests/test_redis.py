@@ -716,3 +716,72 @@ def test_push_bulk_skips_an_explicit_id_in_its_way_and_returns_every_id(env):
     later = store.push_bulk(["x", "y"])  # contiguous again: the reply is a range
     assert later[1] == later[0] + 1 and later[0] > max(ids)
     assert [store.fetch_by_id(i).args for i in later] == ["x", "y"]
+
+
+def test_plain_pushes_wait_in_one_hash_until_claimed_and_every_path_finds_them(env):
+    """``push``/``push_bulk`` tasks are fields of ``{p}:new`` (no key of their own) until
+    a claim, a kill or a read needs them; each path sees them as ordinary Pending tasks."""
+    store = env.store()
+    a, b, c, d = store.push_bulk(["a", "b", "c", "d"])
+    new = f"{env.prefix}:new"
+    assert env.acct.hlen(new) == 4
+    assert not list(env.acct.scan_iter(match=f"{env.prefix}:t:*"))
+    assert store.kill(b) is True  # its hash is made, then it dies
+    assert store.retry(c) is False and store.delete(c) is False  # pending: refused, kept
+    assert store.stats()["pending"] == 3 and store.stats()["dead"] == 1
+    [first, second] = store.claim(WorkerContext("w", capacity=10, report=pytest.fail), 2)
+    assert (first.id, first.payload, second.id, second.attempt) == (a, b'"a"', c, 1)
+    assert env.acct.hlen(new) == 1  # d
+    assert store.fetch_by_id(b).status is Status.DEAD
+    assert store.fetch_by_id(d).args == "d"
+    assert sorted(
+        int(k.rsplit(b":", 1)[1]) for k in env.acct.scan_iter(match=f"{env.prefix}:t:*")
+    ) == [a, b, c]
+    store.close()
+
+
+def test_connections_have_no_read_timeout_and_find_a_dead_peer_by_tcp():
+    import socket
+
+    from taskpipe.redis import connect
+
+    client = connect(_base_url())
+    client.ping()
+    conn = client.connection_pool.get_connection()
+    try:
+        sock = conn._sock
+        assert sock.gettimeout() is None  # no poll() before every send and receive
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+    finally:
+        client.connection_pool.release(conn)
+        client.close()
+
+
+def test_a_unix_socket_url_connects(tmp_path):
+    """``unix:///path`` works (its TCP options are left out); a Redis of the test's own."""
+    import shutil
+    import subprocess
+
+    from taskpipe.redis import RedisStorage, connect
+
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not on PATH (CI: not skipping)", pytrace=False)
+        pytest.skip("needs redis-server on PATH to start a Redis on a Unix socket")
+    path = tmp_path / "redis.sock"
+    args = [server, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        client = connect(f"unix://{path}?prefix=unix-test")
+        client.ping()  # retried (with backoff) until the server listens
+        store = RedisStorage(client, queue="q")
+        RedisStorage.setup(store)
+        task_id = store.push({"via": "unix"})
+        assert store.fetch_by_id(task_id).args == {"via": "unix"}
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=JOIN)

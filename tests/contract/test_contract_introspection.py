@@ -53,6 +53,30 @@ def test_fetch_by_id_returns_the_task_as_pushed(store):
     assert (info.started_at, info.done_at, info.worker) == (None, None, None)
 
 
+def test_plain_pushes_read_back_as_pushed_before_and_after_their_claim(store):
+    with freeze_time(T0):
+        one = store.push({"n": 1})
+        [two] = store.push_bulk([{"n": 2}])
+    for tid, n in ((one, 1), (two, 2)):
+        info = store.fetch_by_id(tid)
+        assert (info.id, info.queue, info.status, info.args) == (
+            tid,
+            store.queue,
+            Status.PENDING,
+            {"n": n},
+        )
+        assert (info.priority, info.max_attempts, info.meta, info.attempts) == (0, None, {}, 0)
+        assert (info.run_at, info.created_at, info.started_at, info.worker) == (T0, T0, None, None)
+    assert store.next_due() == T0.timestamp()
+    assert [t.id for t in store.list_tasks(queue=store.queue, status=Status.PENDING)] == [two, one]
+    with freeze_time(at(5)):
+        [claim] = store.claim(ctx(), 1)
+    info = store.fetch_by_id(claim.id)
+    assert (info.status, info.attempts, info.started_at) == (Status.RUNNING, 1, at(5))
+    assert (info.args, info.priority, info.run_at, info.created_at) == ({"n": 1}, 0, T0, T0)
+    assert (claim.attempt, claim.priority, claim.max_attempts, claim.meta) == (1, 0, None, {})
+
+
 def test_fetch_by_id_of_an_unknown_id_raises_task_not_found(store):
     with pytest.raises(TaskNotFound):
         store.fetch_by_id(987_654_321_987)

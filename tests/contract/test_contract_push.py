@@ -92,6 +92,18 @@ def test_an_explicit_duplicate_id_rejects_the_whole_batch(store):
     assert [(c.id, args_of(store, c)) for c in claims] == [(base, "first"), (base + 3, "later")]
 
 
+def test_an_explicit_id_taken_by_a_plain_push_is_refused(store):
+    """``push``/``push_bulk`` may store their tasks apart from the others (Redis does):
+    an explicit id still sees them, waiting or running."""
+    waiting, running = store.push_bulk(["waiting", "running"])
+    [claim] = store.claim(ctx(), 1)
+    assert claim.id == waiting
+    for taken in (waiting, running):
+        with pytest.raises(PushError):
+            store.push_task(Task("duplicate", id=taken))
+    assert [args_of(store, c) for c in claim_all(store, ctx())] == ["running"]
+
+
 def test_insert_is_all_or_nothing_on_a_duplicate_id(store):
     base = explicit_id()
     store.push_task(Task("first", id=base))
