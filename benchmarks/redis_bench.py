@@ -38,6 +38,9 @@ One more row drains with ``Config(claim_batch=128)`` (so up to 4 + 2 × 128 task
 by the 4-thread worker, which keeps two claims in flight on Redis): what the default
 prefetch of 4 + 2 × 32 costs on a network store.
 
+Each rep runs the contenders in a rotated order (rep 2 starts with the second), each
+after a second of quiet, so that none always follows the peers' worker processes.
+
 Ratios: taskpipe ÷ raw and taskpipe ÷ best peer ("times as fast"; for latency, "times
 as quick": raw_ms ÷ taskpipe_ms). The machine is noisy: compare ratios within a run.
 """
@@ -82,6 +85,7 @@ from taskpipe.redis import (  # noqa: E402
 PEERS = ("rq", "dramatiq", "celery", "huey")
 BIN = os.path.dirname(sys.executable)
 START_TIMEOUT = 60.0
+SETTLE = 1.0  # seconds of quiet before each contender's measures
 
 
 # Shared helpers ----------------------------------------------------------------------------
@@ -550,7 +554,11 @@ def run(opts: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     ]
     results: dict[str, dict[str, list[float]]] = {c.name: {} for c in contenders}
     for rep in range(opts.reps):
-        for c in contenders:
+        # each rep starts with another contender, and each contender starts after a pause
+        # (the peers' worker processes exit and Redis frees their keys meanwhile)
+        shift = rep % len(contenders)
+        for c in contenders[shift:] + contenders[:shift]:
+            time.sleep(SETTLE)
             is_peer = isinstance(c, Peer)
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("single", lambda c=c: c.single(opts.single)),
@@ -620,10 +628,11 @@ def update_readme(text: str) -> None:
 
 
 def memory(url: str, n: int) -> None:
-    """Bytes per finished record: push ``n`` no-op tasks, drain them with
+    """Bytes per waiting task and per finished record: push ``n`` no-op tasks (``INFO
+    memory`` used_memory before and after: waiting tasks), drain them with
     ``keep_finished=n``, drop the replay tokens (they expire after 5 minutes anyway),
-    then compare ``INFO memory`` used_memory with its value before the pushes, and sum
-    ``MEMORY USAGE key SAMPLES 0`` over every key of the prefix."""
+    then compare used_memory with its value before the pushes, and sum ``MEMORY USAGE
+    key SAMPLES 0`` over every key of the prefix."""
     from taskpipe.redis import connect
 
     prefix = f"tp-mem-{uuid.uuid4().hex[:10]}"
@@ -641,6 +650,8 @@ def memory(url: str, n: int) -> None:
         before = info.info("memory")["used_memory"]
         for start in range(0, n, 100_000):
             store.push_bulk([time.time()] * min(100_000, n - start))
+        waiting = info.info("memory")["used_memory"]
+        print(f"{n:,} waiting tasks (push_bulk): {(waiting - before) / n:.0f} B/task")
         worker = WorkerBuilder("mem").backend(store).concurrency(4).build(lambda value: None)
         handled = worker.run_until_idle()
         assert handled == n, f"drained {handled} of {n}"
@@ -685,7 +696,7 @@ def main() -> None:
     parser.add_argument("--peer-dbs", default="12,13,14,15", help="rq,dramatiq,celery,huey")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 rep, smaller counts")
-    parser.add_argument("--single", type=int, default=3000)
+    parser.add_argument("--single", type=int, default=10_000)
     parser.add_argument("--bulk", type=int, default=100_000)
     parser.add_argument("--peer-bulk", type=int, default=20_000)
     parser.add_argument("--drain", type=int, default=20_000)
