@@ -12,9 +12,9 @@ Contenders (each measured ``--reps`` times, interleaved, medians kept):
   (``redis_raw.py``: ready zset, payload hash, one Lua claim of 32 recording leases,
   one ack pipeline per batch, a BLPOP wake list), 4 threads;
 - **same Lua**: raw redis-py calling taskpipe's own scripts with nothing around them
-  (taskpipe's overhead over its storage layer; push, bulk and drain only: the push
-  script ``push`` and ``push_bulk`` use, and 4 threads each claiming 32 and acking them
-  with one script, as the raw ceiling does);
+  (taskpipe's overhead over its storage layer; push, bulk and drain only: the scripts
+  ``push`` and ``push_bulk`` use, and 4 threads each claiming 32 and acking them with
+  one script, as the raw ceiling does);
 - the peers at their documented defaults, each in a Redis database of its own
   (``--peer-dbs``; each must be empty at start, and is flushed after each of its runs,
   never another): **RQ** 3 (``enqueue``, ``enqueue_many``; drain by ``rq worker
@@ -78,6 +78,7 @@ from taskpipe.redis import (  # noqa: E402
     _CLAIM,
     _PLAIN_ROWS,
     _PRELUDE,
+    _PUSH_ONE,
     TOKEN_TTL,
     RedisStorage,
 )
@@ -305,13 +306,13 @@ class SameLua:
 
     def single(self, n: int) -> float:
         store = _tp_store(self.url)
-        push = store.client.register_script(_PLAIN_ROWS)
+        push = store.client.register_script(_PUSH_ONE)
         try:
             start = time.perf_counter()
             for _ in range(n):
                 payload = msgspec.json.encode(time.time())
                 args = [store.prefix, uuid.uuid4().hex, repr(time.time()), "bench", TOKEN_TTL]
-                push(keys=[], args=[*args, str(len(payload)), payload])
+                push(keys=[], args=[*args, payload])
             return _rate(n, time.perf_counter() - start)
         finally:
             store.drop()

@@ -23,8 +23,9 @@ and a blob of the bytes they measure), because redis-py parses and packs RESP in
 Python, element by element; index writes of a batch are one variadic call per key;
 a claim reads and writes each task's hash once, an ack writes it once, and a batch of
 acks is fenced by one ``HMGET`` on the queue's running hash. ``push`` and ``push_bulk``
-(plain values: no id, key, meta or priority) use a standalone script of their own,
-without the general insert's row parsing, and write no key per task: each task is a
+(plain values: no id, key, meta or priority) use standalone scripts of their own
+(``push`` a straight-line one), without the general insert's row parsing, and write
+no key per task: each task is a
 field of ``{p}:new`` (its queue, creation time and payload) plus its two index
 entries, and its hash is made when it is first claimed (in the claim's one ``HSET``),
 killed or otherwise written; readers look in ``{p}:new`` when a task has no hash. A
@@ -718,6 +719,32 @@ if gap or i == 1 then reply = table.concat(ids, ',') else reply = ids[1] .. '+' 
 redis.call('SET', tok, reply, 'EX', ttl)
 redis.call('PUBLISH', P .. ':wake', q)
 return reply
+"""
+
+# ARGV: P, token, now, queue, token ttl, payload; returns the id. ``push``: what
+# _PLAIN_ROWS writes for one task, in straight-line code (a single push pays for no
+# loop, table or pattern: about 2 µs of the 11 µs of Lua).
+_PUSH_ONE = r"""
+local P, token, now, q, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local tok = P .. ':tok:' .. token
+local got = redis.call('MGET', tok, P .. ':maxid')
+if got[1] then return got[1] end
+local maxid = tonumber(got[2] or '-1')
+local id = redis.call('INCR', P .. ':ids')
+while id <= maxid and redis.call('EXISTS', P .. ':t:' .. string.format('%d', id)) == 1 do
+  id = redis.call('INCR', P .. ':ids')
+end
+local text = string.format('%d', id)
+local us = math.floor(tonumber(now) * 1000000)
+if us < 0 then us = 0 end
+local Q = P .. ':q:' .. q .. ':'
+redis.call('HSET', P .. ':new', text, now .. ' ' .. #q .. ':' .. q .. payload)
+redis.call('ZADD', Q .. 's:pending', text, text)
+redis.call('ZADD', Q .. 'ready', 0, string.format('%017d:', us) .. string.rep('0', 20 - #text) .. text)
+redis.call('SADD', P .. ':queues', q)
+redis.call('SET', tok, text, 'EX', ARGV[5])
+redis.call('PUBLISH', P .. ':wake', q)
+return text
 """
 
 # A (ARGV, in _ACK_CLAIM too): P, lease, now, queue, limit, run, in_flight, promote
@@ -1480,6 +1507,7 @@ class RedisStorage(ExposeMixin, Store):
             for name, source in _SCRIPTS.items()
         }
         self._scripts["plain_rows"] = client.register_script(_PLAIN_ROWS)
+        self._scripts["push_one"] = client.register_script(_PUSH_ONE)
         self._hostname = socket.gethostname()
         self._token_base = uuid.uuid4().hex[:16]
         self._tokens = itertools.count()
@@ -1563,7 +1591,7 @@ class RedisStorage(ExposeMixin, Store):
         payload = self.codec.encode(args)
         if type(payload) is not bytes:
             payload = _bytes(payload)
-        return TaskId(int(self._plain_rows(str(len(payload)), payload)))
+        return TaskId(int(self._plain_rows("push_one", payload)))
 
     def push_bulk(self, items: Iterable[Any]) -> list[TaskId]:
         """Enqueue many values in one script call: all or nothing. Returns their ids."""
@@ -1572,14 +1600,16 @@ class RedisStorage(ExposeMixin, Store):
             return []
         if any(type(p) is not bytes for p in payloads):
             payloads = [p if type(p) is bytes else _bytes(p) for p in payloads]
-        return _ids(self._plain_rows(",".join([str(len(p)) for p in payloads]), b"".join(payloads)))
+        sizes = ",".join([str(len(p)) for p in payloads])
+        return _ids(self._plain_rows("plain_rows", sizes, b"".join(payloads)))
 
-    def _plain_rows(self, sizes: str, blob: bytes) -> bytes:
-        """Write plain rows (what ``plain_row`` makes) with the lean ``_PLAIN_ROWS`` script:
-        ``sizes`` of the payloads in ``blob``; returns their ids, comma-separated."""
+    def _plain_rows(self, script: str, *data: Any) -> bytes:
+        """Write plain rows (what ``plain_row`` makes) with a lean script: ``push_one``
+        (``data``: the payload) or ``plain_rows`` (the payloads' sizes, comma-separated,
+        and the payloads); returns the ids as the script does."""
         now = repr(self._now())
         try:
-            ids = self._run("plain_rows", self._token(), now, self.queue, TOKEN_TTL, sizes, blob)
+            ids = self._run(script, self._token(), now, self.queue, TOKEN_TTL, *data)
         except (redis.exceptions.ResponseError, StorageError) as exc:
             raise PushError(f"push failed: {exc}") from exc
         self._after_push()

@@ -435,6 +435,10 @@ def test_bulk_ids_step_over_explicit_ids_ahead_of_the_counter(env):
     for tid in ahead:
         assert store.fetch_by_id(tid).args == f"explicit {tid}"
     assert store.stats(queue=env.queue)["pending"] == 10
+    taken = ids[-1] + 1  # right in the way of the next single push
+    store.push_task(taskpipe.Task("explicit next", id=taken))
+    single = store.push("plain 6")
+    assert single == taken + 1 and store.fetch_by_id(single).args == "plain 6"
 
 
 def test_a_batch_of_mixed_outcomes_and_leases_is_fenced_per_outcome(env):
@@ -556,7 +560,11 @@ def test_a_replayed_push_is_answered_from_its_token_and_odd_payloads_travel(env)
     first = store._scripts["plain_rows"](keys=[], args=args)
     assert store._scripts["plain_rows"](keys=[], args=args) == first
     assert [store.fetch_by_id(t).args for t in _ids(first)] == ["abc", "d"]
-    assert store.stats(queue=env.queue)["pending"] == 5
+    args = [store.prefix, "token-2", repr(time.time()), env.queue, 300, b"one"]
+    one = store._scripts["push_one"](keys=[], args=args)
+    assert store._scripts["push_one"](keys=[], args=args) == one
+    assert store.fetch_by_id(int(one)).args == "one"
+    assert store.stats(queue=env.queue)["pending"] == 6
 
 
 def test_a_replayed_claim_does_not_return_a_task_finished_since(env):
