@@ -48,9 +48,9 @@ Keys. Everything lives under ``{prefix}:`` (default ``taskpipe``; ``prefix=`` or
     {p}:join:{key}:parts     hash slot → value: its recorded parts (``join_parts``)
     {p}:queues               set of queue names
     {p}:paused               set of the queues paused (``pause_queue``)
-    {p}:q:{queue}:ready      zset of due tasks: score −priority, member
-                             "<run_at µs, 17 digits>:<id, 20 digits>", so ZPOPMIN gives
-                             priority, then due time, then id
+    {p}:q:{queue}:ready      zset of due tasks: score −priority, member "<run_at µs,
+                             17 digits><letter: a for a 1-digit id, b for 2…><id>", so
+                             ZPOPMIN gives priority, then due time, then id
     {p}:q:{queue}:iso        the same for tasks that must run alone
     {p}:q:{queue}:later      zset run_at → id: waiting, not due when last looked at
     {p}:q:{queue}:wait       zset run_at → id: every waiting task but the due ones of
@@ -195,17 +195,16 @@ local function qk(q, name)
   return k
 end
 
+-- a task's member in ready or iso: its run_at in µs (17 digits), then its id after a
+-- letter saying how many digits it has, so that members sort as (run_at, id) do
 local function member(id, ra)
   local us = math.floor(tonumber(ra) * 1000000)
   if us < 0 then us = 0 end
-  if #id <= 15 then return string.format('%017d:%020d', us, tonumber(id)) end
-  local pad = 20 - #id
-  if pad < 0 then pad = 0 end
-  return string.format('%017d', us) .. ':' .. string.rep('0', pad) .. id
+  return string.format('%017d', us) .. string.char(96 + #id) .. id
 end
 
 local function id_of(m)
-  return (string.match(m, ':0*(%d+)$'))
+  return (string.match(m, '%a(%d+)$'))
 end
 
 -- A task pushed by push/push_bulk (a plain row: pending, priority 0, due when made)
@@ -691,9 +690,9 @@ for size in string.gmatch(sizes, '%d+') do
     gap = true
   end
   local text = string.format('%d', id)
-  local head = heads[#text]  -- member(id, now): '<now µs, 17 digits>:<id, 20 digits>'
+  local head = heads[#text]  -- member(text, now), as the prelude makes it
   if not head then
-    head = string.format('%017d:', us) .. string.rep('0', 20 - #text)
+    head = string.format('%017d', us) .. string.char(96 + #text)
     heads[#text] = head
   end
   local m = head .. text
@@ -740,7 +739,7 @@ if us < 0 then us = 0 end
 local Q = P .. ':q:' .. q .. ':'
 redis.call('HSET', P .. ':new', text, now .. ' ' .. #q .. ':' .. q .. payload)
 redis.call('ZADD', Q .. 's:pending', text, text)
-redis.call('ZADD', Q .. 'ready', 0, string.format('%017d:', us) .. string.rep('0', 20 - #text) .. text)
+redis.call('ZADD', Q .. 'ready', 0, string.format('%017d', us) .. string.char(96 + #text) .. text)
 redis.call('SADD', P .. ':queues', q)
 redis.call('SET', tok, text, 'EX', ARGV[5])
 redis.call('PUBLISH', P .. ':wake', q)

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -793,3 +793,25 @@ def test_a_unix_socket_url_connects(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=JOIN)
+
+
+def test_tasks_due_at_the_same_microsecond_are_claimed_in_id_order_across_id_lengths(env):
+    """A ready member is "<run_at µs><a letter for the id's length><id>": ids of 1, 2 and
+    13 digits due at the same instant still come out in numeric order, and a task due
+    a microsecond earlier comes first whatever its id (16 digits)."""
+    from taskpipe import Task
+
+    store = env.store()
+    t0 = 1_800_000_000.0
+    big = 1_000_000_000_123
+    with freeze_time(datetime.fromtimestamp(t0, UTC)):
+        explicit = [store.push_task(Task(f"id {i}", id=i)) for i in (big, 10, 9)]
+        plain = store.push_bulk(["plain a", "plain b"])  # from the counter: 1 and 2
+        before = datetime.fromtimestamp(t0, UTC) - timedelta(microseconds=1)
+        early = store.push_task(Task("a µs earlier", id=big + 10**12, run_after=before))
+    with freeze_time(datetime.fromtimestamp(t0 + 1, UTC)):
+        claims = store.claim(WorkerContext("w", capacity=10, report=pytest.fail), 10)
+    assert explicit == [big, 10, 9]
+    assert plain == [1, 2]
+    assert [c.id for c in claims] == [early, 1, 2, 9, 10, big]
+    store.close()
