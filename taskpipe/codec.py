@@ -165,8 +165,8 @@ def encode_many(codec: Codec, values: Iterable[Any]) -> list[bytes]:
     """Encode each of ``values`` with ``codec``, in order, raising ``CodecError`` for the
     first that cannot be as ``codec.encode`` would; the msgspec codecs do it in one pass."""
     values = values if isinstance(values, list) else list(values)
-    if isinstance(codec, _MsgspecCodec):
-        return codec._encode_many(values)
+    if isinstance(codec, _MsgspecCodec) and type(codec).encode is _MsgspecCodec.encode:
+        return codec._encode_many(values)  # (a subclass with its own encode() is asked)
     encode = codec.encode
     return [encode(value) for value in values]
 

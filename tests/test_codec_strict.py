@@ -146,6 +146,14 @@ def test_encode_many_refuses_a_nan_among_many_values_and_names_where():
     assert len(encode_many(JsonCodec(), values[:-1])) == 1001
 
 
+def test_encode_many_asks_a_subclass_that_overrides_encode():
+    class Wrapped(JsonCodec):
+        def encode(self, value):
+            return b"w:" + super().encode(value)
+
+    assert encode_many(Wrapped(), [1, "a"]) == [b"w:1", b'w:"a"']
+
+
 class _Unpicklable:
     def __reduce__(self):
         raise TypeError("not today")
