@@ -218,6 +218,36 @@ def test_an_async_handler_is_cancelled_for_real(storage, long_grace):
     assert not [e for e in seen if isinstance(e, events.Abandoned)]
 
 
+def test_a_timeout_error_at_the_deadline_is_the_deadlines_and_an_early_one_the_handlers(
+    storage, long_grace
+):
+    """A handler (or an async handler's coroutine, cancelled at ``ctx.time_left``) that
+    raises ``TimeoutError`` as the deadline passes may finish before the layer sees the
+    deadline pass: it is the layer's timeout all the same. One raised early is the
+    handler's own error."""
+    late = [storage.push(i) for i in range(5)]
+
+    def at_the_deadline(value: int, ctx: WorkerContext) -> None:
+        while ctx.time_left > 0:  # (holding the GIL: the layer's thread wakes late)
+            pass
+        raise TimeoutError("mine, at the deadline")
+
+    WorkerBuilder("w").backend(storage).timeout(0.05).build(at_the_deadline).run_until_idle()
+    for tid in late:
+        assert (
+            storage.fetch_by_id(tid)
+            .errors[-1]
+            .error.endswith("ran longer than its 0.05 s timeout and was cancelled")
+        )
+    early = storage.push(-1)
+
+    def at_once(value: int) -> None:
+        raise TimeoutError("mine, early")
+
+    WorkerBuilder("w").backend(storage).timeout(5).build(at_once).run_until_idle()
+    assert storage.fetch_by_id(early).errors[-1].error == "TimeoutError: mine, early"
+
+
 def test_a_quick_handler_keeps_its_result_or_its_own_error(storage):
     ok, bad = storage.push(2), storage.push(-1)
 

@@ -36,6 +36,8 @@ __all__ = ["TaskTimeout", "timeout"]
 #: Seconds a handler has, after its deadline, to return (it saw ``ctx.cancelled``, or
 #: its coroutine was cancelled) before its thread is abandoned.
 CANCEL_GRACE = 0.1
+#: A ``TimeoutError`` raised this close to the deadline (seconds) is the deadline's.
+SAME_DEADLINE = 0.001
 
 
 def timeout(seconds: timedelta | float) -> Layer:
@@ -138,21 +140,26 @@ class _TimeoutHandle:
             deadline = min(deadline, now + outer)
         job = _Job(self.call_next, task, ctx, deadline)
         self._hand_over(job)
-        if not job.done.acquire(timeout=max(0.0, deadline - clock.real_monotonic())):
+        if job.done.acquire(timeout=max(0.0, deadline - clock.real_monotonic())):
+            error, job.error = job.error, None
+            if error is None:
+                return job.result
+            # an async handler's coroutine, cancelled at this same deadline (its
+            # ctx.time_left), may end a moment before this thread sees the deadline pass
+            late = clock.real_monotonic() >= deadline - SAME_DEADLINE
+            if not (late and isinstance(error, TimeoutError)):
+                raise error
+        else:
             job.cancel.set()
             job.done.acquire(timeout=CANCEL_GRACE)
             with self.lock:
                 job.abandoned = not job.finished
             error, job.error = job.error, None
-            message = f"task {task.id} ran longer than its {self.seconds:g} s timeout"
-            if job.abandoned:
-                ctx.emit(events.Abandoned(task.id, job.thread))
-                raise TaskTimeout(f"{message}; its thread {job.thread} was left running")
-            raise TaskTimeout(f"{message} and was cancelled") from error
-        if job.error is not None:
-            error, job.error = job.error, None
-            raise error
-        return job.result
+        message = f"task {task.id} ran longer than its {self.seconds:g} s timeout"
+        if job.abandoned:
+            ctx.emit(events.Abandoned(task.id, job.thread))
+            raise TaskTimeout(f"{message}; its thread {job.thread} was left running")
+        raise TaskTimeout(f"{message} and was cancelled") from error
 
     def close(self) -> None:
         """End the idle runner threads; busy ones end when their job does."""
