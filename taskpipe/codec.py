@@ -97,7 +97,11 @@ class _MsgspecCodec:
         return data
 
     def _check_many(self, values: list[Any], data: list[bytes]) -> None:
-        """``_check`` each encoding (a hook for subclasses, which may filter first)."""
+        """``_check`` each encoding (a subclass may filter first); none to make when
+        ``_check`` is this class's own, which checks nothing."""
+        if type(self)._check is not _MsgspecCodec._check:
+            for value, encoded in zip(values, data, strict=True):
+                self._check(value, encoded)
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
         """Return the value in ``data`` as ``type``; raise ``CodecError`` if it does not fit."""

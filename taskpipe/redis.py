@@ -177,7 +177,31 @@ TOKEN_TTL = 300  # seconds a write's result is kept for a replay after a reconne
 _ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # Lua ------------------------------------------------------------------------------------
-_PRELUDE = r"""
+# How a waiting task is written, for every script that writes or reads one (the prelude,
+# and the standalone push scripts that go without it).
+_FORMATS = r"""
+local function micros(t)  -- a time in whole µs (0 at the least)
+  local us = math.floor(tonumber(t) * 1000000)
+  if us < 0 then return 0 end
+  return us
+end
+-- a task's member in ready or iso is member_head(run_at µs, #id) .. id: 17 digits of
+-- µs, then a letter saying how many digits the id has (a for 1, b for 2…), so that
+-- members sort as (run_at, id) do
+local function member_head(us, digits)
+  return string.format('%017d', us) .. string.char(96 + digits)
+end
+-- a task of push/push_bulk (pending, priority 0, due when made) waits as one field of
+-- {p}:new, id -> new_head(created_at, queue) .. payload, until it is claimed or
+-- touched; its hash is made then (parse_new reads it back)
+local function new_head(ca, q)
+  return ca .. ' ' .. #q .. ':' .. q
+end
+"""
+
+_PRELUDE = (
+    _FORMATS
+    + r"""
 local P = ARGV[1]
 local function tk(id) return P .. ':t:' .. id end
 local QK = {}  -- key names made once per call (a Lua string is hashed when made)
@@ -195,23 +219,16 @@ local function qk(q, name)
   return k
 end
 
--- a task's member in ready or iso: its run_at in µs (17 digits), then its id after a
--- letter saying how many digits it has, so that members sort as (run_at, id) do
 local function member(id, ra)
-  local us = math.floor(tonumber(ra) * 1000000)
-  if us < 0 then us = 0 end
-  return string.format('%017d', us) .. string.char(96 + #id) .. id
+  return member_head(micros(ra), #id) .. id
 end
 
 local function id_of(m)
   return (string.match(m, '%a(%d+)$'))
 end
 
--- A task pushed by push/push_bulk (a plain row: pending, priority 0, due when made)
--- waits as one field of {p}:new, id -> "<created_at> <len(queue)>:<queue><payload>",
--- until it is claimed or touched; its hash is made then (see _PLAIN_ROWS).
 local NEW = P .. ':new'
-local function parse_new(v)  -- created_at, queue, payload
+local function parse_new(v)  -- created_at, queue, payload of new_head(ca, q) .. payload
   local s = string.find(v, ' ', 1, true)
   local c = string.find(v, ':', s + 1, true)
   local n = tonumber(string.sub(v, s + 1, c - 1))
@@ -635,6 +652,7 @@ local function requeue(id, q, st, now)
   return 1
 end
 """
+)
 
 # ARGV: P, token, now, row head, row blob; returns the ids, comma-separated
 _INSERT = r"""
@@ -666,18 +684,19 @@ return reply
 # key or max_attempts; priority 0; due at ``now``) written as ``insert_row`` writes them,
 # without its row parsing and batching; standalone (no prelude: a single push pays only for
 # what it uses).
-_PLAIN_ROWS = r"""
+_PLAIN_ROWS = (
+    _FORMATS
+    + r"""
 local P, token, now, q, ttl, sizes, blob = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local tok = P .. ':tok:' .. token
 local got = redis.call('MGET', tok, P .. ':maxid')
 if got[1] then return got[1] end
 local maxid = tonumber(got[2] or '-1')
-local us = math.floor(tonumber(now) * 1000000)
-if us < 0 then us = 0 end
+local us = micros(now)
 local _, n = string.gsub(sizes, ',', ',')
 n = n + 1
 local T, Q, NEW = P .. ':t:', P .. ':q:' .. q .. ':', P .. ':new'
-local pre = now .. ' ' .. #q .. ':' .. q  -- each value: pre .. payload (see parse_new)
+local pre = new_head(now, q)
 local ids, pending, ready, new = {}, {}, {}, {}
 local next_id = redis.call('INCRBY', P .. ':ids', n) - n + 1
 local i, pos, gap, heads = 0, 1, false, {}
@@ -690,9 +709,9 @@ for size in string.gmatch(sizes, '%d+') do
     gap = true
   end
   local text = string.format('%d', id)
-  local head = heads[#text]  -- member(text, now), as the prelude makes it
+  local head = heads[#text]
   if not head then
-    head = string.format('%017d', us) .. string.char(96 + #text)
+    head = member_head(us, #text)
     heads[#text] = head
   end
   local m = head .. text
@@ -719,11 +738,14 @@ redis.call('SET', tok, reply, 'EX', ttl)
 redis.call('PUBLISH', P .. ':wake', q)
 return reply
 """
+)
 
 # ARGV: P, token, now, queue, token ttl, payload; returns the id. ``push``: what
 # _PLAIN_ROWS writes for one task, in straight-line code (a single push pays for no
 # loop, table or pattern: about 2 µs of the 11 µs of Lua).
-_PUSH_ONE = r"""
+_PUSH_ONE = (
+    _FORMATS
+    + r"""
 local P, token, now, q, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local tok = P .. ':tok:' .. token
 local got = redis.call('MGET', tok, P .. ':maxid')
@@ -734,17 +756,16 @@ while id <= maxid and redis.call('EXISTS', P .. ':t:' .. string.format('%d', id)
   id = redis.call('INCR', P .. ':ids')
 end
 local text = string.format('%d', id)
-local us = math.floor(tonumber(now) * 1000000)
-if us < 0 then us = 0 end
 local Q = P .. ':q:' .. q .. ':'
-redis.call('HSET', P .. ':new', text, now .. ' ' .. #q .. ':' .. q .. payload)
+redis.call('HSET', P .. ':new', text, new_head(now, q) .. payload)
 redis.call('ZADD', Q .. 's:pending', text, text)
-redis.call('ZADD', Q .. 'ready', 0, string.format('%017d', us) .. string.char(96 + #text) .. text)
+redis.call('ZADD', Q .. 'ready', 0, member_head(micros(now), #text) .. text)
 redis.call('SADD', P .. ':queues', q)
 redis.call('SET', tok, text, 'EX', ARGV[5])
 redis.call('PUBLISH', P .. ':wake', q)
 return text
 """
+)
 
 # A (ARGV, in _ACK_CLAIM too): P, lease, now, queue, limit, run, in_flight, promote
 _CLAIM_STEP = r"""

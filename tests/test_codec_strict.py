@@ -154,6 +154,16 @@ def test_encode_many_asks_a_subclass_that_overrides_encode():
     assert encode_many(Wrapped(), [1, "a"]) == [b"w:1", b'w:"a"']
 
 
+def test_encode_many_makes_a_subclass_check():
+    class NoEmptyStrings(MsgPackCodec):
+        def _check(self, value, data):
+            if value == "":
+                raise CodecError("no empty strings")
+
+    with pytest.raises(CodecError, match="no empty strings"):
+        encode_many(NoEmptyStrings(), ["a", ""])
+
+
 class _Unpicklable:
     def __reduce__(self):
         raise TypeError("not today")
